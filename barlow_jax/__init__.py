@@ -1,0 +1,7 @@
+"""Barlow Twins self-supervised learning in JAX/Flax.
+
+Importing the package is cheap: it loads neither TensorFlow nor TFDS. The input pipeline imports
+them when it is built.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""The configuration schema: every knob of a run, with the reference's values as defaults.
+
+Experiment files in `configs/` start from `base_config()` and change what differs, so a key that
+is misspelt in an experiment file or on the command line (`--config.optim.lr_weight=...`) fails
+instead of being silently ignored (`lock_config=True` in `main.py`).
+
+Defaults are REFERENCE.md's released-code values (ImageNet, ResNet-50, global batch 2048).
+"""
+
+import ml_collections
+
+
+def view_config(*, blur_prob: float, solarize_prob: float) -> ml_collections.ConfigDict:
+  """Augmentation settings of one view (REFERENCE.md §4, BYOL parameters)."""
+  view = ml_collections.ConfigDict()
+  view.crop_area = (0.08, 1.0)  # Random resized crop: fraction of the image area.
+  view.crop_aspect = (3 / 4, 4 / 3)
+  view.crop_method = "bicubic"
+  view.flip_prob = 0.5
+  view.jitter_prob = 0.8  # Colour jitter, its four ops applied in random order.
+  view.brightness = 0.4
+  view.contrast = 0.4
+  view.saturation = 0.2
+  view.hue = 0.1  # Max hue shift as a fraction of a full turn (0.5 = any hue).
+  view.grayscale_prob = 0.2
+  view.blur_prob = blur_prob
+  view.blur_sigma = (0.1, 2.0)
+  view.solarize_prob = solarize_prob
+  view.solarize_threshold = 0.5  # On [0, 1] pixels: 128/255 rounds to this.
+  view.channel_permute_prob = 0.0  # Extra op (cluttered digits): random RGB channel order.
+  view.noise_std = 0.0  # Extra op: additive Gaussian pixel noise, on [0, 1] pixels.
+  return view
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a run reads, set to the reference's ImageNet values."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  # "cluttered_digits", "digits", "folder", or any TFDS image dataset name ("imagenet2012", ...).
+  config.dataset.name = "imagenet2012"
+  config.dataset.data_dir = ""  # TFDS data_dir; "" means the TFDS default.
+  config.dataset.folder = ""  # Root of an image folder when name == "folder".
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "validation"  # Labelled split for evaluation ("" = none).
+  config.dataset.probe_split = "train"  # Labelled split the evaluations train on ("" = none).
+  config.dataset.image_key = "image"
+  config.dataset.label_key = "label"
+  config.dataset.image_size = 224  # Side of the square crops the network sees.
+  config.dataset.eval_resize = 256  # Eval: resize the short side to this, then centre crop.
+  config.dataset.cache = False  # Cache decoded training examples in memory (small sets only).
+  config.dataset.shuffle_buffer = 16_384
+  config.dataset.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE.
+  config.dataset.prefetch = 2  # Batches prefetched onto the devices.
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.mean = (0.485, 0.456, 0.406)  # ImageNet mean / std, on [0, 1] pixels.
+  config.augment.std = (0.229, 0.224, 0.225)
+  config.augment.view_a = view_config(blur_prob=1.0, solarize_prob=0.0)
+  config.augment.view_b = view_config(blur_prob=0.1, solarize_prob=0.2)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = "ResNet50"  # ResNet18 / 34 / 50 / 101 / 152.
+  config.model.stem = "imagenet"  # "imagenet": 7x7/2 + max-pool; "cifar": 3x3/1, no pool.
+  config.model.width = 1.0  # Channel multiplier: 1.0 gives stages 64-128-256-512.
+  config.model.zero_init_residual = True
+  config.model.projector = "8192-8192-8192"
+  config.model.projector_batch_norm = True
+  config.model.dtype = "bfloat16"  # Compute dtype; parameters stay float32.
+  config.model.bn_momentum = 0.9  # Flax convention: torch momentum 0.1.
+  config.model.bn_epsilon = 1e-5
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.lambd = 0.0051
+  config.loss.variant = "barlow_twins"
+  config.loss.method = "auto"
+  config.loss.eps = 1e-5
+  config.loss.temperature = 0.1  # Only for variant == "cross_entropy".
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "lars"  # "lars", "sgd", "adamw" or "lamb".
+  config.optim.lr_weights = 0.2  # Per 256 examples of global batch.
+  config.optim.lr_biases = 0.0048  # Per 256 examples; biases and BN parameters (ndim == 1).
+  config.optim.scale_lr_by_batch = True  # lr = base * global_batch / 256.
+  config.optim.weight_decay = 1e-6
+  config.optim.momentum = 0.9
+  config.optim.eta = 0.001  # LARS trust coefficient.
+  config.optim.b1 = 0.9  # adamw / lamb.
+  config.optim.b2 = 0.999
+  config.optim.adam_eps = 1e-8
+  config.optim.schedule = "warmup_cosine"  # "warmup_cosine", "cosine" or "constant".
+  config.optim.warmup_epochs = 10.0
+  config.optim.end_lr_factor = 0.001
+  # Multiplies every gradient before the optimizer. 1.0 = the true gradient of the global loss;
+  # 1/W reproduces the reference's W-GPU dynamics (REFERENCE.md §3).
+  config.optim.gradient_scale = 1.0
+
+  config.batch_size = 2048  # Global, over all devices and hosts.
+  config.num_epochs = 1000.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs.
+  config.num_train_examples = -1  # > 0 overrides the dataset's own count (epoch length).
+
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3
+  config.image_every_steps = 5000  # Heatmap of C in TensorBoard.
+  config.eval_every_steps = 0  # Periodic kNN monitor; 0 = only at the end.
+
+  config.online_probe = True  # Stop-gradient linear head on the representation (labelled data).
+  config.online_probe_lr = 0.1
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.knn_k = 200
+  config.eval.knn_temperature = 0.1
+  config.eval.final = True  # Run the end-of-training evaluation (results table).
+  return config

@@ -1,0 +1,52 @@
+"""barlow_jax: Barlow Twins self-supervised learning in JAX/Flax."""
+
+import pathlib
+import re
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(
+  r'__version__ = "([^"]+)"', (_HERE / "barlow_jax" / "__init__.py").read_text()
+).group(1)
+
+setuptools.setup(
+  name="barlow_jax",
+  version=_VERSION,
+  description="Barlow Twins self-supervised learning in JAX/Flax: TPU, GPU and CPU.",
+  long_description=(_HERE / "README.md").read_text(),
+  long_description_content_type="text/markdown",
+  license="Apache-2.0",
+  python_requires=">=3.11",
+  packages=setuptools.find_packages(include=["barlow_jax", "barlow_jax.*"]),
+  install_requires=[
+    # CPU jax by default; TPU / GPU users install the matching build (README).
+    "jax>=0.7,<0.11",
+    "flax>=0.11,<0.13",
+    "optax>=0.2.5,<0.3",
+    # Host-side tf.data only: the CPU wheel is enough everywhere.
+    "tensorflow-cpu>=2.17,<2.22",
+    "tensorflow-datasets>=4.9.6,<5",
+    "ml-collections>=1.0,<2",
+    "orbax-checkpoint>=0.11,<0.13",
+    "clu>=0.0.12,<0.1",
+    "tensorboard>=2.17,<2.22",  # clu's metric writers need it.
+    "importlib_resources>=6",  # tfds needs it.
+    "scikit-learn>=1.4",  # The offline digits data.
+    "matplotlib>=3.8",  # Augmentation grids, experiment plots.
+    "numpy>=1.26",
+  ],
+  extras_require={
+    "test": [
+      "pytest>=8",
+      "pytest-xdist>=3.5",
+      "ruff>=0.6",
+      "nbclient>=0.10",
+      "nbformat>=5.10",
+      "ipykernel>=6.29",
+    ],
+    # PyTorch interop (barlow_jax.convert, the loss benchmark's reference peer).
+    "torch": ["torch>=2.4"],
+  },
+  entry_points={"console_scripts": ["barlow-jax=barlow_jax.main:run"]},
+)
