@@ -1,0 +1,25 @@
+"""Benchmarks users can run on their own CPU, GPU or TPU.
+
+    python -m barlow_jax.benchmark loss  [--help]   # loss + gradient per method, N x D grid
+    python -m barlow_jax.benchmark step  [--help]   # full training step, images/s
+    python -m barlow_jax.benchmark input [--help]   # two-view input pipeline, images/s
+
+Each prints a table and writes JSON (see its --help). Times are medians over repeats.
+"""
+
+import importlib
+import sys
+
+_BENCHMARKS = ("loss", "step", "input")
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) < 2 or argv[1] not in _BENCHMARKS:
+    print(__doc__, file=sys.stderr)
+    return 2
+  module = importlib.import_module(f"barlow_jax.benchmarks.{argv[1]}")
+  return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

@@ -1,0 +1,1 @@
+"""One module per benchmark, each with `main(argv) -> int`; `barlow_jax.benchmark` dispatches."""
