@@ -114,4 +114,35 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
   config.eval.final = True  # Run the end-of-training evaluation (results table).
+  # Linear probe (REFERENCE.md §5). lr is per 256 examples (lr * batch / 256).
+  config.eval.probe_epochs = 100
+  config.eval.probe_batch_size = 256
+  config.eval.probe_lr = 0.3
+  config.eval.probe_momentum = 0.9
+  config.eval.probe_weight_decay = 1e-6
+  # "auto": "features" for in-memory datasets (digits, cifar), else "reference" (crop+flip each
+  # epoch through the frozen backbone). "features" standardises the features (train mean/std).
+  config.eval.probe_protocol = "auto"
+  # Final table baselines: random init (+ BN recalibrated on this many training batches), raw
+  # pixels, and supervised training of the same backbone ("time" or "steps" matched to pretraining).
+  config.eval.baselines = True
+  config.eval.bn_recalibration_batches = 50
+  config.eval.supervised = True
+  config.eval.supervised_match = "time"
+  config.eval.supervised_lr = 0.1  # Per 256 examples; SGD momentum 0.9, cosine.
+  config.eval.supervised_weight_decay = 5e-4
+  # Standalone evaluation (`python -m barlow_jax.evaluate`): what and where.
+  config.eval.mode = "linear"  # "linear", "semisup" or "knn".
+  config.eval.backbone = ""  # Pretraining workdir, exported backbone dir, or converted PyTorch dir.
+  config.eval.checkpoint_step = -1  # Workdir: -1 = backbone/ export if any, else latest ckpt.
+  # Semi-supervised fine-tuning (REFERENCE.md §5): labelled subset of the probe split.
+  config.eval.semisup_subset = ""  # "1pct" / "10pct": TFDS imagenet2012_subset; "" = fraction.
+  config.eval.semisup_fraction = 0.1  # Fixed-seed fraction of the probe split (in-memory sets).
+  config.eval.semisup_balanced = True  # Same count per class.
+  config.eval.semisup_seed = 0
+  config.eval.semisup_epochs = 20
+  config.eval.semisup_batch_size = 256
+  config.eval.semisup_lr_backbone = 0.005  # Per 256 examples (paper: 0.002).
+  config.eval.semisup_lr_head = 0.5
+  config.eval.semisup_weight_decay = 0.0
   return config
