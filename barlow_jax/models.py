@@ -1,0 +1,357 @@
+"""The Barlow Twins network: a torchvision-layout ResNet backbone and the projector (flax linen).
+
+Everything here matches the reference (REFERENCE.md §2): ResNet v1.5 (stride on the 3x3 conv of a
+bottleneck), convolutions without bias, torchvision's initialisation (convolutions Kaiming-normal
+with fan-out, BN scale 1 and offset 0, the last BN of every residual block zero-initialised),
+BatchNorm momentum 0.9 in flax's convention (torch 0.1) and epsilon 1e-5, no classifier.
+Submodules carry torchvision's names (`conv1`, `bn1`, `layer1_0/conv1`, `layer1_0/downsample_conv`,
+...) so that `barlow_jax.convert` maps weights one to one.
+
+Batch statistics: under `jit` with batch-sharded inputs, BatchNorm's statistics are already those of
+the global batch (XLA inserts the all-reduce). Inside `shard_map`, build the modules with
+`axis_name="data"` so that BatchNorm averages its statistics over that axis. One difference with
+torch that only touches the running averages: flax updates `var` with the biased batch variance,
+torch with the unbiased one (a factor n / (n - 1), negligible at the batch sizes used here).
+
+Layout is NHWC; inputs are float images, already normalised.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal with
+# variance 2 / fan_out, fan_out = out_channels * kernel area.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch.nn.Linear's default: kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+# whose variance 1 / (3 fan_in) is variance_scaling(1/3, fan_in, uniform).
+linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _channels(base: int, width: float) -> int:
+  return max(1, int(round(base * width)))
+
+
+class BasicBlock(nn.Module):
+  """torchvision's BasicBlock: two 3x3 convolutions (ResNet-18 / 34)."""
+
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  zero_init_residual: bool = True
+
+  expansion: ClassVar[int] = 1
+
+  @nn.compact
+  def __call__(self, x):
+    last_bn_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+    identity = x
+    y = self.conv(
+      self.planes, (3, 3), (self.strides, self.strides), ((1, 1), (1, 1)), name="conv1"
+    )(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.planes, (3, 3), (1, 1), ((1, 1), (1, 1)), name="conv2")(y)
+    y = self.norm(name="bn2", scale_init=last_bn_init)(y)
+    if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
+      identity = self.conv(
+        self.planes * self.expansion,
+        (1, 1),
+        (self.strides, self.strides),
+        "VALID",
+        name="downsample_conv",
+      )(x)
+      identity = self.norm(name="downsample_bn")(identity)
+    return nn.relu(y + identity)
+
+
+class BottleneckBlock(nn.Module):
+  """torchvision's Bottleneck, v1.5: 1x1 -> 3x3 (carries the stride) -> 1x1 with 4x expansion."""
+
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  zero_init_residual: bool = True
+
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x):
+    last_bn_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+    identity = x
+    y = self.conv(self.planes, (1, 1), (1, 1), "VALID", name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(
+      self.planes, (3, 3), (self.strides, self.strides), ((1, 1), (1, 1)), name="conv2"
+    )(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.planes * self.expansion, (1, 1), (1, 1), "VALID", name="conv3")(y)
+    y = self.norm(name="bn3", scale_init=last_bn_init)(y)
+    if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
+      identity = self.conv(
+        self.planes * self.expansion,
+        (1, 1),
+        (self.strides, self.strides),
+        "VALID",
+        name="downsample_conv",
+      )(x)
+      identity = self.norm(name="downsample_bn")(identity)
+    return nn.relu(y + identity)
+
+
+class ResNet(nn.Module):
+  """ResNet v1.5 backbone in torchvision's layout, without the classifier.
+
+  Attributes:
+    stage_sizes: number of blocks in each of the four stages ((3, 4, 6, 3) for ResNet-50).
+    block_cls: `BasicBlock` or `BottleneckBlock`.
+    stem: "imagenet" (7x7/2 convolution + 3x3/2 max-pool) or "cifar" (3x3/1 convolution, no pool).
+    width: channel multiplier; 1.0 gives stages of 64-128-256-512 planes, 0.25 gives 16-32-64-128.
+    zero_init_residual: start the last BN scale of every block at 0 (each block starts as identity).
+    dtype: compute dtype (e.g. jnp.bfloat16); BN statistics are still reduced in float32.
+    param_dtype: dtype of the parameters and batch statistics.
+    bn_momentum: flax convention, running = momentum * running + (1 - momentum) * batch (torch 0.1).
+    bn_epsilon: BatchNorm epsilon (torch's 1e-5).
+    axis_name: mapped axis over which BatchNorm averages its statistics (inside `shard_map`/`pmap`);
+      None under plain or sharded `jit`.
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  stem: str = "imagenet"
+  width: float = 1.0
+  zero_init_residual: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+
+  @property
+  def num_features(self) -> int:
+    """Size of the representation: 2048 for ResNet-50 at width 1, 512 for ResNet-18."""
+    return _channels(64 * 2 ** (len(self.stage_sizes) - 1), self.width) * self.block_cls.expansion
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    """Maps images [N, H, W, C] (NHWC, normalised) to float32 features [N, num_features].
+
+    `train=True` normalises with the batch statistics and updates `batch_stats` (call `apply`
+    with `mutable=["batch_stats"]`); `train=False` uses the running averages.
+    """
+    if self.stem not in ("imagenet", "cifar"):
+      raise ValueError(f"ResNet stem={self.stem!r} (config.model.stem): use 'imagenet' or 'cifar'.")
+    if not self.width > 0:
+      raise ValueError(f"ResNet width={self.width} (config.model.width) must be positive.")
+    if x.ndim != 4:
+      raise ValueError(f"ResNet input x must be NHWC images [N, H, W, C], got shape {x.shape}.")
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=conv_kernel_init,
+    )
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      axis_name=self.axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    stem_channels = _channels(64, self.width)
+    # Explicit torch paddings: "SAME" would pad a stride-2 conv asymmetrically and shift the grid.
+    if self.stem == "imagenet":
+      x = conv(stem_channels, (7, 7), (2, 2), ((3, 3), (3, 3)), name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(stem_channels, (3, 3), (1, 1), ((1, 1), (1, 1)), name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x))
+    for i, num_blocks in enumerate(self.stage_sizes):
+      planes = _channels(64 * 2**i, self.width)
+      for j in range(num_blocks):
+        x = self.block_cls(
+          planes=planes,
+          strides=2 if i > 0 and j == 0 else 1,
+          conv=conv,
+          norm=norm,
+          zero_init_residual=self.zero_init_residual,
+          name=f"layer{i + 1}_{j}",
+        )(x)
+    # Pool in float32: a bf16 mean over 49 (or 1024) positions loses digits the loss would see.
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=BottleneckBlock)
+
+BACKBONES = {
+  "ResNet18": ResNet18,
+  "ResNet34": ResNet34,
+  "ResNet50": ResNet50,
+  "ResNet101": ResNet101,
+  "ResNet152": ResNet152,
+}
+
+
+def parse_projector_sizes(spec: str | Sequence[int]) -> tuple[int, ...]:
+  """The reference's projector string "8192-8192-8192" -> (8192, 8192, 8192) (output sizes).
+
+  A sequence of ints is accepted as is. The input size is the backbone's and is not part of it.
+  """
+  if isinstance(spec, str):
+    try:
+      sizes = tuple(int(s) for s in spec.split("-"))
+    except ValueError:
+      sizes = ()
+  else:
+    sizes = tuple(int(s) for s in spec)
+  if not sizes or any(s <= 0 for s in sizes):
+    raise ValueError(
+      f"projector={spec!r} (config.model.projector): give positive layer sizes joined by '-', "
+      "e.g. '8192-8192-8192'."
+    )
+  return sizes
+
+
+class Projector(nn.Module):
+  """The projector: `Dense(no bias) -> BN -> ReLU` per hidden size, then a final `Dense(no bias)`.
+
+  For sizes (8192, 8192, 8192) on 2048 features this is the reference's projector: 150,994,944
+  weights and 2 x 2 x 8192 BN parameters. Submodules are `linear{i}` and `bn{i}` (i = layer index).
+
+  Attributes:
+    sizes: output size of every layer; the last one is the embedding size D.
+    use_batch_norm: False drops the hidden BNs (the paper's "no BN in projector" ablation).
+    dtype, param_dtype, bn_momentum, bn_epsilon, axis_name: as in `ResNet`.
+  """
+
+  sizes: Sequence[int]
+  use_batch_norm: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    """Maps representations [N, F] to float32 embeddings [N, sizes[-1]]."""
+    dense = functools.partial(
+      nn.Dense,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=linear_kernel_init,
+    )
+    for i, size in enumerate(self.sizes[:-1]):
+      x = dense(size, name=f"linear{i}")(x)
+      if self.use_batch_norm:
+        x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=self.bn_momentum,
+          epsilon=self.bn_epsilon,
+          axis_name=self.axis_name,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"bn{i}",
+        )(x)
+      x = nn.relu(x)
+    x = dense(self.sizes[-1], name=f"linear{len(self.sizes) - 1}")(x)
+    return x.astype(jnp.float32)
+
+
+class BarlowTwins(nn.Module):
+  """Backbone + projector applied to a pair of views.
+
+  Each view goes through the network in its own pass, as in the reference (which calls the backbone
+  on y1, then on y2): every BatchNorm normalises a view with that view's own batch statistics, and
+  the running averages are updated twice per step, first with view A's statistics, then with
+  view B's. One pass over the concatenated views would be cheaper to launch but would normalise
+  with statistics mixed over both views, which changes what the network computes in training.
+  """
+
+  backbone: nn.Module
+  projector: nn.Module
+
+  def __call__(self, view_a, view_b, train: bool):
+    """Two views [N, H, W, C] -> (representation_a, representation_b, embedding_a, embedding_b).
+
+    Representations are [N, backbone.num_features], embeddings [N, projector.sizes[-1]], float32.
+    """
+    representation_a = self.backbone(view_a, train=train)
+    embedding_a = self.projector(representation_a, train=train)
+    representation_b = self.backbone(view_b, train=train)
+    embedding_b = self.projector(representation_b, train=train)
+    return representation_a, representation_b, embedding_a, embedding_b
+
+  def represent(self, x, train: bool = False):
+    """The backbone alone: images [N, H, W, C] -> representations [N, num_features]."""
+    return self.backbone(x, train=train)
+
+
+def backbone_features(model_config) -> int:
+  """Representation size of the backbone `config.model` describes (2048 for ResNet-50)."""
+  return _backbone_from_config(model_config, axis_name=None).num_features
+
+
+def _backbone_from_config(model_config, axis_name):
+  name = model_config.backbone
+  if name not in BACKBONES:
+    raise ValueError(
+      f"config.model.backbone={name!r} is not a known backbone: use one of {sorted(BACKBONES)}."
+    )
+  if model_config.stem not in ("imagenet", "cifar"):
+    raise ValueError(f"config.model.stem={model_config.stem!r}: use 'imagenet' or 'cifar'.")
+  if not model_config.width > 0:
+    raise ValueError(f"config.model.width={model_config.width} must be positive.")
+  return BACKBONES[name](
+    stem=model_config.stem,
+    width=float(model_config.width),
+    zero_init_residual=bool(model_config.zero_init_residual),
+    dtype=_dtype(model_config.dtype),
+    param_dtype=jnp.float32,
+    bn_momentum=float(model_config.bn_momentum),
+    bn_epsilon=float(model_config.bn_epsilon),
+    axis_name=axis_name,
+  )
+
+
+def _dtype(name):
+  try:
+    return jnp.dtype(name)
+  except TypeError as e:
+    raise ValueError(
+      f"config.model.dtype={name!r} is not a dtype: use 'float32' or 'bfloat16'."
+    ) from e
+
+
+def create_model(model_config, *, axis_name: str | None = None) -> BarlowTwins:
+  """Builds `BarlowTwins` from `config.model` (keys in barlow_jax/config.py).
+
+  `axis_name`: set it (to "data") only when the model is applied inside `shard_map`; under sharded
+  `jit` leave it None, the batch statistics are global anyway.
+  """
+  backbone = _backbone_from_config(model_config, axis_name)
+  projector = Projector(
+    sizes=parse_projector_sizes(model_config.projector),
+    use_batch_norm=bool(model_config.projector_batch_norm),
+    dtype=_dtype(model_config.dtype),
+    param_dtype=jnp.float32,
+    bn_momentum=float(model_config.bn_momentum),
+    bn_epsilon=float(model_config.bn_epsilon),
+    axis_name=axis_name,
+  )
+  return BarlowTwins(backbone=backbone, projector=projector)
