@@ -1,0 +1,155 @@
+"""Evaluation: metrics against NumPy restatements, probes that reach known answers, subsets."""
+
+import jax
+import numpy as np
+import pytest
+
+from barlow_jax import evaluate
+
+
+def _separable_linear_data(rng, n, d, c, margin):
+  w = rng.normal(size=(d, c))
+  x = rng.normal(size=(4 * n, d))
+  scores = x @ w
+  top2 = np.sort(scores, axis=1)[:, -2:]
+  keep = (top2[:, 1] - top2[:, 0]) > margin  # Away from the decision boundaries.
+  x = x[keep][:n]
+  return x.astype(np.float32), np.argmax(x @ w, axis=1).astype(np.int32)
+
+
+def test_topk_accuracy_hand_made():
+  logits = np.array(
+    [
+      [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # label 6: top-1 hit.
+      [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # label 4: rank 5, top-5 hit only.
+      [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # label 5: rank 6, miss.
+      [0.0, 9.0, 0.5, 0.2, 0.1, 0.3, 0.4],  # label 2: rank 2.
+    ],
+    np.float32,
+  )
+  labels = np.array([6, 4, 5, 2])
+  assert float(evaluate.topk_accuracy(logits, labels, 1)) == pytest.approx(0.25)
+  assert float(evaluate.topk_accuracy(logits, labels, 2)) == pytest.approx(0.5)
+  assert float(evaluate.topk_accuracy(logits, labels, 5)) == pytest.approx(0.75)
+  mask = np.array([True, True, False, False])
+  assert float(evaluate.topk_accuracy(logits, labels, 5, mask)) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="k must be"):
+    evaluate.topk_accuracy(logits, labels, 8)
+
+
+def _knn_numpy(train_x, train_y, test_x, k, t, c):
+  def norm(a):
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+  sims = norm(test_x.astype(np.float64)) @ norm(train_x.astype(np.float64)).T
+  preds = []
+  for row in sims:
+    idx = np.argsort(-row, kind="stable")[:k]
+    votes = np.zeros(c)
+    np.add.at(votes, train_y[idx], np.exp(row[idx] / t))
+    preds.append(np.argmax(votes))
+  return np.array(preds)
+
+
+def test_knn_separable_clusters_is_perfect():
+  rng = np.random.default_rng(0)
+  centres = 10.0 * np.eye(8)[:4]
+  train_y = rng.integers(0, 4, 400)
+  test_y = rng.integers(0, 4, 100)
+  train_x = centres[train_y] + rng.normal(size=(400, 8))
+  test_x = centres[test_y] + rng.normal(size=(100, 8))
+  acc = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=4, k=200)
+  assert acc == 1.0
+
+
+def test_knn_matches_numpy_weighted_vote(monkeypatch):
+  rng = np.random.default_rng(1)
+  train_x, test_x = rng.normal(size=(60, 5)), rng.normal(size=(37, 5))
+  train_y, test_y = rng.integers(0, 3, 60), rng.integers(0, 3, 37)
+  # Several small chunks, the last one padded: the chunking must not change the answer.
+  monkeypatch.setattr(evaluate, "_KNN_MAX_SIMILARITIES", 60 * 10)
+  for k, t in [(1, 0.1), (7, 0.1), (200, 0.5)]:
+    expected = np.mean(_knn_numpy(train_x, train_y, test_x, min(k, 60), t, 3) == test_y)
+    got = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=3, k=k, temperature=t)
+    assert got == pytest.approx(expected)
+
+
+def test_linear_probe_matches_numpy_sgd():
+  """One restated run: torch-style SGD + momentum, wd on all params, per-step cosine, lr*B/256."""
+  rng = np.random.default_rng(2)
+  n, d, c, bs, epochs, lr, mom, wd = 40, 5, 3, 16, 3, 0.3, 0.9, 1e-2
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  y = rng.integers(0, c, n).astype(np.int32)
+  probe = evaluate.train_linear_probe(
+    x,
+    y,
+    num_classes=c,
+    epochs=epochs,
+    batch_size=bs,
+    lr=lr,
+    momentum=mom,
+    weight_decay=wd,
+    standardize=False,
+    seed=3,
+  )
+  key = jax.random.PRNGKey(3)
+  init_key, key = jax.random.split(key)
+  w = 0.01 * np.asarray(jax.random.normal(init_key, (d, c)), np.float64)
+  b = np.zeros(c)
+  buf_w, buf_b = np.zeros_like(w), np.zeros_like(b)
+  steps = n // bs
+  total, t = epochs * steps, 0
+  for e in range(epochs):
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, e), n))
+    for s in range(steps):
+      idx = perm[s * bs : (s + 1) * bs]
+      logits = x[idx].astype(np.float64) @ w + b
+      p = np.exp(logits - logits.max(1, keepdims=True))
+      p /= p.sum(1, keepdims=True)
+      p[np.arange(bs), y[idx]] -= 1.0
+      gw = x[idx].T.astype(np.float64) @ p / bs + wd * w
+      gb = p.sum(0) / bs + wd * b
+      buf_w, buf_b = mom * buf_w + gw, mom * buf_b + gb
+      rate = lr * bs / 256 * 0.5 * (1 + np.cos(np.pi * t / total))
+      w, b, t = w - rate * buf_w, b - rate * buf_b, t + 1
+  np.testing.assert_allclose(np.asarray(probe.kernel), w, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(probe.bias), b, rtol=1e-4, atol=1e-6)
+
+
+def test_linear_probe_reaches_a_known_linear_solution():
+  rng = np.random.default_rng(3)
+  x, y = _separable_linear_data(rng, 3000, 16, 5, margin=1.0)
+  train_x, train_y, test_x, test_y = x[:2000], y[:2000], x[2000:], y[2000:]
+  result = evaluate.linear_probe_accuracy(
+    train_x, train_y, test_x, test_y, num_classes=5, epochs=30, batch_size=256
+  )
+  assert result["top1"] >= 0.98, result
+  assert result["top5"] == 1.0
+  # The same labels permuted at random are not linearly predictable: the probe must not be
+  # scoring itself (chance is 20%).
+  shuffled = rng.permutation(train_y)
+  chance = evaluate.linear_probe_accuracy(
+    train_x, shuffled, test_x, test_y, num_classes=5, epochs=30, batch_size=256
+  )
+  assert chance["top1"] < 0.4, chance
+
+
+def test_select_subset_deterministic_balanced_disjoint():
+  rng = np.random.default_rng(4)
+  labels = rng.integers(0, 10, 5000)
+  held_out = rng.choice(5000, 1000, replace=False)
+  a = evaluate.select_subset(labels, fraction=0.1, seed=7, exclude=held_out)
+  b = evaluate.select_subset(labels, fraction=0.1, seed=7, exclude=held_out)
+  c = evaluate.select_subset(labels, fraction=0.1, seed=8, exclude=held_out)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert len(a) == 500 and len(np.unique(a)) == 500
+  assert not set(a.tolist()) & set(held_out.tolist())
+  assert np.all(np.bincount(labels[a], minlength=10) == 50)
+  uneven = evaluate.select_subset(labels, num_examples=503, seed=0, balanced=True)
+  counts = np.bincount(labels[uneven], minlength=10)
+  assert counts.sum() == 503 and counts.max() - counts.min() == 1
+  uniform = evaluate.select_subset(labels, fraction=0.02, seed=0, balanced=False)
+  assert len(uniform) == 100
+  with pytest.raises(ValueError, match="fraction"):
+    evaluate.select_subset(labels, fraction=1.5)
