@@ -1,0 +1,310 @@
+"""Loss + gradient benchmark: time and peak memory per method over an N x D grid.
+
+    python -m barlow_jax.benchmark loss --n 256 1024 2048 --d 2048 8192 16384 32768 65536 \\
+        --methods auto dense gram blockwise --repeats 3 --out loss_benchmark.json
+
+Every (N, D, method) runs in a fresh subprocess, so that its peak memory is its own: on CPU the peak
+resident set size of that process (`ru_maxrss`, which includes the ~0.3 GiB of the jax runtime
+itself; the `base` column gives the RSS before the loss was compiled), on GPU/TPU the device's
+`peak_bytes_in_use`. The time is the median wall time of one jitted `value_and_grad` of
+`barlow_twins_loss` with respect to both views, after a warm-up call. With `--torch` (the default
+when torch is importable), the reference formula in PyTorch runs on the CPU as a side-by-side peer:
+affine-free BatchNorm1d per view, `c = bn(z1).T @ bn(z2) / N`, on/off-diagonal sums, `backward()`.
+
+Configurations whose estimated memory exceeds `--max-bytes`, or whose estimated FLOPs exceed
+`--max-gflop`, are skipped and listed as such (raise the limits on an accelerator).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+TORCH = "torch"
+
+
+def _physical_memory_bytes() -> int:
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return 16 << 30
+
+
+def resolve_method(method: str, n: int, d: int) -> str:
+  if method != "auto":
+    return method
+  from barlow_jax import losses
+
+  return losses._choose_method("barlow_twins", n, d)
+
+
+def estimate(method: str, n: int, d: int) -> tuple[float, float]:
+  """(bytes, FLOPs) of one loss + gradient evaluation, rough upper estimates."""
+  from barlow_jax import losses
+
+  method = resolve_method(method, n, d)
+  inputs = 10.0 * n * d * 4  # Views, normalised views, their gradients, temporaries.
+  if method in ("dense", TORCH):
+    return inputs + 4.0 * d * d * 4, 6.0 * n * d * d
+  if method == "gram":
+    return inputs + 4.0 * n * n * 4, 12.0 * n * n * d
+  block = losses._default_block_size(d)
+  return inputs + 4.0 * d * block * 4, 8.0 * n * d * d
+
+
+def _rss_bytes() -> int:
+  # Linux reports ru_maxrss in KiB, macOS in bytes.
+  scale = 1 if sys.platform == "darwin" else 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _current_rss_bytes() -> int:
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except OSError:
+    return _rss_bytes()
+
+
+def make_inputs(n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+  """The same correlated float32 views for every method and for torch, so losses can be compared."""
+  rng = np.random.default_rng(0)
+  z_a = rng.standard_normal((n, d), dtype=np.float32) * 2.0 + 1.0
+  z_b = 0.5 * z_a + rng.standard_normal((n, d), dtype=np.float32)
+  return z_a, z_b
+
+
+def run_jax(method: str, n: int, d: int, repeats: int) -> dict:
+  """One configuration in this process (call in a fresh subprocess)."""
+  import jax
+  import jax.numpy as jnp
+
+  from barlow_jax import losses
+
+  z_a, z_b = jax.block_until_ready(tuple(jnp.asarray(z) for z in make_inputs(n, d)))
+  base = _current_rss_bytes()
+  loss_fn = lambda a, b: losses.barlow_twins_loss(a, b, method=method)
+  fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+  start = time.perf_counter()
+  compiled = fn.lower(z_a, z_b).compile()
+  compile_s = time.perf_counter() - start
+  loss, _ = jax.block_until_ready(compiled(z_a, z_b))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(z_a, z_b))
+    times.append(time.perf_counter() - start)
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    peak, kind = stats["peak_bytes_in_use"], "device peak_bytes_in_use"
+  else:
+    peak, kind = _rss_bytes(), "process peak RSS"
+  return {
+    "median_s": statistics.median(times),
+    "times_s": times,
+    "compile_s": compile_s,
+    "peak_bytes": peak,
+    "base_bytes": base if kind == "process peak RSS" else 0,
+    "memory_kind": kind,
+    "loss": float(loss),
+    "resolved_method": resolve_method(method, n, d),
+    "device": device.device_kind,
+  }
+
+
+def run_torch(n: int, d: int, repeats: int, lambd: float = 0.0051) -> dict:
+  """The reference formula in PyTorch on the CPU (in a fresh subprocess)."""
+  import torch
+
+  z_a, z_b = (torch.from_numpy(z) for z in make_inputs(n, d))
+  z_a.requires_grad_(True)
+  z_b.requires_grad_(True)
+  bn = torch.nn.BatchNorm1d(d, affine=False)
+  base = _current_rss_bytes()
+
+  def off_diagonal(x):
+    m = x.shape[0]
+    return x.flatten()[:-1].view(m - 1, m + 1)[:, 1:].flatten()
+
+  def step():
+    z_a.grad = z_b.grad = None
+    c = bn(z_a).T @ bn(z_b) / n
+    on_diag = torch.diagonal(c).add_(-1).pow_(2).sum()
+    off_diag = off_diagonal(c).pow_(2).sum()
+    loss = on_diag + lambd * off_diag
+    loss.backward()
+    return loss
+
+  loss = step()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return {
+    "median_s": statistics.median(times),
+    "times_s": times,
+    "compile_s": 0.0,
+    "peak_bytes": _rss_bytes(),
+    "base_bytes": base,
+    "memory_kind": "process peak RSS",
+    "loss": float(loss),
+    "resolved_method": TORCH,
+    "device": f"cpu, {torch.get_num_threads()} threads",
+  }
+
+
+def _run_child(method: str, n: int, d: int, repeats: int, timeout: float) -> dict:
+  cmd = [
+    sys.executable,
+    "-m",
+    "barlow_jax.benchmark",
+    "loss",
+    "--child",
+    method,
+    str(n),
+    str(d),
+    "--repeats",
+    str(repeats),
+  ]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return {"status": f"timeout after {timeout:.0f} s"}
+  for line in reversed(proc.stdout.splitlines()):
+    if line.startswith("{"):
+      result = json.loads(line)
+      result["status"] = "ok"
+      return result
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+  return {"status": f"failed (exit {proc.returncode}): {tail[0][:200]}"}
+
+
+def _fmt_bytes(x) -> str:
+  return f"{x / 2**30:.2f}" if x else "-"
+
+
+def format_table(rows: list[dict]) -> str:
+  lines = [
+    "| N | D | method | ran as | median ms | vs torch | peak GiB | base GiB | loss | note |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  torch_time = {(r["n"], r["d"]): r.get("median_s") for r in rows if r["method"] == TORCH}
+  for r in rows:
+    if r["status"] != "ok":
+      lines.append(
+        f"| {r['n']} | {r['d']} | {r['method']} | - | - | - | - | - | - | {r['status']} |"
+      )
+      continue
+    ref = torch_time.get((r["n"], r["d"]))
+    speedup = f"{ref / r['median_s']:.2f}x" if ref and r["method"] != TORCH else "-"
+    lines.append(
+      f"| {r['n']} | {r['d']} | {r['method']} | {r['resolved_method']} | "
+      f"{1e3 * r['median_s']:.1f} | "
+      f"{speedup} | {_fmt_bytes(r['peak_bytes'])} | {_fmt_bytes(r['base_bytes'])} | "
+      f"{r['loss']:.6g} | |"
+    )
+  return "\n".join(lines)
+
+
+def _torch_available() -> bool:
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m barlow_jax.benchmark loss", description=__doc__)
+  parser.add_argument("--n", type=int, nargs="+", default=[256, 1024, 2048], help="global batch")
+  parser.add_argument(
+    "--d", type=int, nargs="+", default=[2048, 8192, 16384, 32768, 65536], help="embedding dim"
+  )
+  parser.add_argument(
+    "--methods", nargs="+", default=["auto", "dense", "gram", "blockwise"], help="loss methods"
+  )
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up")
+  parser.add_argument("--out", default="loss_benchmark.json", help="JSON results path")
+  parser.add_argument(
+    "--torch",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="run the PyTorch reference formula on the CPU (default: when torch is importable)",
+  )
+  parser.add_argument(
+    "--max-bytes",
+    type=float,
+    default=0.8 * _physical_memory_bytes(),
+    help="skip configurations estimated to need more memory (default 80%% of physical memory)",
+  )
+  parser.add_argument(
+    "--max-gflop",
+    type=float,
+    default=1000.0,
+    help="skip configurations estimated to need more GFLOP per loss + gradient",
+  )
+  parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
+  parser.add_argument("--child", nargs=3, metavar=("METHOD", "N", "D"), help=argparse.SUPPRESS)
+  args = parser.parse_args(argv[1:])
+
+  if args.child:
+    method, n, d = args.child[0], int(args.child[1]), int(args.child[2])
+    result = (
+      run_torch(n, d, args.repeats) if method == TORCH else run_jax(method, n, d, args.repeats)
+    )
+    print(json.dumps(result))
+    return 0
+
+  from barlow_jax import losses
+
+  for method in args.methods:
+    if method not in losses.METHODS:
+      parser.error(f"--methods: unknown method {method!r}; choose from {losses.METHODS}")
+  use_torch = _torch_available() if args.torch is None else args.torch
+  if use_torch and not _torch_available():
+    parser.error("--torch: torch is not importable")
+  methods = list(args.methods) + ([TORCH] if use_torch else [])
+
+  rows = []
+  for n in args.n:
+    for d in args.d:
+      for method in methods:
+        row = {"n": n, "d": d, "method": method}
+        est_bytes, est_flops = estimate(method, n, d)
+        if est_bytes > args.max_bytes:
+          row["status"] = f"skipped: needs ~{est_bytes / 2**30:.1f} GiB > --max-bytes"
+        elif est_flops > args.max_gflop * 1e9:
+          row["status"] = f"skipped: ~{est_flops / 1e9:.0f} GFLOP > --max-gflop"
+        else:
+          row.update(_run_child(method, n, d, args.repeats, args.timeout))
+        row["est_bytes"], row["est_gflop"] = est_bytes, est_flops / 1e9
+        rows.append(row)
+        status = row["status"]
+        timing = f"{row['median_s']:.3f} s" if status == "ok" else status
+        print(f"N={n} D={d} {method}: {timing}", file=sys.stderr, flush=True)
+
+  table = format_table(rows)
+  print(table)
+  with open(args.out, "w") as f:
+    json.dump(
+      {
+        "command": "python -m barlow_jax.benchmark " + " ".join(argv),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+        "table_markdown": table,
+      },
+      f,
+      indent=1,
+    )
+  print(f"wrote {args.out}", file=sys.stderr)
+  return 0
