@@ -1,0 +1,451 @@
+"""The Barlow Twins / BYOL image augmentations as pure TensorFlow functions of (image, seed).
+
+Every op is stateless: randomness comes only from a `seed` tensor of shape [2] (int32 or int64),
+so the same (image, seed) always gives the same output, eagerly or inside `tf.data`. The input
+pipeline derives one seed per (global seed, epoch, example index, view) with `example_seed`,
+which makes a run reproducible and resumable at any step.
+
+Pixels are float32 in [0, 1] from decoding to the end of `augment_cropped`; `normalize` then
+maps them to the network's input with the configured mean and std (REFERENCE.md §4).
+
+Per view, in this order (`augment_view`):
+  1. random resized crop to S x S (torchvision semantics, 10 attempts then a centre crop),
+  2. horizontal flip with `flip_prob`,
+  3. colour jitter with `jitter_prob`: brightness, contrast, saturation and hue in a random order
+     (torchvision `ColorJitter` semantics, clipped to [0, 1] after each),
+  4. random RGB channel permutation with `channel_permute_prob` (an extra op, off by default),
+  5. grayscale (ITU-R 601-2 luma, replicated to 3 channels) with `grayscale_prob`,
+  6. Gaussian blur with `blur_prob`, sigma ~ U(blur_sigma),
+  7. solarize (x -> 1 - x where x >= `solarize_threshold`) with `solarize_prob`,
+  8. additive Gaussian noise of std `noise_std` (an extra op, 0 by default), clipped to [0, 1],
+  9. normalisation by `mean` / `std`.
+
+Blur kernel size: the kernel is sized from the largest sigma of the range, radius
+ceil(3 * sigma_max) (13 taps at the default sigma_max = 2), capped at S - 1 for small images
+so reflect padding stays valid. BYOL uses a fixed 23-tap kernel at 224 px (~10% of the image);
+the Gaussian's weight beyond 3 sigma is below 0.3%, so the two agree to that; kernel weights
+are renormalised to sum to 1, so a constant image is left unchanged. Borders are reflected
+(torchvision `GaussianBlur` uses reflect padding too).
+"""
+
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L") and torchvision use.
+NUM_CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 boxes before the fallback.
+
+# Sub-seed slots of one view's seed (stateless_split of the view seed).
+_CROP, _DECIDE, _FLIP, _JITTER, _PERMUTE, _BLUR, _NOISE = range(7)
+_NUM_SUBSEEDS = 7
+APPLIED_KEYS = ("flip", "jitter", "channel_permute", "grayscale", "blur", "solarize")
+
+
+def example_seed(global_seed, epoch, index, view) -> tf.Tensor:
+  """The seed [2] int64 of one view of one example in one epoch; all arguments are int scalars."""
+  key = tf.stack([tf.cast(global_seed, tf.int64), tf.constant(0x5EED, tf.int64)])
+  for data in (epoch, index, view):
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
+  return key
+
+
+def _subseeds(seed) -> tf.Tensor:
+  return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=_NUM_SUBSEEDS)
+
+
+def to_float(image: tf.Tensor) -> tf.Tensor:
+  """uint8 / uint16 / float image -> float32 in [0, 1] (integers are scaled by their max)."""
+  if image.dtype.is_integer:
+    return tf.image.convert_image_dtype(image, tf.float32)
+  return tf.cast(image, tf.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random resized crop.
+
+
+def crop_window(height, width, seed, *, area: Sequence[float], aspect: Sequence[float]):
+  """A random box with torchvision `RandomResizedCrop.get_params` semantics.
+
+  Ten candidate boxes with area fraction ~ U(area) and log aspect (w / h) ~ U(log aspect); the
+  first that fits is used at a uniform position; if none fits, the largest centred box whose
+  aspect is clamped into the range.
+
+  Args:
+    height, width: image size in pixels (int scalars).
+    seed: [2] int seed.
+    area, aspect: (min, max) ranges.
+
+  Returns:
+    int32 [4]: (offset_y, offset_x, crop_height, crop_width).
+  """
+  if not 0 < area[0] <= area[1] <= 1:
+    raise ValueError(f"crop_area must satisfy 0 < min <= max <= 1, got {tuple(area)}.")
+  if not 0 < aspect[0] <= aspect[1]:
+    raise ValueError(f"crop_aspect must satisfy 0 < min <= max, got {tuple(aspect)}.")
+  h_i = tf.cast(height, tf.int32)
+  w_i = tf.cast(width, tf.int32)
+  h_f, w_f = tf.cast(h_i, tf.float32), tf.cast(w_i, tf.float32)
+  u = tf.random.stateless_uniform([4, NUM_CROP_ATTEMPTS], seed=seed)
+  target_area = h_f * w_f * (area[0] + (area[1] - area[0]) * u[0])
+  log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+  ratio = tf.exp(log_lo + (log_hi - log_lo) * u[1])
+  cw = tf.cast(tf.round(tf.sqrt(target_area * ratio)), tf.int32)
+  ch = tf.cast(tf.round(tf.sqrt(target_area / ratio)), tf.int32)
+  fits = (cw > 0) & (cw <= w_i) & (ch > 0) & (ch <= h_i)
+  # Uniform integer offsets in [0, size - crop]; clipped against float rounding at u -> 1.
+  oy = tf.minimum(tf.cast(u[2] * tf.cast(h_i - ch + 1, tf.float32), tf.int32), h_i - ch)
+  ox = tf.minimum(tf.cast(u[3] * tf.cast(w_i - cw + 1, tf.float32), tf.int32), w_i - cw)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+  in_ratio = w_f / h_f
+  fb_w = tf.where(
+    in_ratio < aspect[0],
+    w_i,
+    tf.where(in_ratio > aspect[1], tf.cast(tf.round(h_f * aspect[1]), tf.int32), w_i),
+  )
+  fb_h = tf.where(
+    in_ratio < aspect[0],
+    tf.cast(tf.round(w_f / aspect[0]), tf.int32),
+    h_i,
+  )
+  fb_w = tf.clip_by_value(fb_w, 1, w_i)
+  fb_h = tf.clip_by_value(fb_h, 1, h_i)
+  fallback = tf.stack([(h_i - fb_h) // 2, (w_i - fb_w) // 2, fb_h, fb_w])
+  chosen = tf.stack([oy[first], ox[first], ch[first], cw[first]])
+  return tf.where(tf.reduce_any(fits), chosen, fallback)
+
+
+def _resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
+  out = tf.image.resize(image, [size, size], method=method)
+  return tf.clip_by_value(out, 0.0, 1.0)  # Bicubic overshoots.
+
+
+def random_resized_crop(
+  image: tf.Tensor,
+  seed,
+  *,
+  size: int,
+  area: Sequence[float] = (0.08, 1.0),
+  aspect: Sequence[float] = (3 / 4, 4 / 3),
+  method: str = "bicubic",
+) -> tf.Tensor:
+  """Crops a random box (`crop_window`) of a decoded image and resizes it to [size, size, 3].
+
+  Args:
+    image: [H, W, 3] uint8 or float in [0, 1].
+    seed: [2] int seed.
+
+  Returns:
+    float32 [size, size, 3] in [0, 1].
+  """
+  shape = tf.shape(image)
+  y, x, h, w = tf.unstack(crop_window(shape[0], shape[1], seed, area=area, aspect=aspect))
+  crop = to_float(image[y : y + h, x : x + w])
+  return _resize(crop, size, method)
+
+
+def decode_and_random_resized_crop(
+  image_bytes: tf.Tensor,
+  seed,
+  *,
+  size: int,
+  area: Sequence[float] = (0.08, 1.0),
+  aspect: Sequence[float] = (3 / 4, 4 / 3),
+  method: str = "bicubic",
+) -> tf.Tensor:
+  """`random_resized_crop` fused with JPEG decoding: only the crop window is decoded.
+
+  Args:
+    image_bytes: scalar string, a JPEG file.
+
+  Returns:
+    float32 [size, size, 3] in [0, 1].
+  """
+  shape = tf.io.extract_jpeg_shape(image_bytes)
+  window = crop_window(shape[0], shape[1], seed, area=area, aspect=aspect)
+  crop = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  return _resize(to_float(crop), size, method)
+
+
+def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Any JPEG / PNG / GIF / BMP bytes -> float32 [H, W, 3] in [0, 1].
+
+  Grayscale is replicated to RGB, the alpha channel of RGBA / grayscale+alpha is dropped, 16-bit
+  PNGs are scaled by 65535, an animated GIF gives its first frame.
+  """
+  image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.float32, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+# ---------------------------------------------------------------------------------------------
+# Photometric ops, on float32 [..., H, W, 3] in [0, 1].
+
+
+def flip_left_right(image: tf.Tensor) -> tf.Tensor:
+  return tf.reverse(image, axis=[-2])
+
+
+def to_grayscale(image: tf.Tensor) -> tf.Tensor:
+  """ITU-R 601-2 luma replicated to 3 channels."""
+  gray = tf.reduce_sum(image * tf.constant(LUMA, image.dtype), axis=-1, keepdims=True)
+  return tf.tile(gray, [1] * (image.shape.rank - 1) + [3])
+
+
+def _blend(a: tf.Tensor, b: tf.Tensor, factor) -> tf.Tensor:
+  """torchvision `_blend`: factor * a + (1 - factor) * b, clipped to [0, 1]."""
+  return tf.clip_by_value(factor * a + (1.0 - factor) * b, 0.0, 1.0)
+
+
+def adjust_brightness(image, factor):
+  return _blend(image, tf.zeros_like(image), factor)
+
+
+def adjust_contrast(image, factor):
+  mean = tf.reduce_mean(to_grayscale(image)[..., :1], axis=[-3, -2, -1], keepdims=True)
+  return _blend(image, mean, factor)
+
+
+def adjust_saturation(image, factor):
+  return _blend(image, to_grayscale(image), factor)
+
+
+def adjust_hue(image, delta):
+  """Adds `delta` (a fraction of a full turn, in [-0.5, 0.5]) to the hue in HSV space."""
+  return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
+
+
+def color_jitter(
+  image: tf.Tensor,
+  seed,
+  *,
+  brightness: float = 0.4,
+  contrast: float = 0.4,
+  saturation: float = 0.2,
+  hue: float = 0.1,
+) -> tf.Tensor:
+  """torchvision `ColorJitter`: the four ops in a random order, each with a random strength.
+
+  Factors: brightness, contrast, saturation ~ U(max(0, 1 - s), 1 + s) (multiply, or blend with
+  black / the mean gray level / the grayscale image); hue delta ~ U(-hue, hue) of a full turn.
+  An op whose strength is 0 is the identity and is skipped.
+
+  Args:
+    image: float32 [H, W, 3] in [0, 1].
+    seed: [2] int seed.
+  """
+  if not 0 <= hue <= 0.5:
+    raise ValueError(f"hue must be in [0, 0.5] (a fraction of a full turn), got {hue}.")
+  for name, value in (
+    ("brightness", brightness),
+    ("contrast", contrast),
+    ("saturation", saturation),
+  ):
+    if value < 0:
+      raise ValueError(f"{name} must be >= 0, got {value}.")
+  u = tf.random.stateless_uniform([8], seed=seed)
+  order = tf.argsort(u[4:])
+
+  def factor(strength, v):
+    lo = max(0.0, 1.0 - strength)
+    return lo + (1.0 + strength - lo) * v
+
+  ops = [
+    (brightness, lambda x: adjust_brightness(x, factor(brightness, u[0]))),
+    (contrast, lambda x: adjust_contrast(x, factor(contrast, u[1]))),
+    (saturation, lambda x: adjust_saturation(x, factor(saturation, u[2]))),
+    (hue, lambda x: adjust_hue(x, hue * (2.0 * u[3] - 1.0))),
+  ]
+  branches = [op if strength > 0 else (lambda x: x) for strength, op in ops]
+  if all(strength == 0 for strength, _ in ops):
+    return image
+  for position in range(4):
+    image = tf.switch_case(order[position], [lambda fn=fn, x=image: fn(x) for fn in branches])
+  return image
+
+
+def blur_radius(sigma_max: float, size: int) -> int:
+  """Half-width of the blur kernel: ceil(3 * sigma_max), capped at size - 1 (see module doc)."""
+  return int(max(1, min(math.ceil(3.0 * sigma_max), size - 1)))
+
+
+def gaussian_blur(image: tf.Tensor, sigma, *, radius: int) -> tf.Tensor:
+  """Separable Gaussian blur with reflect padding; kernel weights sum to 1.
+
+  Args:
+    image: float32 [H, W, 3] with H, W > radius.
+    sigma: scalar standard deviation in pixels (> 0).
+    radius: static half-width; the kernel has 2 * radius + 1 taps.
+  """
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-0.5 * tf.square(x / tf.cast(sigma, tf.float32)))
+  kernel = kernel / tf.reduce_sum(kernel)
+  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+  k_v = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
+  k_h = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
+  out = tf.nn.depthwise_conv2d(padded, k_v, strides=[1, 1, 1, 1], padding="VALID")
+  out = tf.nn.depthwise_conv2d(out, k_h, strides=[1, 1, 1, 1], padding="VALID")
+  return out[0]
+
+
+def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+  """x -> 1 - x where x >= threshold (on [0, 1] pixels; 128/255 in the 8-bit convention)."""
+  return tf.where(image >= threshold, 1.0 - image, image)
+
+
+def permute_channels(image: tf.Tensor, seed) -> tf.Tensor:
+  """A uniformly random order of the three channels (one of 6 permutations)."""
+  order = tf.argsort(tf.random.stateless_uniform([3], seed=seed))
+  return tf.gather(image, order, axis=-1)
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+  """(x - mean) / std per channel, on [0, 1] pixels."""
+  mean_t = tf.constant(mean, tf.float32)
+  std_t = tf.constant(std, tf.float32)
+  return (image - mean_t) / std_t
+
+
+# ---------------------------------------------------------------------------------------------
+# One view.
+
+
+def _check_prob(view, key):
+  p = float(view[key])
+  if not 0 <= p <= 1:
+    raise ValueError(f"augment view key {key!r} must be a probability in [0, 1], got {p}.")
+  return p
+
+
+def augment_cropped(image: tf.Tensor, seed, view, *, return_applied: bool = False):
+  """Steps 2-8 of the module doc on an already cropped view.
+
+  Args:
+    image: float32 [S, S, 3] in [0, 1].
+    seed: the view's [2] int seed (the crop uses another sub-seed of the same seed).
+    view: one view's config (`config.augment.view_a` / `view_b`).
+    return_applied: also return which random ops fired.
+
+  Returns:
+    float32 [S, S, 3] in [0, 1]; with `return_applied`, also {name: bool scalar} for
+    `APPLIED_KEYS`.
+  """
+  seeds = _subseeds(seed)
+  probs = {
+    "flip": _check_prob(view, "flip_prob"),
+    "jitter": _check_prob(view, "jitter_prob"),
+    "channel_permute": _check_prob(view, "channel_permute_prob"),
+    "grayscale": _check_prob(view, "grayscale_prob"),
+    "blur": _check_prob(view, "blur_prob"),
+    "solarize": _check_prob(view, "solarize_prob"),
+  }
+  u = tf.random.stateless_uniform([len(APPLIED_KEYS)], seed=seeds[_DECIDE])
+  applied = {key: u[i] < probs[key] for i, key in enumerate(APPLIED_KEYS)}
+
+  def maybe(key, fn, x):
+    if probs[key] == 0.0:  # Static skip: no graph for an op that never fires.
+      return x
+    return tf.cond(applied[key], lambda: fn(x), lambda: x)
+
+  image = maybe("flip", flip_left_right, image)
+  image = maybe(
+    "jitter",
+    lambda x: color_jitter(
+      x,
+      seeds[_JITTER],
+      brightness=float(view.brightness),
+      contrast=float(view.contrast),
+      saturation=float(view.saturation),
+      hue=float(view.hue),
+    ),
+    image,
+  )
+  image = maybe("channel_permute", lambda x: permute_channels(x, seeds[_PERMUTE]), image)
+  image = maybe("grayscale", to_grayscale, image)
+  if probs["blur"] > 0:
+    lo, hi = (float(s) for s in view.blur_sigma)
+    if not 0 < lo <= hi:
+      raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {(lo, hi)}.")
+    if None in image.shape[:2]:
+      raise ValueError("augment_cropped needs a statically shaped [S, S, 3] image (blur radius).")
+    radius = blur_radius(hi, min(image.shape[:2]))
+    sigma = lo + (hi - lo) * tf.random.stateless_uniform([], seed=seeds[_BLUR])
+    image = maybe("blur", lambda x: gaussian_blur(x, sigma, radius=radius), image)
+  threshold = float(view.solarize_threshold)
+  image = maybe("solarize", lambda x: solarize(x, threshold), image)
+  noise_std = float(view.noise_std)
+  if noise_std < 0:
+    raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+  if noise_std > 0:
+    noise = tf.random.stateless_normal(tf.shape(image), seed=seeds[_NOISE], stddev=noise_std)
+    image = tf.clip_by_value(image + noise, 0.0, 1.0)
+  if return_applied:
+    return image, applied
+  return image
+
+
+def crop_seed(seed) -> tf.Tensor:
+  """The sub-seed of a view's seed that drives its random resized crop."""
+  return _subseeds(seed)[_CROP]
+
+
+def crop_view(image, seed, view, *, size: int, is_jpeg_bytes: bool = False) -> tf.Tensor:
+  """Step 1: the random resized crop of one view, from a decoded image or from JPEG bytes."""
+  kwargs = dict(
+    size=size,
+    area=tuple(float(a) for a in view.crop_area),
+    aspect=tuple(float(a) for a in view.crop_aspect),
+    method=str(view.crop_method),
+  )
+  if is_jpeg_bytes:
+    return decode_and_random_resized_crop(image, crop_seed(seed), **kwargs)
+  return random_resized_crop(image, crop_seed(seed), **kwargs)
+
+
+def augment_view(image, seed, view, *, size: int, mean, std, return_applied: bool = False):
+  """One full view: crop, photometric ops, normalisation.
+
+  Args:
+    image: decoded [H, W, 3] uint8 or float in [0, 1].
+    seed: [2] int seed of this view (`example_seed`).
+    view: `config.augment.view_a` or `view_b`.
+    size: output side S.
+    mean, std: `config.augment.mean` / `std`.
+
+  Returns:
+    float32 [S, S, 3], normalised (and the applied dict with `return_applied`).
+  """
+  cropped = crop_view(image, seed, view, size=size)
+  out = augment_cropped(cropped, seed, view, return_applied=return_applied)
+  if return_applied:
+    return normalize(out[0], mean, std), out[1]
+  return normalize(out, mean, std)
+
+
+def eval_resize_crop(image: tf.Tensor, *, size: int, resize: int | None) -> tf.Tensor:
+  """Evaluation preprocessing: float32 [H, W, 3] in [0, 1] -> [size, size, 3].
+
+  With `resize`, the short side is resized to `resize` (bicubic) and the centre `size` x `size`
+  is cropped (ImageNet: 256 then 224). Without, the image is resized straight to size x size
+  (bilinear; a no-op for images already that size).
+  """
+  image = to_float(image)
+  if resize is not None and resize < size:
+    raise ValueError(f"eval resize ({resize}) must be >= the crop size ({size}).")
+  if resize is None:
+    shape = tf.shape(image)
+    same = (shape[0] == size) & (shape[1] == size)
+    return tf.cond(
+      same,
+      lambda: tf.ensure_shape(image, [size, size, 3]),
+      lambda: tf.clip_by_value(tf.image.resize(image, [size, size], "bilinear"), 0.0, 1.0),
+    )
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = resize / tf.reduce_min(shape)
+  new_hw = tf.cast(tf.round(shape * scale), tf.int32)
+  image = tf.clip_by_value(tf.image.resize(image, new_hw, "bicubic"), 0.0, 1.0)
+  oy = (new_hw[0] - size) // 2
+  ox = (new_hw[1] - size) // 2
+  return tf.ensure_shape(image[oy : oy + size, ox : ox + size], [size, size, 3])
