@@ -276,6 +276,17 @@ def _source(config, split: str) -> _Source:
   return _Source("tfds", _tfds_count(builder, split), has_labels, builder=builder, split=split)
 
 
+def num_classes(config) -> int:
+  """Number of label classes of the training split (0 when it is unlabelled or unknown)."""
+  source = _source(config, config.dataset.train_split)
+  if not source.has_labels:
+    return 0
+  if source.kind in ("arrays", "files"):
+    return int(source.labels.max()) + 1 if len(source.labels) else 0
+  feature = source.builder.info.features[config.dataset.label_key]
+  return int(getattr(feature, "num_classes", 0) or 0)
+
+
 def num_train_examples(config) -> int:
   """Examples per epoch: `config.num_train_examples` if > 0, else the training split's size."""
   if config.num_train_examples > 0:

@@ -1,0 +1,1 @@
+"""Command-line tools for looking at what a config does (`python -m barlow_jax.tools.NAME`)."""
