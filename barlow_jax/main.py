@@ -1,0 +1,59 @@
+r"""Pretrains Barlow Twins from a config file into a workdir; the same command resumes.
+
+    python -m barlow_jax.main --config=configs/cluttered_digits.py --workdir=workdirs/cd
+    python -m barlow_jax.main --config=configs/cifar10_resnet18.py:runlocal --workdir=/tmp/c10 \
+        --config.batch_size=64 --config.optim.lr_weights=0.3
+
+`--config=FILE[:ARG]` loads `get_config(ARG)` from FILE; `--config.KEY=VALUE` overrides one key
+(the config is locked: a misspelt key is an error naming it). Several processes (TPU pod,
+multi-node GPU, `python -m barlow_jax.launch`) join through `barlow_jax.distributed` first.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Experiment config file, e.g. configs/cluttered_digits.py[:runlocal].",
+  lock_config=True,
+)
+flags.DEFINE_string("workdir", None, "Directory of the run: config, checkpoints, metrics, export.")
+flags.DEFINE_string(
+  "coordinator_address", "", "host:port of process 0 (multi-process runs; default: environment)."
+)
+flags.DEFINE_integer("num_processes", 0, "Processes of a multi-process run (0: environment).")
+flags.DEFINE_integer("process_id", -1, "This process's index (-1: environment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here so a flag error (a misspelt --config. key) fails in a second, not after jax.
+  from barlow_jax import distributed
+
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+  import jax
+
+  from barlow_jax import train
+
+  logging.info(
+    "Process %d/%d, %d local devices of %d: %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+  )
+  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if result.preempted:
+    logging.info(
+      "Stopped at step %d/%d on SIGTERM; rerun to resume.", result.step, result.total_steps
+    )
+
+
+if __name__ == "__main__":
+  app.run(main)

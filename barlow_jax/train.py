@@ -1,0 +1,863 @@
+"""Pretraining: one config, every device of every host, resumable, observable.
+
+    python -m barlow_jax.main --config=configs/cluttered_digits.py --workdir=workdirs/cd
+
+Parallelism: one `jax.jit` over a `Mesh` of all devices with a single axis `"data"`. The global
+batch is sharded on its first axis (`NamedSharding(mesh, P("data"))`) and assembled from the
+process-local NumPy batches of the input pipeline with `jax.make_array_from_process_local_data`;
+the train state is replicated (`state_shardings` is the one place to change for an FSDP-style
+sharding of the projector). Under sharded `jit` every batch statistic, in the BatchNorms of the
+network and in the normalisation inside the loss, is over the global batch without an
+`axis_name`, and `jax.grad` of the global loss is the true gradient (REFERENCE.md §3 explains
+why the reference's is 1/W of it: `config.optim.gradient_scale`).
+
+The workdir is the run:
+
+    config.txt, config.json   the resolved config (human / machine readable)
+    checkpoints/<step>/       orbax CheckpointManager: the whole `TrainState`, async, the last
+                              `config.keep_checkpoints`, every `config.checkpoint_every_steps`,
+                              at the end and on SIGTERM
+    events.out.tfevents.*     TensorBoard scalars and images (clu metric writers)
+    backbone/                 at the end: orbax checkpoint of {"params", "batch_stats"} of the
+                              backbone alone, plus backbone/model_config.json (`config.model`)
+
+Running the same command again resumes from the latest checkpoint. The data position is the step
+(the input pipeline's `start_step` replays exactly the batches k, k+1, ...) and nothing else in a
+step is random (augmentations are seeded on the host from (seed, epoch, example, view); the
+network has no dropout), so an interrupted-and-resumed run ends with the parameters of an
+uninterrupted one.
+"""
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from barlow_jax import losses, models, optim
+
+# Side of the C heatmaps written to TensorBoard.
+HEATMAP_SIZE = 64
+# How often (in steps) the processes of a multi-process run agree on whether one got SIGTERM.
+_PREEMPTION_SYNC_EVERY = 10
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient became NaN or inf; the run stopped without saving that state."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step changes; the data position is `step` (updates done so far).
+
+  Attributes:
+    step: int32 scalar, number of updates applied.
+    params: `{"backbone": ..., "projector": ...}` float32 parameters of `BarlowTwins`.
+    batch_stats: BatchNorm running statistics, same layout.
+    opt_state: state of `tx`.
+    probe_params: online linear probe `{"kernel": [F, C], "bias": [C]}` ({} when disabled).
+    probe_opt_state: state of `probe_tx` ({} when disabled).
+    model, tx, probe_tx: static (not saved): the module and the two optax transformations.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  probe_params: Any
+  probe_opt_state: Any
+  model: models.BarlowTwins = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  probe_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train_and_evaluate` returns.
+
+  Attributes:
+    state: the final `TrainState` (on the devices).
+    step: updates done (== total steps unless preempted).
+    total_steps: the run's length.
+    preempted: True when SIGTERM stopped the run (a checkpoint at `step` was saved).
+    num_compiles: how many times the train step was traced (1 in a healthy run).
+    history: `[(step, scalars)]` of every logged step of this invocation.
+    evaluation: the end-of-run evaluation's results (None when not run).
+  """
+
+  state: TrainState
+  step: int
+  total_steps: int
+  preempted: bool
+  num_compiles: int
+  history: list[tuple[int, dict[str, float]]]
+  evaluation: Any = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh, shardings and global batches.
+
+
+def create_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named `"data"` over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ("data",))
+
+
+def state_shardings(state, mesh: Mesh):
+  """Shardings of a `TrainState` (or its abstract shapes): everything replicated for now.
+
+  An FSDP-style sharding of the wide projector (its [8192, 8192] kernels and their optimizer
+  moments over the "data" axis) would return `NamedSharding(mesh, P("data"))` for those leaves
+  here; `train_step` needs no change, jit inserts the gathers.
+  """
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(lambda _: replicated, state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches are split over devices on their first axis."""
+  return NamedSharding(mesh, P("data"))
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global arrays from this process's rows (first axis = local batch; works single-process)."""
+  sharding = batch_sharding(mesh)
+  return {
+    key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    for key, value in local_batch.items()
+  }
+
+
+def _device_prefetch(iterator: Iterator, mesh: Mesh, size: int) -> Iterator:
+  """Keeps `size` global batches in flight so host-to-device copies overlap the step."""
+  queue = collections.deque()
+  size = max(int(size), 1)
+
+  def enqueue(n):
+    for _ in range(n):
+      try:
+        queue.append(global_batch(next(iterator), mesh))
+      except StopIteration:
+        return
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# State and step.
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  rng: jax.Array,
+  *,
+  mesh: Mesh | None = None,
+  steps_per_epoch: int,
+  num_classes: int = 0,
+) -> TrainState:
+  """Initialises the model, the optimizer and (if `num_classes` > 0) the online probe.
+
+  Args:
+    config: run config (`barlow_jax.config.base_config()` layout).
+    rng: PRNG key of the initialisation (e.g. `jax.random.key(config.seed)`).
+    mesh: the state is placed on it with `state_shardings` (default: `create_mesh()`).
+    steps_per_epoch: updates per epoch (for the learning-rate schedule).
+    num_classes: classes of the online linear probe; 0 disables it.
+
+  Returns:
+    A `TrainState` at step 0, replicated over `mesh`.
+  """
+  mesh = create_mesh() if mesh is None else mesh
+  model = models.create_model(config.model)
+  tx, _ = optim.create_optimizer(config, steps_per_epoch)
+  probe_tx = _probe_optimizer(config) if num_classes > 0 else None
+  size = int(config.dataset.image_size)
+
+  def init(rng):
+    x = jnp.zeros((2, size, size, 3), jnp.float32)
+    variables = model.init(rng, x, x, train=False)
+    params = variables["params"]
+    features = model.apply(variables, x, method=models.BarlowTwins.represent).shape[-1]
+    if probe_tx is not None:
+      # REFERENCE.md §5's linear-probe initialisation: weights N(0, 0.01), bias 0.
+      kernel = 0.01 * jax.random.normal(jax.random.fold_in(rng, 1), (features, num_classes))
+      probe_params = {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}
+      probe_opt_state = probe_tx.init(probe_params)
+    else:
+      probe_params, probe_opt_state = {}, {}
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+      probe_params=probe_params,
+      probe_opt_state=probe_opt_state,
+      model=model,
+      tx=tx,
+      probe_tx=probe_tx,
+    )
+
+  abstract = jax.eval_shape(init, rng)
+  return jax.jit(init, out_shardings=state_shardings(abstract, mesh))(rng)
+
+
+def _probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  # The representation drifts under the probe while the backbone trains; a constant-lr momentum
+  # SGD tracks it (a decaying schedule would freeze the probe on early features).
+  return optax.sgd(float(config.online_probe_lr), momentum=0.9)
+
+
+def _global_norm(tree) -> jax.Array:
+  return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def effective_rank(x: jax.Array) -> jax.Array:
+  """exp(entropy of the normalised singular values) of x [N, F] (RankMe); 1 when collapsed."""
+  s = jnp.linalg.svd(x.astype(jnp.float32), compute_uv=False)
+  p = s / jnp.maximum(jnp.sum(s), 1e-12)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  return jnp.exp(entropy)
+
+
+def _heatmaps(c: jax.Array) -> dict[str, jax.Array]:
+  """Two HEATMAP_SIZE^2 pictures of C [D, D]: its first features exactly, and block RMS.
+
+  A block mean would wash the diagonal out (one 1 among D/64 near-zeros per row of a block), so
+  the whole-matrix view is the root-mean-square of each block instead.
+  """
+  d = c.shape[0]
+  k = min(HEATMAP_SIZE, d)
+  b = d // k
+  blocks = c[: k * b, : k * b].reshape(k, b, k, b)
+  return {
+    "first": c[:k, :k],
+    "block_rms": jnp.sqrt(jnp.mean(jnp.square(blocks), axis=(1, 3))),
+  }
+
+
+def _monitors(config, representation, z_a, z_b) -> dict[str, jax.Array]:
+  z_a = z_a.astype(jnp.float32)
+  c = losses.cross_correlation(z_a, z_b.astype(jnp.float32), eps=float(config.loss.eps))
+  d = c.shape[0]
+  diag = jnp.diagonal(c)
+  offdiag_abs = (jnp.sum(jnp.abs(c)) - jnp.sum(jnp.abs(diag))) / max(d * d - d, 1)
+  out = {
+    "embedding_std": jnp.mean(jnp.std(z_a, axis=0)),
+    "corr_diag_mean": jnp.mean(diag),
+    "corr_offdiag_abs_mean": offdiag_abs,
+    "representation_rank": effective_rank(representation),
+  }
+  out.update({f"heatmap_{k}": v for k, v in _heatmaps(c).items()})
+  return out
+
+
+def train_step(
+  state: TrainState, batch: Mapping[str, jax.Array], monitor: jax.Array | bool, *, config
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the network (and of the online probe) on a global batch.
+
+  Args:
+    state: the current `TrainState`.
+    batch: `{"view_a": [B, S, S, 3] float, "view_b": same, "label": [B] int (optional)}`, B the
+      global batch (sharded over devices under jit).
+    monitor: bool scalar; when true the collapse monitors and heatmaps of C are computed too
+      (an SVD of the representations: only on the steps that log them). A traced argument, so
+      switching it does not recompile.
+    config: the run config (static: loss options, online probe).
+
+  Returns:
+    `(new_state, metrics)`: float32 scalars `loss`, `invariance`, `redundancy`, `grad_norm`,
+    `param_norm`, (`probe_loss`, `probe_accuracy` with the probe), `embedding_std`,
+    `corr_diag_mean`, `corr_offdiag_abs_mean`, `representation_rank` (0 when `monitor` is false)
+    and `heatmap_first` / `heatmap_block_rms` [64, 64] pictures of C.
+  """
+  model = state.model
+  loss_config = config.loss
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    (rep_a, _, z_a, z_b), updates = model.apply(
+      variables, batch["view_a"], batch["view_b"], train=True, mutable=["batch_stats"]
+    )
+    # The loss and C in float32 whatever the compute dtype (REFERENCE.md §3).
+    terms = losses.barlow_twins_loss_terms(
+      z_a.astype(jnp.float32),
+      z_b.astype(jnp.float32),
+      lambd=float(loss_config.lambd),
+      variant=loss_config.variant,
+      method=loss_config.method,
+      eps=float(loss_config.eps),
+      temperature=float(loss_config.temperature),
+    )
+    return terms["loss"], (terms, updates["batch_stats"], rep_a, z_a, z_b)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, (terms, batch_stats, rep_a, z_a, z_b)), grads = grad_fn(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
+  metrics["grad_norm"] = _global_norm(grads)
+  metrics["param_norm"] = _global_norm(params)
+
+  probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
+  if state.probe_tx is not None and "label" in batch:
+    features = jax.lax.stop_gradient(rep_a).astype(jnp.float32)
+    labels = batch["label"].astype(jnp.int32)
+
+    def probe_loss_fn(p):
+      logits = features @ p["kernel"] + p["bias"]
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return jnp.mean(ce), logits
+
+    (probe_loss, logits), probe_grads = jax.value_and_grad(probe_loss_fn, has_aux=True)(
+      probe_params
+    )
+    probe_updates, probe_opt_state = state.probe_tx.update(
+      probe_grads, probe_opt_state, probe_params
+    )
+    probe_params = optax.apply_updates(probe_params, probe_updates)
+    metrics["probe_loss"] = probe_loss
+    metrics["probe_accuracy"] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+  monitor_args = (jax.lax.stop_gradient(rep_a), jax.lax.stop_gradient(z_a), z_b)
+  monitor_fn = lambda *a: _monitors(config, *a)
+  skipped = jax.eval_shape(monitor_fn, *monitor_args)
+  zeros = lambda *a: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), skipped)
+  metrics.update(jax.lax.cond(jnp.asarray(monitor), monitor_fn, zeros, *monitor_args))
+
+  new_state = state.replace(
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    probe_params=probe_params,
+    probe_opt_state=probe_opt_state,
+  )
+  return new_state, metrics
+
+
+class _TracedStep:
+  """`train_step` under jit over `mesh`, with a count of its traces (each is a compilation)."""
+
+  def __init__(self, config, mesh: Mesh, state: TrainState):
+    self.num_traces = 0
+
+    def step(state, batch, monitor):
+      self.num_traces += 1
+      return train_step(state, batch, monitor, config=config)
+
+    shardings = state_shardings(state, mesh)
+    self._fn = jax.jit(
+      step,
+      in_shardings=(shardings, batch_sharding(mesh), NamedSharding(mesh, P())),
+      out_shardings=(shardings, NamedSharding(mesh, P())),
+      donate_argnums=(0,),
+    )
+
+  def __call__(self, state, batch, monitor: bool):
+    before = self.num_traces
+    out = self._fn(state, batch, np.bool_(monitor))
+    if self.num_traces > before and self.num_traces > 1:
+      shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype)), batch)
+      logging.warning(
+        "train_step compiled again (%d compilations so far) for batch %s: something changed "
+        "shape, dtype or sharding between steps; every recompilation costs a full compile.",
+        self.num_traces,
+        shapes,
+      )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Config checks, workdir, checkpoints.
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, before anything compiles, on settings the run cannot work with."""
+  batch, devices, processes = int(config.batch_size), jax.device_count(), jax.process_count()
+  if batch < 1:
+    raise ValueError(f"config.batch_size must be >= 1, got {batch}.")
+  if batch % devices:
+    raise ValueError(
+      f"config.batch_size={batch} (the global batch) must be divisible by the {devices} devices "
+      f"of this run; use a multiple of {devices}, e.g. {max(devices, batch // devices * devices)}."
+    )
+  if batch % processes:
+    raise ValueError(
+      f"config.batch_size={batch} must be divisible by the {processes} processes of this run."
+    )
+  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if int(config[key]) < 1:
+      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+  for key in ("image_every_steps", "eval_every_steps"):
+    if int(config[key]) < 0:
+      raise ValueError(f"config.{key} must be >= 0 (0 = off), got {config[key]}.")
+  if int(config.dataset.image_size) < 1:
+    raise ValueError(f"config.dataset.image_size must be >= 1, got {config.dataset.image_size}.")
+  models.parse_projector_sizes(config.model.projector)
+  models.backbone_features(config.model)  # Unknown backbone / stem / dtype: ValueError.
+  if config.online_probe and not config.online_probe_lr > 0:
+    raise ValueError(f"config.online_probe_lr must be > 0, got {config.online_probe_lr}.")
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed and checks it is writable; returns its absolute path."""
+  if not workdir:
+    raise ValueError("--workdir is empty: give a directory for the run's checkpoints and logs.")
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+      f"--workdir={workdir} is not a writable directory ({e.strerror}); choose another path or "
+      "fix its permissions."
+    ) from e
+  return workdir
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "config.txt"), "w") as f:
+    f.write(str(config))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _checkpoint_manager(workdir: str, config: ml_collections.ConfigDict):
+  import orbax.checkpoint as ocp
+
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=int(config.keep_checkpoints), create=True, enable_async_checkpointing=True
+  )
+  return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+
+
+def _save(manager, state: TrainState, step: int) -> None:
+  import orbax.checkpoint as ocp
+
+  manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+
+
+def restore_state(manager, state: TrainState, mesh: Mesh, step: int) -> TrainState:
+  """Restores checkpoint `step` into the structure and shardings of `state` (onto `mesh`)."""
+  import orbax.checkpoint as ocp
+
+  shardings = flax.serialization.to_state_dict(state_shardings(state, mesh))
+  target = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    flax.serialization.to_state_dict(state),
+    shardings,
+  )
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return flax.serialization.from_state_dict(state, restored)
+
+
+def export_backbone(state: TrainState, config: ml_collections.ConfigDict, path: str) -> None:
+  """Writes the backbone's `{"params", "batch_stats"}` (orbax) and `model_config.json` to `path`.
+
+  Load with `load_exported_backbone(path)`.
+  """
+  import orbax.checkpoint as ocp
+
+  variables = {
+    "params": state.params["backbone"],
+    "batch_stats": state.batch_stats.get("backbone", {}),
+  }
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(path), variables, force=True)
+  checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    with open(os.path.join(path, "model_config.json"), "w") as f:
+      f.write(config.model.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_exported_backbone(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """(model config, `{"params", "batch_stats"}` as host arrays) of an `export_backbone` dir."""
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  with open(os.path.join(path, "model_config.json")) as f:
+    model_config = ml_collections.ConfigDict(json.load(f))
+  variables = ocp.StandardCheckpointer().restore(path)
+  return model_config, variables
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption.
+
+
+class _PreemptionFlag:
+  """Turns SIGTERM into a request to save and stop at the next step boundary.
+
+  In a multi-process run the processes agree every `_PREEMPTION_SYNC_EVERY` steps (the same
+  steps everywhere), so all of them save the same step.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary.")
+    self.received = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.received
+    if step % _PREEMPTION_SYNC_EVERY:
+      return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray(self.received, np.int32))
+    return bool(np.any(flags))
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def _heatmap_image(c: np.ndarray, *, vmax: float = 1.0) -> np.ndarray:
+  """[K, K] values in [-vmax, vmax] -> [1, K, K, 3] RGB in [0, 1]: blue < 0 < red, white at 0."""
+  v = np.clip(np.asarray(c, np.float32) / vmax, -1.0, 1.0)
+  pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+  rgb = np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1)
+  # Nearest-neighbour upsampling so a 64x64 matrix is not blurred by TensorBoard.
+  scale = max(1, 256 // rgb.shape[0])
+  rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
+  return rgb[None]
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _knn_monitor(state: TrainState, config: ml_collections.ConfigDict, mesh: Mesh) -> float:
+  """Weighted kNN top-1 of the current backbone: probe split -> eval split (eval-mode BN).
+
+  Features of both splits are computed on the mesh from global batches (every process feeds its
+  shard) and replicated, so every process computes the same accuracy.
+  """
+  from barlow_jax import evaluate, input_pipeline
+
+  variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}
+  replicated = NamedSharding(mesh, P())
+
+  def represent(variables, batch):
+    features = state.model.backbone.apply(variables, batch["image"], train=False)
+    return features.astype(jnp.float32), batch["label"], batch["mask"]
+
+  represent = jax.jit(
+    represent, in_shardings=(replicated, batch_sharding(mesh)), out_shardings=replicated
+  )
+  out = []
+  for split in (config.dataset.probe_split, config.dataset.eval_split):
+    features, labels = [], []
+    for local in input_pipeline.create_eval_iterator(
+      config, split, batch_size=int(config.batch_size)
+    ):
+      feats, label, mask = jax.device_get(represent(variables, global_batch(local, mesh)))
+      features.append(feats[mask])
+      labels.append(label[mask])
+    out.append((np.concatenate(features), np.concatenate(labels)))
+  (train_x, train_y), (test_x, test_y) = out
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  return float(
+    evaluate.knn_accuracy(
+      train_x,
+      train_y,
+      test_x,
+      test_y,
+      k=int(config.eval.knn_k),
+      temperature=float(config.eval.knn_temperature),
+      num_classes=num_classes,
+    )
+  )
+
+
+def _final_evaluation(config: ml_collections.ConfigDict, workdir: str):
+  """The evaluation issue's end-of-run table, when `barlow_jax.evaluate` provides it."""
+  try:
+    from barlow_jax import evaluate
+  except ImportError as e:
+    logging.warning("Final evaluation skipped: barlow_jax.evaluate is not importable (%s).", e)
+    return None
+  fn = getattr(evaluate, "final_evaluation", None)
+  if fn is None:
+    logging.warning("Final evaluation skipped: barlow_jax.evaluate has no final_evaluation.")
+    return None
+  return fn(config, workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Pretrains (resuming from `workdir` when it holds a checkpoint), exports, evaluates.
+
+  Args:
+    config: run config (`barlow_jax.config.base_config()` layout; see `configs/`).
+    workdir: the run's directory (created if missing).
+
+  Returns:
+    A `TrainResult` (final state, steps, whether SIGTERM stopped it, compilations, logged
+    metrics, evaluation results).
+
+  Raises:
+    ValueError: a config or workdir the run cannot use (before anything compiles).
+    NonFiniteLossError: the loss or gradient became NaN / inf; names the step; the last
+      checkpoint written before it is kept.
+  """
+  from clu import metric_writers
+
+  from barlow_jax import input_pipeline
+
+  validate_config(config)
+  workdir = prepare_workdir(workdir)
+  steps_per_epoch = input_pipeline.steps_per_epoch(config)  # Unknown dataset: ValueError.
+  total_steps = optim.total_train_steps(config, steps_per_epoch)
+  optim.create_optimizer(config, steps_per_epoch)  # Bad optimizer settings: ValueError now.
+  mesh = create_mesh()
+  _write_config(config, workdir)
+
+  manager = _checkpoint_manager(workdir, config)
+  start_step = int(manager.latest_step() or 0)
+  if start_step > total_steps:
+    raise ValueError(
+      f"{workdir}/checkpoints holds step {start_step}, past this config's {total_steps} steps: "
+      "use a new --workdir for a shorter run."
+    )
+  local_iter = input_pipeline.create_pretrain_iterator(config, start_step=start_step)
+  first = next(local_iter) if start_step < total_steps else None
+  local_batch = int(config.batch_size) // jax.process_count()
+  if first is not None:
+    size = int(config.dataset.image_size)
+    for key in ("view_a", "view_b"):
+      if tuple(first[key].shape) != (local_batch, size, size, 3):
+        raise ValueError(
+          f"the input pipeline gave {key} of shape {first[key].shape}, expected "
+          f"{(local_batch, size, size, 3)} (config.batch_size / processes, image_size)."
+        )
+  has_labels = first is not None and "label" in first
+  num_classes = input_pipeline.num_classes(config) if config.online_probe and has_labels else 0
+  if config.online_probe and first is not None and not has_labels:
+    logging.info("Online probe off: %s batches carry no labels.", config.dataset.name)
+
+  rng = jax.random.key(int(config.seed))
+  state = create_train_state(
+    config, rng, mesh=mesh, steps_per_epoch=steps_per_epoch, num_classes=num_classes
+  )
+  if start_step:
+    logging.info("Resuming from %s/checkpoints step %d.", workdir, start_step)
+    state = restore_state(manager, state, mesh, start_step)
+    if int(state.step) != start_step:
+      raise RuntimeError(f"checkpoint {start_step} holds step {int(state.step)}")
+  _, schedules = optim.create_optimizer(config, steps_per_epoch)
+  step_fn = _TracedStep(config, mesh, state)
+
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(
+    workdir, just_logging=not is_main, asynchronous=True
+  )
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  logging.info(
+    "Training %d steps (%d per epoch) on %d devices (%d processes), global batch %d, from %d.",
+    total_steps,
+    steps_per_epoch,
+    jax.device_count(),
+    jax.process_count(),
+    config.batch_size,
+    start_step,
+  )
+
+  def local_batches():
+    if first is not None:
+      yield first
+    yield from local_iter
+
+  batches = _device_prefetch(local_batches(), mesh, config.dataset.prefetch)
+  preemption = _PreemptionFlag()
+  history: list[tuple[int, dict[str, float]]] = []
+  last_saved = start_step
+  preempted = False
+  pending = None  # (step, metrics) not yet checked for NaN (checked one step late: no stall).
+  log_every, image_every = int(config.log_every_steps), int(config.image_every_steps)
+  eval_every = int(config.eval_every_steps)
+  window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+  run_start, run_start_step = window_start, start_step
+
+  def check_finite(step: int, metrics) -> None:
+    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      manager.wait_until_finished()
+      raise NonFiniteLossError(
+        f"Non-finite training loss at step {step} (loss={loss}, grad_norm={grad_norm}): "
+        f"stopping. Nothing from this step was saved; the last good checkpoint is step "
+        f"{manager.latest_step()} in {workdir}/checkpoints. Lower the learning rate "
+        "(config.optim.lr_weights / lr_biases) or check the input data, then rerun the same "
+        "command to resume from that checkpoint."
+      )
+
+  try:
+    step = start_step
+    while step < total_steps:
+      if preemption.should_stop(step):
+        if pending is not None:
+          check_finite(*pending)
+          pending = None
+        if step != last_saved:
+          _save(manager, state, step)
+          last_saved = step
+        preempted = True
+        logging.warning("Preempted: saved step %d in %s/checkpoints; exiting.", step, workdir)
+        break
+      t0 = time.perf_counter()
+      batch = next(batches)
+      window_wait += time.perf_counter() - t0
+      done = step + 1
+      is_log = done % log_every == 0 or done == total_steps
+      is_image = image_every > 0 and done % image_every == 0
+      state, metrics = step_fn(state, batch, is_log or is_image)
+      if pending is not None:
+        check_finite(*pending)
+      pending = (done, metrics)
+      step = done
+      window_steps += 1
+
+      if is_log or is_image:
+        check_finite(*pending)
+        pending = None
+        host = jax.device_get(metrics)
+        now = time.perf_counter()
+        elapsed = now - window_start
+        scalars = {k: float(v) for k, v in host.items() if not k.startswith("heatmap_")}
+        images_per_s = window_steps * int(config.batch_size) / max(elapsed, 1e-9)
+        scalars["lr_weights"] = float(schedules["lr_weights"](done - 1))
+        scalars["lr_biases"] = float(schedules["lr_biases"](done - 1))
+        scalars["images_per_second"] = images_per_s
+        scalars["images_per_second_per_device"] = images_per_s / jax.device_count()
+        scalars["input_wait_fraction"] = window_wait / max(elapsed, 1e-9)
+        scalars["epoch"] = done / steps_per_epoch
+        if is_log:
+          history.append((done, scalars))
+          writer.write_scalars(done, scalars)
+          rate = (done - run_start_step) / max(now - run_start, 1e-9)
+          logging.info(
+            "step %d/%d (%.1f%%)  loss %.4g  %.0f img/s (%.0f/device)  input wait %.0f%%  ETA %s",
+            done,
+            total_steps,
+            100.0 * done / total_steps,
+            scalars["loss"],
+            images_per_s,
+            scalars["images_per_second_per_device"],
+            100.0 * scalars["input_wait_fraction"],
+            _format_duration((total_steps - done) / max(rate, 1e-9)),
+          )
+        if is_image:
+          writer.write_images(
+            done,
+            {
+              "cross_correlation/first_features": _heatmap_image(host["heatmap_first"]),
+              "cross_correlation/block_rms": _heatmap_image(host["heatmap_block_rms"]),
+            },
+          )
+        window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+
+      if done % int(config.checkpoint_every_steps) == 0 or done == total_steps:
+        if pending is not None:
+          check_finite(*pending)
+          pending = None
+        _save(manager, state, done)
+        last_saved = done
+
+      if eval_every and (done % eval_every == 0 or done == total_steps):
+        if config.dataset.eval_split and config.dataset.probe_split and num_classes:
+          accuracy = _knn_monitor(state, config, mesh)
+          writer.write_scalars(done, {"knn_accuracy": accuracy})
+          logging.info("step %d: kNN top-1 %.2f%%", done, 100.0 * accuracy)
+          if history and history[-1][0] == done:
+            history[-1][1]["knn_accuracy"] = accuracy
+    if pending is not None:
+      check_finite(*pending)
+  finally:
+    preemption.restore()
+    manager.wait_until_finished()
+    writer.flush()
+
+  if step_fn.num_traces > 1:
+    logging.warning("train_step was compiled %d times in this run.", step_fn.num_traces)
+  result = TrainResult(
+    state=state,
+    step=step,
+    total_steps=total_steps,
+    preempted=preempted,
+    num_compiles=step_fn.num_traces,
+    history=history,
+  )
+  if preempted:
+    manager.close()
+    writer.close()
+    return result
+  if last_saved != total_steps:  # A rerun of a finished run: nothing new to save.
+    _save(manager, state, total_steps)
+  manager.wait_until_finished()
+  manager.close()
+  export_backbone(state, config, os.path.join(workdir, "backbone"))
+  logging.info("Exported the backbone to %s/backbone.", workdir)
+  writer.close()
+  if config.eval.final:
+    result.evaluation = _final_evaluation(config, workdir)
+  return result
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, ml_collections.ConfigDict):
+        visit(name + ".", value)
+      elif isinstance(value, bool | int | float | str):
+        flat[name] = value
+      else:
+        flat[name] = str(value)
+
+  visit("", config)
+  return flat
