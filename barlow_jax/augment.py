@@ -56,6 +56,7 @@ def _subseeds(seed) -> tf.Tensor:
 
 def to_float(image: tf.Tensor) -> tf.Tensor:
   """uint8 / uint16 / float image -> float32 in [0, 1] (integers are scaled by their max)."""
+  image = tf.convert_to_tensor(image)
   if image.dtype.is_integer:
     return tf.image.convert_image_dtype(image, tf.float32)
   return tf.cast(image, tf.float32)
@@ -140,6 +141,7 @@ def random_resized_crop(
   Returns:
     float32 [size, size, 3] in [0, 1].
   """
+  image = tf.convert_to_tensor(image)
   shape = tf.shape(image)
   y, x, h, w = tf.unstack(crop_window(shape[0], shape[1], seed, area=area, aspect=aspect))
   crop = to_float(image[y : y + h, x : x + w])
@@ -190,6 +192,7 @@ def flip_left_right(image: tf.Tensor) -> tf.Tensor:
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
   """ITU-R 601-2 luma replicated to 3 channels."""
+  image = tf.convert_to_tensor(image)
   gray = tf.reduce_sum(image * tf.constant(LUMA, image.dtype), axis=-1, keepdims=True)
   return tf.tile(gray, [1] * (image.shape.rank - 1) + [3])
 
@@ -332,6 +335,7 @@ def augment_cropped(image: tf.Tensor, seed, view, *, return_applied: bool = Fals
     float32 [S, S, 3] in [0, 1]; with `return_applied`, also {name: bool scalar} for
     `APPLIED_KEYS`.
   """
+  image = tf.convert_to_tensor(image, tf.float32)
   seeds = _subseeds(seed)
   probs = {
     "flip": _check_prob(view, "flip_prob"),
