@@ -330,6 +330,8 @@ def save_backbone(directory: str, variables: Mapping, model_config: Mapping) -> 
   import orbax.checkpoint as ocp
 
   directory = os.path.abspath(directory)
+  if os.path.exists(directory):
+    raise ValueError(f"{directory} already exists: choose a new --to directory or remove it.")
   tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory, tree)
@@ -364,6 +366,8 @@ def torch_file_to_backbone_dir(path: str, directory: str) -> dict:
   """`resnet50.pth` (or a training checkpoint) -> backbone/ directory. Returns the model config."""
   import ml_collections
 
+  if os.path.exists(directory):
+    raise ValueError(f"{directory} already exists: choose a new --to directory or remove it.")
   backbone_sd, projector_sd = split_state_dict(load_torch_state_dict(path))
   model_config = full_model_config(infer_model_config(backbone_sd, projector_sd))
   backbone = models.create_model(ml_collections.ConfigDict(model_config)).backbone

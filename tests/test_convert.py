@@ -192,6 +192,8 @@ def test_training_checkpoint_and_command_line(tmp_path):
 
   out_dir = tmp_path / "backbone"
   assert convert.main(["--from", path, "--to", str(out_dir)]) == 0
+  with pytest.raises(ValueError, match="already exists"):
+    convert.main(["--from", path, "--to", str(out_dir)])
   variables, model_config = convert.load_backbone(str(out_dir))
   assert model_config["backbone"] == "ResNet18" and model_config["stem"] == "cifar"
   assert model_config["width"] == 0.125 and model_config["projector"] == "32-32-16"
