@@ -147,15 +147,15 @@ def _verify_images(paths: list[str]) -> np.ndarray:
 
   def check(i, path):
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    tf.debugging.assert_rank(image, 3)
-    return i
+    # Returning something computed from the pixels keeps tf.data from pruning the decode.
+    return i, tf.reduce_prod(tf.shape(image))
 
   ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), np.array(paths)))
   ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   ds = ds.ignore_errors()
   ok = np.zeros(len(paths), bool)
-  for i in ds.as_numpy_iterator():
-    ok[i] = True
+  for i, num_values in ds.as_numpy_iterator():
+    ok[i] = num_values > 0
   return ok
 
 

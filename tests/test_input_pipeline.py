@@ -1,0 +1,266 @@
+"""The input pipeline: batch layout, determinism and resume, multi-process shards, folders with bad
+files, TFDS datasets under mock data, evaluation padding, clear errors."""
+
+import io
+import logging
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from barlow_jax import config as config_lib  # noqa: E402
+from barlow_jax import input_pipeline  # noqa: E402
+
+
+def _digits_config(batch=32, size=12):
+  config = config_lib.base_config()
+  config.dataset.name = "cluttered_digits"
+  config.dataset.image_size = size
+  config.dataset.eval_split = "test"
+  config.batch_size = batch
+  return config
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_pretrain_batches_have_the_contract_layout():
+  config = _digits_config(batch=32, size=12)
+  batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  assert set(batch) == {"view_a", "view_b", "label"}
+  for key in ("view_a", "view_b"):
+    assert batch[key].shape == (32, 12, 12, 3) and batch[key].dtype == np.float32
+  assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
+  # Normalised: pixels back on [0, 1] after undoing mean / std.
+  mean, std = np.array(config.augment.mean), np.array(config.augment.std)
+  pixels = batch["view_a"] * std + mean
+  assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+  assert not np.allclose(batch["view_a"], batch["view_b"])
+  assert input_pipeline.steps_per_epoch(config) == 7185 // 32
+  assert input_pipeline.num_classes(config) == 10
+
+
+def test_same_seed_same_batches_resume_is_exact_and_epochs_differ():
+  config = _digits_config(batch=32, size=8)
+  config.num_train_examples = 128  # 4 steps per epoch, so epochs come quickly.
+  assert input_pipeline.steps_per_epoch(config) == 4
+  run = _take(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 7)
+  again = _take(
+    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 2
+  )
+  resumed = _take(
+    input_pipeline.create_pretrain_iterator(config, start_step=5, process_index=0, process_count=1),
+    2,
+  )
+  for a, b in zip(run[:2], again):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  for a, b in zip(run[5:7], resumed):  # Step 5 is inside epoch 1, after a skip of one batch.
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(run[0]["view_a"], run[4]["view_a"])  # Epoch 1: new order and crops.
+  config.seed = 1
+  other = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  assert not np.array_equal(other["view_a"], run[0]["view_a"])
+
+
+def test_different_epochs_give_the_same_example_different_crops():
+  from barlow_jax import augment
+
+  view = config_lib.base_config().augment.view_a
+  windows = [
+    [
+      tuple(
+        augment.crop_window(
+          20,
+          20,
+          augment.crop_seed(augment.example_seed(0, e, i, 0)),
+          area=view.crop_area,
+          aspect=view.crop_aspect,
+        ).numpy()
+      )
+      for e in range(2)
+    ]
+    for i in range(20)
+  ]
+  assert sum(w0 != w1 for w0, w1 in windows) >= 18
+
+
+def _write_png(path, array):
+  tf.io.write_file(path, tf.io.encode_png(array))
+
+
+def _write_jpeg(path, array):
+  tf.io.write_file(path, tf.io.encode_jpeg(array, quality=100))
+
+
+def _identity_views(config):
+  """Augmentations off (full crop, no photometric op), pixels left unnormalised."""
+  for view in (config.augment.view_a, config.augment.view_b):
+    view.crop_area = (1.0, 1.0)
+    view.crop_aspect = (1.0, 1.0)
+    view.crop_method = "bilinear"
+    for key in (
+      "flip_prob",
+      "jitter_prob",
+      "grayscale_prob",
+      "blur_prob",
+      "solarize_prob",
+      "channel_permute_prob",
+    ):
+      view[key] = 0.0
+  config.augment.mean = (0.0, 0.0, 0.0)
+  config.augment.std = (1.0, 1.0, 1.0)
+
+
+def test_two_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
+  # 48 flat images whose colour encodes their index: a view's colour tells which image it is.
+  root = tmp_path / "flat"
+  root.mkdir()
+  for i in range(48):
+    _write_png(str(root / f"{i:03d}.png"), np.full((6, 6, 3), [i * 5, 255 - i * 5, 9], np.uint8))
+  config = config_lib.base_config()
+  config.dataset.name = "folder"
+  config.dataset.folder = str(root)
+  config.dataset.image_size = 4
+  config.batch_size = 8
+  _identity_views(config)
+  seen = []
+  for p in range(2):
+    it = input_pipeline.create_pretrain_iterator(config, process_index=p, process_count=2)
+    batches = _take(it, 6)  # One epoch: 48 // 8 steps.
+    assert all("label" not in b and b["view_a"].shape == (4, 4, 4, 3) for b in batches)
+    ids = np.concatenate([np.round(b["view_a"][:, 0, 0, 0] * 255 / 5) for b in batches])
+    seen.append(set(ids.astype(int).tolist()))
+    assert len(ids) == len(seen[-1]) == 24  # No repeats within the epoch.
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(range(48))
+  # Evaluation shards too: every process yields the same number of (masked) batches.
+  eval_batches = [
+    list(
+      input_pipeline.create_eval_iterator(
+        config, "train", batch_size=10, process_index=p, process_count=2
+      )
+    )
+    for p in range(2)
+  ]
+  assert len(eval_batches[0]) == len(eval_batches[1]) == 5
+  ids = [np.round(b["image"][b["mask"], 0, 0, 0] * 255 / 5) for bs in eval_batches for b in bs]
+  assert sorted(np.concatenate(ids).astype(int).tolist()) == list(range(48))
+  with pytest.raises(ValueError, match="not divisible by the number of processes"):
+    config.batch_size = 9
+    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=2)
+
+
+def test_folder_with_corrupt_rgba_grayscale_and_16_bit_files(tmp_path, caplog):
+  from PIL import Image
+
+  root = tmp_path / "labelled"
+  (root / "cat").mkdir(parents=True)
+  (root / "dog").mkdir(parents=True)
+  rng = np.random.RandomState(0)
+  for i in range(3):
+    _write_jpeg(str(root / "cat" / f"{i}.jpg"), rng.randint(0, 255, (20, 16, 3), np.uint8))
+  buf = io.BytesIO()
+  Image.fromarray(rng.randint(0, 255, (9, 11, 4), np.uint8), mode="RGBA").save(buf, "PNG")
+  (root / "cat" / "rgba.png").write_bytes(buf.getvalue())
+  _write_png(str(root / "dog" / "gray.png"), rng.randint(0, 255, (10, 10, 1), np.uint8))
+  deep = tf.constant(rng.randint(0, 65535, (12, 9, 1)), tf.uint16)
+  tf.io.write_file(str(root / "dog" / "deep.png"), tf.io.encode_png(deep))
+  _write_jpeg(str(root / "dog" / "ok.jpg"), rng.randint(0, 255, (30, 30, 3), np.uint8))
+  (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  (root / "dog" / "notes.txt").write_text("not an image")
+  config = config_lib.base_config()
+  config.dataset.name = "folder"
+  config.dataset.folder = str(root)
+  config.dataset.image_size = 8
+  config.batch_size = 4
+  with caplog.at_level(logging.WARNING):
+    assert input_pipeline.num_train_examples(config) == 7
+  assert "skipping 2 of 9" in caplog.text and "broken.jpg" in caplog.text
+  assert input_pipeline.num_classes(config) == 2
+  batches = _take(
+    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 4
+  )  # 2 epochs.
+  labels = np.concatenate([b["label"] for b in batches[:1]] + [batches[1]["label"]])
+  assert set(labels.tolist()) <= {0, 1}
+  for b in batches:
+    assert np.isfinite(b["view_a"]).all() and b["view_b"].shape == (4, 8, 8, 3)
+  images, labels = input_pipeline.load_labelled_arrays(config, "train")
+  assert images.shape == (7, 8, 8, 3) and sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_empty_folder_unknown_dataset_and_bad_batch_are_clear_errors(tmp_path):
+  config = config_lib.base_config()
+  config.dataset.name = "folder"
+  config.dataset.folder = str(tmp_path)
+  with pytest.raises(ValueError, match="no files"):
+    input_pipeline.num_train_examples(config)
+  config.dataset.name = "no_such_dataset_xyz"
+  with pytest.raises(ValueError, match="config.dataset.name"):
+    input_pipeline.num_train_examples(config)
+  config = _digits_config(batch=8000)
+  with pytest.raises(ValueError, match="config.batch_size"):
+    input_pipeline.steps_per_epoch(config)
+  config.batch_size = 12
+  with pytest.raises(ValueError, match="number of devices"):
+    input_pipeline.check_batch_size(config, num_devices=8, num_processes=1)
+  with pytest.raises(ValueError, match="number of processes"):
+    input_pipeline.check_batch_size(config, num_devices=2, num_processes=8)
+  assert input_pipeline.check_batch_size(config, num_devices=4, num_processes=2) == 6
+
+
+def test_tfds_dataset_under_mock_data():
+  config = config_lib.base_config()
+  config.dataset.name = "cifar10"
+  config.dataset.image_size = 16
+  config.dataset.eval_split = "test"
+  config.dataset.shuffle_buffer = 16
+  config.dataset.cache = True
+  config.batch_size = 8
+  with tfds.testing.mock_data(num_examples=20):
+    assert input_pipeline.num_train_examples(config) == 20
+    assert input_pipeline.steps_per_epoch(config) == 2
+    assert input_pipeline.num_classes(config) == 10
+    run = _take(
+      input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 3
+    )
+    resumed = next(
+      input_pipeline.create_pretrain_iterator(
+        config, start_step=2, process_index=0, process_count=1
+      )
+    )
+    assert run[0]["view_a"].shape == (8, 16, 16, 3) and run[0]["label"].dtype == np.int32
+    for key in run[2]:
+      np.testing.assert_array_equal(run[2][key], resumed[key])
+    batches = list(
+      input_pipeline.create_eval_iterator(
+        config, "test", batch_size=8, process_index=0, process_count=1
+      )
+    )
+    assert [int(b["mask"].sum()) for b in batches] == [8, 8, 4]
+    assert not batches[-1]["image"][4:].any()
+    images, labels = input_pipeline.load_labelled_arrays(config, "test")
+    assert images.shape == (20, 16, 16, 3) and labels.shape == (20,)
+
+
+def test_in_memory_eval_arrays_are_the_test_set():
+  config = _digits_config(size=20)
+  images, labels = input_pipeline.load_labelled_arrays(config, "test")
+  from barlow_jax import datasets
+
+  raw, raw_labels = datasets.cluttered_digits(0)["test"]
+  np.testing.assert_array_equal(labels, raw_labels)
+  mean, std = np.array(config.augment.mean), np.array(config.augment.std)
+  np.testing.assert_allclose(images, (raw - mean) / std, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="splits"):
+    input_pipeline.load_labelled_arrays(config, "unlabelled")
+
+
+def test_tensorflow_sees_no_gpu():
+  assert tf.config.get_visible_devices("GPU") == []
+  assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""
