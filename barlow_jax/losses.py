@@ -15,6 +15,10 @@ are the global batch and XLA inserts the collectives. Inside `jax.shard_map` (or
 mesh axis: the arrays are this device's rows, statistics and `C` are summed over the axis, every
 device returns the same global loss, and the gradient with respect to a shard is that shard's slice
 of the gradient of the global loss. (The PyTorch reference gets 1/W of it; REFERENCE.md §3.)
+This holds for `jax.grad` taken inside `shard_map` (default `check_vma=True`) or inside `pmap`, and
+for `jax.grad` of a `shard_map` with `out_specs=P()`. The one combination to avoid is `jax.grad`
+outside a `shard_map(..., check_vma=False)`, which yields 1/W of the gradient: with
+`check_vma=False` take the gradient inside, as under `pmap`.
 
 Variants (`variant=`), the ablations of the paper's Table 4 and Appendix A:
 
@@ -56,6 +60,7 @@ All statistics and matmuls run in float32 with `precision=HIGHEST` whatever the 
 (bfloat16 included); the loss is a float32 scalar. Bad arguments raise `ValueError` at trace time.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -85,6 +90,44 @@ _HIGHEST = lax.Precision.HIGHEST
 
 def _psum(x, axis_name):
   return x if axis_name is None else lax.psum(x, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _scale_cotangent(x, scale: float):
+  return x
+
+
+def _scale_cotangent_fwd(x, scale):
+  return x, None
+
+
+def _scale_cotangent_bwd(scale, _, cotangent):
+  return (cotangent * scale,)
+
+
+_scale_cotangent.defvjp(_scale_cotangent_fwd, _scale_cotangent_bwd)
+
+
+def _varying_axes(x) -> frozenset:
+  """The manual axes `x` is typed as varying over (shard_map with check_vma=True), else empty."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+  if manual is not None:
+    return frozenset(manual.varying)
+  return frozenset(getattr(aval, "vma", ()))  # jax 0.6 - 0.9
+
+
+def _per_device_seed_fix(terms: dict, z, axis_name) -> dict:
+  """Makes the gradient right when psum transposes to psum (pmap, shard_map(check_vma=False)).
+
+  There every device seeds the replicated loss with cotangent 1, so autodiff returns the gradient
+  of W copies of the loss. With check_vma=True (shard_map's default) the inputs are typed as
+  varying over the axis, psum transposes to a broadcast, and the gradient is already exact.
+  """
+  if axis_name is None or axis_name in _varying_axes(z):
+    return terms
+  scale = 1.0 / lax.axis_size(axis_name)
+  return {key: _scale_cotangent(value, scale) for key, value in terms.items()}
 
 
 def _check_inputs(name_a, z_a, name_b, z_b, axis_name) -> tuple[int, int]:
@@ -334,11 +377,12 @@ def barlow_twins_loss_terms(
     loss = lambd * redundancy
   else:
     loss = invariance + lambd * redundancy
-  return {
+  terms = {
     "loss": jnp.asarray(loss, jnp.float32),
     "invariance": jnp.asarray(invariance, jnp.float32),
     "redundancy": jnp.asarray(redundancy, jnp.float32),
   }
+  return _per_device_seed_fix(terms, z_a, axis_name)
 
 
 def barlow_twins_loss(

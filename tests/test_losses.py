@@ -256,6 +256,31 @@ def test_shard_map_gradient_taken_outside(mesh):
   assert rel_err(d_b, g_b) < RTOL
 
 
+@pytest.mark.parametrize("mode", ["pmap", "shard_map_check_vma_false"])
+def test_gradient_inside_pmap_and_unchecked_shard_map(mesh, mode):
+  # There psum transposes to psum (every device seeds the replicated loss); the loss corrects it.
+  z_a, z_b = make_inputs()
+  ref, (g_a, g_b) = reference("barlow_twins")
+  grad_fn = jax.value_and_grad(
+    functools.partial(losses.barlow_twins_loss, axis_name="data", method="dense"), argnums=(0, 1)
+  )
+  if mode == "pmap":
+    loss, (d_a, d_b) = jax.pmap(grad_fn, axis_name="data")(
+      z_a.reshape(8, N // 8, D), z_b.reshape(8, N // 8, D)
+    )
+    loss = loss[3]
+  else:
+    spec = P("data")
+    loss, (d_a, d_b) = jax.jit(
+      jax.shard_map(
+        grad_fn, mesh=mesh, in_specs=(spec, spec), out_specs=(P(), (spec, spec)), check_vma=False
+      )
+    )(z_a, z_b)
+  assert rel_err(loss, ref["loss"]) < RTOL
+  assert rel_err(np.reshape(d_a, (N, D)), g_a) < RTOL
+  assert rel_err(np.reshape(d_b, (N, D)), g_b) < RTOL
+
+
 @pytest.mark.parametrize("method", ["dense", "gram", "blockwise"])
 def test_sharded_jit_matches_single_device(mesh, method):
   sharding = NamedSharding(mesh, P("data"))
