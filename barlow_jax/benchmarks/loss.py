@@ -54,7 +54,7 @@ def estimate(method: str, n: int, d: int) -> tuple[float, float]:
   if method in ("dense", TORCH):
     return inputs + 4.0 * d * d * 4, 6.0 * n * d * d
   if method == "gram":
-    return inputs + 4.0 * n * n * 4, 12.0 * n * n * d
+    return inputs + 4.0 * n * n * 4, 8.0 * n * n * d
   block = losses._default_block_size(d)
   return inputs + 4.0 * d * block * 4, 8.0 * n * d * d
 
