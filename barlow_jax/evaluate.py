@@ -402,7 +402,9 @@ def init_backbone(backbone: nn.Module, image_size: int, seed: int) -> dict[str, 
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
+@functools.lru_cache(maxsize=8)
 def _apply_features(backbone: nn.Module):
+  # Cached per (hashable) module so repeated extractions reuse one compiled function.
   @jax.jit
   def fn(variables, images):
     return backbone.apply(variables, images, train=False).astype(jnp.float32)
@@ -506,7 +508,7 @@ def recalibrate_batch_stats(
   stats0 = _replicate(mesh, variables["batch_stats"])
 
   @jax.jit
-  def batch_stats(batch):
+  def batch_stats(params, stats0, batch):
     _, new = batch_stats_of.apply(
       {"params": params, "batch_stats": stats0}, batch, train=True, mutable=["batch_stats"]
     )
@@ -516,7 +518,7 @@ def recalibrate_batch_stats(
   total = None
   for _ in range(num_batches):
     idx = rng.choice(len(images), size=batch_size, replace=len(images) < batch_size)
-    stats = batch_stats(_shard_batch(mesh, np.asarray(images[idx], np.float32)))
+    stats = batch_stats(params, stats0, _shard_batch(mesh, np.asarray(images[idx], np.float32)))
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   mean = jax.tree.map(lambda t: t / num_batches, total)
   return {"params": variables["params"], "batch_stats": mean}
@@ -743,7 +745,7 @@ def classifier_accuracy(
   k5 = min(5, model.num_classes)
 
   @jax.jit
-  def counts(batch):
+  def counts(variables, batch):
     logits = model.apply(variables, batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)
     n = jnp.sum(mask)
@@ -759,7 +761,7 @@ def classifier_accuracy(
       "mask": np.asarray(b.get("mask", np.ones(len(b["image"]), bool)), bool),
     }
     shard = mesh if len(arrays["image"]) % mesh.size == 0 else None
-    total += _to_host(counts(_shard_batch(shard, arrays)))
+    total += _to_host(counts(variables, _shard_batch(shard, arrays)))
   if total[2] == 0:
     raise ValueError("classifier_accuracy: no examples")
   return {"top1": float(total[0] / total[2]), "top5": float(total[1] / total[2])}

@@ -153,3 +153,116 @@ def test_select_subset_deterministic_balanced_disjoint():
   assert len(uniform) == 100
   with pytest.raises(ValueError, match="fraction"):
     evaluate.select_subset(labels, fraction=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on a tiny pretraining run: the default job's table, every standalone mode, and the
+# frozen backbone left untouched by the reference-protocol probe.
+
+
+def _tiny_cluttered_config():
+  from configs import cluttered_digits
+
+  config = cluttered_digits.get_config()
+  config.model.width = 0.125  # Stages 8-16-32-64.
+  config.model.projector = "64-64"
+  config.batch_size = 64
+  config.num_train_steps = 2
+  config.optim.warmup_epochs = 0.0
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.image_every_steps = 0
+  config.eval_every_steps = 0
+  config.eval.final = True
+  config.eval.probe_epochs = 2
+  config.eval.bn_recalibration_batches = 2
+  config.eval.supervised_match = "steps"  # 2 steps, as many as pretraining.
+  return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  from barlow_jax import train
+
+  config = _tiny_cluttered_config()
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  result = train.train_and_evaluate(config, workdir)
+  return config, workdir, result
+
+
+def test_default_job_writes_the_results_table(pretrained):
+  import json
+  import os
+
+  config, workdir, result = pretrained
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  names = [r["name"] for r in results["rows"]]
+  assert names[:4] == [
+    "Barlow Twins",
+    "random init (initial BN statistics)",
+    "random init (BN recalibrated on train images)",
+    "raw pixels",
+  ]
+  assert names[4].startswith("supervised, same backbone (2 steps")
+  assert results["num_train"] == 7185 and results["num_eval"] == 1080
+  for row in results["rows"]:
+    for key in ("linear_top1", "linear_top5", "knn_top1"):
+      assert 0.0 <= row[key] <= 1.0
+  assert results["rows"][3]["feature_dim"] == 20 * 20 * 3
+  assert set(results["targets"]) >= {"met", "margin_over_random_init", "margin_over_raw_pixels"}
+  with open(os.path.join(workdir, "results.md")) as f:
+    assert "| Barlow Twins |" in f.read()
+
+
+def test_evaluate_from_the_workdir_every_mode(pretrained, tmp_path):
+  import json
+  import os
+
+  from configs import eval_linear, eval_semisup
+
+  config, workdir, _ = pretrained
+  for name, cfg in [
+    ("linear", eval_linear.get_config("cluttered_digits,runlocal")),
+    ("knn", eval_linear.get_config("cluttered_digits")),
+    ("semisup", eval_semisup.get_config("cluttered_digits,runlocal")),
+  ]:
+    cfg.eval.backbone = workdir
+    cfg.eval.mode = name
+    cfg.eval.semisup_fraction = 0.05
+    out = str(tmp_path / name)
+    results = evaluate.evaluate(cfg, out)
+    with open(os.path.join(out, "results.json")) as f:
+      assert json.load(f)["mode"] == name
+    assert os.path.exists(os.path.join(out, "results.md"))
+    if name == "linear":
+      assert results["protocol"] == "features" and 0.0 <= results["top1"] <= 1.0
+    if name == "semisup":
+      assert results["num_labelled"] == 359  # 5% of 7185, class-balanced.
+      assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+
+
+def test_reference_probe_leaves_the_frozen_backbone_bit_identical(pretrained):
+  config, workdir, _ = pretrained
+  backbone, variables, _ = evaluate.load_backbone(workdir)
+  before = jax.tree.map(lambda x: np.array(x, copy=True), variables)
+  config = _tiny_cluttered_config()
+  config.eval.probe_epochs = 1
+  config.num_train_examples = 512
+  result = evaluate.reference_linear_probe(config, backbone, variables, num_classes=10)
+  assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+  leaves_before = jax.tree_util.tree_leaves_with_path(before)
+  leaves_after = jax.tree_util.tree_leaves_with_path(variables)
+  assert len(leaves_before) == len(leaves_after) > 0
+  for (path, a), (_, b) in zip(leaves_before, leaves_after):
+    assert np.array_equal(a, np.asarray(b)), jax.tree_util.keystr(path)
+
+
+def test_load_backbone_checkpoint_equals_export(pretrained):
+  _, workdir, _ = pretrained
+  _, exported, _ = evaluate.load_backbone(workdir)
+  _, from_ckpt, _ = evaluate.load_backbone(workdir, checkpoint_step=2)
+  for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(from_ckpt)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="checkpoint_step"):
+    evaluate.load_backbone(workdir, checkpoint_step=7)
