@@ -384,6 +384,42 @@ def _two_views(config, image, seed_a, seed_b, is_bytes: bool):
   return tf.ensure_shape(a, [size, size, 3]), tf.ensure_shape(b, [size, size, 3])
 
 
+def two_view_fn(config, *, is_bytes: bool, with_label: bool):
+  """The per-example map of pretraining: (epoch, index, image, label) -> two normalised views.
+
+  `image` is encoded bytes (any format; JPEGs are decoded inside each crop window) when
+  `is_bytes`, else a decoded [H, W, 3] uint8 or [0, 1] float image. Seeds come from
+  (config.seed, epoch, index, view). Returns {"view_a", "view_b"[, "label"]}.
+  """
+  seed = int(config.seed)
+  mean, std = tuple(config.augment.mean), tuple(config.augment.std)
+
+  def fn(epoch, index, image, label):
+    seed_a = augment.example_seed(seed, epoch, index, 0)
+    seed_b = augment.example_seed(seed, epoch, index, 1)
+    if not is_bytes:
+      image = augment.to_float(image)
+    crop_a, crop_b = _two_views(config, image, seed_a, seed_b, is_bytes)
+    out = {
+      "view_a": augment.normalize(
+        augment.augment_cropped(crop_a, seed_a, config.augment.view_a), mean, std
+      ),
+      "view_b": augment.normalize(
+        augment.augment_cropped(crop_b, seed_b, config.augment.view_b), mean, std
+      ),
+    }
+    if with_label:
+      out["label"] = tf.cast(label, tf.int32)
+    return out
+
+  return fn
+
+
+def options(config) -> tf.data.Options:
+  """The tf.data options of every pipeline here (deterministic, parallel, one thread per op)."""
+  return _options(config)
+
+
 def create_pretrain_iterator(
   config, *, start_step: int = 0, process_index=None, process_count=None
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -464,26 +500,10 @@ def create_pretrain_iterator(
 
     is_bytes = _tfds_image_is_encoded(source.builder, config.dataset.image_key)
 
-  mean, std = tuple(config.augment.mean), tuple(config.augment.std)
+  views = two_view_fn(config, is_bytes=is_bytes, with_label=source.has_labels)
 
   def two_view_example(*args):
-    epoch, index, image, label = load(*args)
-    seed_a = augment.example_seed(seed, epoch, index, 0)
-    seed_b = augment.example_seed(seed, epoch, index, 1)
-    if not is_bytes:
-      image = augment.to_float(image)
-    crop_a, crop_b = _two_views(config, image, seed_a, seed_b, is_bytes)
-    out = {
-      "view_a": augment.normalize(
-        augment.augment_cropped(crop_a, seed_a, config.augment.view_a), mean, std
-      ),
-      "view_b": augment.normalize(
-        augment.augment_cropped(crop_b, seed_b, config.augment.view_b), mean, std
-      ),
-    }
-    if source.has_labels:
-      out["label"] = tf.cast(label, tf.int32)
-    return out
+    return views(*load(*args))
 
   ds = stream.map(two_view_example, num_parallel_calls=_num_parallel_calls(config))
   ds = ds.batch(local_batch, drop_remainder=True)

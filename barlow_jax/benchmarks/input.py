@@ -1,0 +1,162 @@
+"""Input pipeline benchmark: two-view examples per second on this host's CPU.
+
+    python -m barlow_jax.benchmark input [--seconds 10] [--batch 64] [--out input_benchmark.json]
+
+Cases (each the pretraining per-example map of `barlow_jax.input_pipeline`, batched and
+prefetched with the pipeline's tf.data options):
+  - `imagenet_224_jpeg`: ImageNet-like JPEG bytes (400x350, quality 90, smooth random scenes plus
+    texture) -> two 224 px views with the reference augmentations (fused decode-and-crop, bicubic,
+    blur A 1.0 / B 0.1, solarize B 0.2).
+  - `cifar_32_png`: 32x32 PNG bytes, as TFDS stores CIFAR -> two 32 px views, the CIFAR recipe
+    (no blur).
+  - `cluttered_digits_20`: the offline default through `create_pretrain_iterator` itself
+    (in-memory 20x20 floats, the prototype's augmentations).
+
+Reported: examples/s (one example = both views), and per core = that / the number of CPU cores
+this process may use. The images are made in memory: nothing is read from disk, so this measures
+decoding + augmentation only. Other processes on the machine share the cores: note the load
+average printed with the table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def _cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def _natural_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+  """Smooth random colour fields with edges and fine texture: JPEG sizes like photos'."""
+  rng = np.random.RandomState(seed)
+  out = np.empty((n, height, width, 3), np.uint8)
+  yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+  for i in range(n):
+    coarse = rng.uniform(size=(6, 6, 3))
+    rows = np.linspace(0, 5, height)
+    cols = np.linspace(0, 5, width)
+    r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    r1, c1 = np.minimum(r0 + 1, 5), np.minimum(c0 + 1, 5)
+    fr, fc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+    field = (
+      coarse[r0][:, c0] * (1 - fr) * (1 - fc)
+      + coarse[r0][:, c1] * (1 - fr) * fc
+      + coarse[r1][:, c0] * fr * (1 - fc)
+      + coarse[r1][:, c1] * fr * fc
+    )
+    a, b, c = rng.uniform(-1, 1, 3)
+    edge = ((a * yy + b * xx + c) > 0)[..., None] * rng.uniform(-0.3, 0.3, 3)
+    texture = 0.08 * rng.normal(size=(height, width, 1)) * np.sin(40 * xx + 17 * yy)[..., None]
+    out[i] = np.clip(255 * (field + edge + texture), 0, 255).astype(np.uint8)
+  return out
+
+
+def _bytes_dataset(config, encoded: list[bytes], batch: int):
+  import tensorflow as tf
+
+  from barlow_jax import input_pipeline
+
+  views = input_pipeline.two_view_fn(config, is_bytes=True, with_label=False)
+  ds = tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate()
+  ds = ds.map(lambda i, x: views(i // len(encoded), i, x, 0), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(input_pipeline.options(config)).as_numpy_iterator()
+
+
+def _measure(iterator, batch: int, seconds: float, warmup_batches: int = 3) -> dict:
+  for _ in range(warmup_batches):  # Tracing, thread pools, autotuning.
+    next(iterator)
+  count = 0
+  start = time.perf_counter()
+  while True:
+    next(iterator)
+    count += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= seconds and count >= 3:
+      break
+  rate = count * batch / elapsed
+  return {"examples_per_s": rate, "batches": count, "seconds": elapsed}
+
+
+def run(seconds: float, batch: int, cases: list[str]) -> list[dict]:
+  import tensorflow as tf
+
+  from barlow_jax import config as config_lib
+  from barlow_jax import input_pipeline
+
+  results = []
+  for case in cases:
+    config = config_lib.base_config()
+    if case == "imagenet_224_jpeg":
+      config.dataset.image_size = 224
+      images = _natural_images(32, 350, 400)
+      encoded = [tf.io.encode_jpeg(x, quality=90).numpy() for x in images]
+      iterator = _bytes_dataset(config, encoded, batch)
+    elif case == "cifar_32_png":
+      config.dataset.image_size = 32
+      for view in (config.augment.view_a, config.augment.view_b):
+        view.blur_prob = 0.0
+      images = _natural_images(256, 32, 32)
+      encoded = [tf.io.encode_png(x).numpy() for x in images]
+      iterator = _bytes_dataset(config, encoded, batch)
+    elif case == "cluttered_digits_20":
+      config.dataset.name = "cluttered_digits"
+      config.dataset.image_size = 20
+      for view in (config.augment.view_a, config.augment.view_b):
+        view.crop_area = (0.4, 1.0)
+        view.flip_prob = 0.0
+        view.hue = 0.5
+        view.channel_permute_prob = 0.5
+        view.blur_prob = 0.5
+        view.blur_sigma = (0.1, 1.0)
+        view.solarize_prob = 0.0
+        view.noise_std = 0.03
+      config.batch_size = batch
+      iterator = input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1)
+    else:
+      raise ValueError(f"unknown case {case!r}")
+    result = _measure(iterator, batch, seconds)
+    result.update(case=case, image_size=int(config.dataset.image_size), batch=batch)
+    results.append(result)
+  return results
+
+
+CASES = ("imagenet_224_jpeg", "cifar_32_png", "cluttered_digits_20")
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(
+    prog="python -m barlow_jax.benchmark input",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument("--seconds", type=float, default=10.0, help="Timed seconds per case.")
+  parser.add_argument("--batch", type=int, default=64, help="Examples per batch.")
+  parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+  parser.add_argument("--out", default="input_benchmark.json", help="JSON results path.")
+  args = parser.parse_args(argv[1:])
+
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  cores = _cores()
+  load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+  results = run(args.seconds, args.batch, args.cases)
+  print(
+    f"host: {platform.processor() or platform.machine()}, {cores} cores usable, "
+    f"load average before the run {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+  )
+  print(f"{'case':<22}{'size':>6}{'examples/s':>14}{'per core':>12}")
+  for r in results:
+    r["per_core"] = r["examples_per_s"] / cores
+    print(f"{r['case']:<22}{r['image_size']:>6}{r['examples_per_s']:>14.1f}{r['per_core']:>12.1f}")
+  with open(args.out, "w") as f:
+    json.dump({"cores": cores, "load_average": list(load), "results": results}, f, indent=2)
+  print(f"wrote {args.out}")
+  return 0
