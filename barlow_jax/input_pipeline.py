@@ -273,6 +273,8 @@ def _source(config, split: str) -> _Source:
       f"(features: {sorted(features.keys())})."
     )
   has_labels = bool(config.dataset.label_key) and config.dataset.label_key in features
+  if split.split("[")[0] in ("unlabelled", "unlabeled"):
+    has_labels = False  # E.g. stl10's 100k unlabelled images carry label -1.
   return _Source("tfds", _tfds_count(builder, split), has_labels, builder=builder, split=split)
 
 
@@ -443,17 +445,17 @@ def create_pretrain_iterator(
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   source = _source(config, config.dataset.train_split)
   spe = steps_per_epoch(config)
+  if config.num_train_examples > source.num_examples:
+    raise ValueError(
+      f"config.num_train_examples={config.num_train_examples} exceeds the "
+      f"{source.num_examples} examples of split {config.dataset.train_split!r}."
+    )
   per_epoch = spe * local_batch  # Examples each process takes per epoch.
   start_epoch, skip_steps = divmod(int(start_step), spe)
   seed = int(config.seed)
 
   if source.kind in ("arrays", "files"):
     lo, hi = shard_bounds(source.num_examples, process_index, process_count)
-    if hi - lo < per_epoch:
-      raise ValueError(
-        f"config.num_train_examples={config.num_train_examples} exceeds the "
-        f"{source.num_examples} examples of the training split."
-      )
 
     def epoch_indices(epoch):
       key = augment.example_seed(seed, epoch, -1, -1)  # The order's own seed.

@@ -264,3 +264,15 @@ def test_in_memory_eval_arrays_are_the_test_set():
 def test_tensorflow_sees_no_gpu():
   assert tf.config.get_visible_devices("GPU") == []
   assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+
+
+def test_input_benchmark_smoke(tmp_path):
+  import json
+
+  from barlow_jax.benchmarks import input as input_benchmark
+
+  out = tmp_path / "input.json"
+  args = ["input", "--seconds", "0.2", "--batch", "8", "--cases", "cifar_32_png", "--out", str(out)]
+  assert input_benchmark.main(args) == 0
+  result = json.loads(out.read_text())["results"][0]
+  assert result["case"] == "cifar_32_png" and result["examples_per_s"] > 0
