@@ -23,7 +23,9 @@ with stateless ops. So `create_pretrain_iterator(config, start_step=k)` yields e
 k, k+1, ... of a run started at 0, skipping the first k % steps_per_epoch batches of the epoch
 without decoding them. In-memory and folder datasets are permuted exactly; TFDS datasets are
 read in file order (TFDS shuffles examples across files when it prepares them) through a
-`config.dataset.shuffle_buffer` shuffle seeded per epoch. Each epoch has exactly
+`config.dataset.shuffle_buffer` shuffle seeded per epoch; `config.dataset.cache` keeps a TFDS
+shard's encoded examples in memory after the first epoch (in-memory datasets need no cache; folders
+are re-read each epoch). Each epoch has exactly
 `steps_per_epoch(config)` batches on every process (remainders dropped, REFERENCE.md §3).
 
 Multi-host: process p of P reads its own shard (an even split of the examples, or
