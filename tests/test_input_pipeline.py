@@ -276,3 +276,15 @@ def test_input_benchmark_smoke(tmp_path):
   assert input_benchmark.main(args) == 0
   result = json.loads(out.read_text())["results"][0]
   assert result["case"] == "cifar_32_png" and result["examples_per_s"] > 0
+
+
+def test_show_augmentations_draws_a_png(tmp_path):
+  from barlow_jax.tools import show_augmentations
+
+  config = _digits_config(batch=128, size=20)
+  out = show_augmentations.render(config, str(tmp_path / "views.png"), pairs=4, columns=2)
+  data = open(out, "rb").read()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n"
+  image = tf.io.decode_png(data).numpy()
+  assert image.shape[0] > 100 and image.shape[1] > 200 and image.std() > 10
+  assert config.batch_size == 128  # The caller's config is left alone.
