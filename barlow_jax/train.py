@@ -643,6 +643,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     NonFiniteLossError: the loss or gradient became NaN / inf; names the step; the last
       checkpoint written before it is kept.
   """
+  # SIGTERM from here on saves and stops (during start-up: stops before the first step).
+  preemption = _PreemptionFlag()
+  try:
+    return _train_and_evaluate(config, workdir, preemption)
+  finally:
+    preemption.restore()
+
+
+def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> TrainResult:
   from clu import metric_writers
 
   from barlow_jax import input_pipeline
@@ -712,7 +721,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     yield from local_iter
 
   batches = _device_prefetch(local_batches(), mesh, config.dataset.prefetch)
-  preemption = _PreemptionFlag()
   history: list[tuple[int, dict[str, float]]] = []
   last_saved = start_step
   preempted = False
@@ -816,7 +824,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if pending is not None:
       check_finite(*pending)
   finally:
-    preemption.restore()
     manager.wait_until_finished()
     writer.flush()
 

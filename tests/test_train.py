@@ -1,0 +1,253 @@
+"""Pretraining: 8 devices = 1 device, exact resume after SIGTERM, keep-k, NaN stop, bad configs.
+
+Everything runs a tiny network (ResNet-18 at width 0.125 with the CIFAR stem, 16 px digits,
+projector 64-64-64, global batch 16) so that the whole file compiles the train step a handful of
+times.
+"""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from barlow_jax import config as config_lib
+from barlow_jax import input_pipeline, train
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache: the runs below share one program and compile it once."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  saved = {
+    name: getattr(jax.config, name)
+    for name in (
+      "jax_compilation_cache_dir",
+      "jax_persistent_cache_min_compile_time_secs",
+      "jax_persistent_cache_min_entry_size_bytes",
+    )
+  }
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def tiny_config(**overrides):
+  config = config_lib.base_config()
+  config.dataset.name = "digits"
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "test"
+  config.dataset.probe_split = "train"
+  config.dataset.image_size = 16
+  config.dataset.eval_resize = 16
+  config.dataset.shuffle_buffer = 1437
+  config.augment.mean = (0.3, 0.3, 0.3)
+  config.augment.std = (0.31, 0.31, 0.31)
+  for view in (config.augment.view_a, config.augment.view_b):
+    view.crop_area = (0.4, 1.0)
+    view.flip_prob = 0.0
+    view.blur_prob = 0.0
+    view.solarize_prob = 0.0
+  config.model.backbone = "ResNet18"
+  config.model.stem = "cifar"
+  config.model.width = 0.125
+  config.model.projector = "64-64-64"
+  config.model.dtype = "float32"
+  config.optim.name = "adamw"
+  config.optim.lr_weights = 3e-3
+  config.optim.lr_biases = 3e-3
+  config.optim.scale_lr_by_batch = False
+  config.optim.weight_decay = 0.0
+  config.optim.schedule = "constant"
+  config.optim.warmup_epochs = 0.0
+  config.batch_size = 16
+  config.num_train_steps = STEPS
+  config.log_every_steps = 5
+  config.checkpoint_every_steps = 10
+  config.keep_checkpoints = 2
+  config.image_every_steps = 20
+  config.eval_every_steps = 0
+  config.online_probe = True
+  config.online_probe_lr = 0.1
+  config.eval.final = False
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def _flat(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  names = os.listdir(os.path.join(workdir, "checkpoints"))
+  return sorted(int(n) for n in names if n.isdigit())
+
+
+@pytest.fixture
+def patch_batches(monkeypatch):
+  """Lets a test act on the training batches (inject a NaN, send SIGTERM) by index."""
+
+  original = input_pipeline.create_pretrain_iterator
+
+  def install(action):
+    def wrapped(config, *, start_step=0, **kwargs):
+      for index, batch in enumerate(original(config, start_step=start_step, **kwargs)):
+        yield action(start_step + index, batch)
+
+    monkeypatch.setattr(input_pipeline, "create_pretrain_iterator", wrapped)
+
+  return install
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+
+
+def test_eight_devices_give_the_one_device_parameters(devices):
+  config = tiny_config()
+  mesh8, mesh1 = train.create_mesh(devices), train.create_mesh(devices[:1])
+  state8 = train.create_train_state(
+    config, jax.random.key(0), mesh=mesh8, steps_per_epoch=10, num_classes=10
+  )
+  host = jax.device_get(state8)  # A copy: state8's buffers are donated below.
+  state1 = jax.device_put(host, train.state_shardings(state8, mesh1))
+  p0 = _flat(host.params)
+  step8 = train._TracedStep(config, mesh8, state8)
+  step1 = train._TracedStep(config, mesh1, state1)
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    batch = {
+      "view_a": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+      "view_b": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+      "label": rng.integers(0, 10, size=16).astype(np.int32),
+    }
+    state8, metrics8 = step8(state8, train.global_batch(batch, mesh8), i == 2)
+    state1, metrics1 = step1(state1, train.global_batch(batch, mesh1), i == 2)
+  assert len(state8.params["backbone"]["conv1"]["kernel"].sharding.device_set) == 8
+  for name in ("params", "batch_stats", "probe_params"):
+    a, b = _flat(getattr(state8, name)), _flat(getattr(state1, name))
+    print(name, np.linalg.norm(a - b) / np.linalg.norm(b), np.abs(a - b).max())
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5, name
+  assert np.linalg.norm(_flat(state1.params) - p0) > 1e-3  # The steps did move the parameters.
+  np.testing.assert_allclose(float(metrics8["loss"]), float(metrics1["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(metrics8["representation_rank"]), float(metrics1["representation_rank"]), rtol=1e-4
+  )
+  assert step8.num_traces == 1 and step1.num_traces == 1
+
+
+def test_a_run_compiles_once_logs_everything_and_learns(uninterrupted):
+  workdir, result = uninterrupted
+  assert result.step == STEPS and not result.preempted
+  assert result.num_compiles == 1
+  steps = [step for step, _ in result.history]
+  assert steps == list(range(5, STEPS + 1, 5))
+  expected = {
+    "loss", "invariance", "redundancy", "lr_weights", "lr_biases", "grad_norm", "param_norm",
+    "images_per_second", "images_per_second_per_device", "embedding_std", "corr_diag_mean",
+    "corr_offdiag_abs_mean", "representation_rank", "probe_accuracy", "probe_loss",
+  }  # fmt: skip
+  assert expected <= set(result.history[0][1])
+  losses = [m["loss"] for _, m in result.history]
+  assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+  first, last = result.history[0][1], result.history[-1][1]
+  assert last["corr_diag_mean"] > first["corr_diag_mean"]
+  assert 1.0 <= last["representation_rank"] <= 16  # At most min(batch, features).
+  assert os.path.exists(os.path.join(workdir, "config.txt"))
+  assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir))
+
+
+def test_keep_k_checkpoints_and_the_backbone_export(uninterrupted):
+  workdir, result = uninterrupted
+  assert _checkpoint_steps(workdir) == [30, 40]
+  model_config, variables = train.load_exported_backbone(os.path.join(workdir, "backbone"))
+  assert model_config.width == 0.125
+  np.testing.assert_array_equal(
+    variables["params"]["conv1"]["kernel"],
+    np.asarray(result.state.params["backbone"]["conv1"]["kernel"]),
+  )
+  assert set(variables) == {"params", "batch_stats"}
+
+
+def test_sigterm_saves_and_the_resumed_run_ends_where_the_uninterrupted_one_did(
+  uninterrupted, tmp_path, patch_batches
+):
+  _, reference = uninterrupted
+  workdir = str(tmp_path)
+
+  def sigterm_at_17(index, batch):
+    if index == 17:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  patch_batches(sigterm_at_17)
+  first = train.train_and_evaluate(tiny_config(), workdir)
+  assert first.preempted and 10 < first.step < STEPS
+  assert _checkpoint_steps(workdir)[-1] == first.step
+  handler = signal.getsignal(signal.SIGTERM)
+  assert not isinstance(getattr(handler, "__self__", None), train._PreemptionFlag)  # Put back.
+
+  patch_batches(lambda index, batch: batch)
+  second = train.train_and_evaluate(tiny_config(), workdir)
+  assert second.step == STEPS and not second.preempted
+  for name in ("params", "batch_stats", "opt_state", "probe_params"):
+    a, b = _flat(getattr(second.state, name)), _flat(getattr(reference.state, name))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
+  tmp_path, patch_batches
+):
+  def nan_in_step_13(index, batch):
+    if index == 12:  # The 13th update.
+      batch = dict(batch, view_a=np.full_like(batch["view_a"], np.nan))
+    return batch
+
+  patch_batches(nan_in_step_13)
+  with pytest.raises(train.NonFiniteLossError, match=r"step 13\b.*last good checkpoint is step 10"):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert _checkpoint_steps(str(tmp_path)) == [10]
+
+
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
+    ({"batch_size": 12}, "divisible by the 8 devices"),
+    ({"dataset.name": "no_such_dataset_xyz"}, "no_such_dataset_xyz"),
+    ({"model.backbone": "ResNet19"}, "ResNet19"),
+    ({"log_every_steps": 0}, "log_every_steps"),
+  ],
+)
+def test_bad_configs_fail_before_compiling(tmp_path, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "wd"))
+
+
+def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="--workdir=.*not a writable directory"):
+    train.train_and_evaluate(tiny_config(), str(blocker / "wd"))
+
+
+def test_effective_rank_counts_equal_directions():
+  x = np.zeros((8, 6), np.float32)
+  x[:3, :3] = np.eye(3) * 2.0
+  np.testing.assert_allclose(float(train.effective_rank(x)), 3.0, rtol=1e-5)
+  np.testing.assert_allclose(float(train.effective_rank(np.ones((8, 6)))), 1.0, rtol=1e-4)
