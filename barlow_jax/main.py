@@ -9,6 +9,8 @@ r"""Pretrains Barlow Twins from a config file into a workdir; the same command r
 multi-node GPU, `python -m barlow_jax.launch`) join through `barlow_jax.distributed` first.
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,9 +30,17 @@ flags.DEFINE_integer("process_id", -1, "This process's index (-1: environment)."
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietOrbax(std_logging.Filter):
+  """Drops orbax's INFO lines (a dozen per checkpoint); its warnings and errors still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_logger().addFilter(_QuietOrbax())
   # Imported here so a flag error (a misspelt --config. key) fails in a second, not after jax.
   from barlow_jax import distributed
 
