@@ -206,13 +206,36 @@ def _offdiag_sumsq_dense(a, b, n_global, axis_name) -> jax.Array:
   return jnp.sum(jnp.where(_offdiag_mask(c.shape), c * c, 0.0))
 
 
+@jax.custom_vjp
+def _frobenius_sq_via_gram(a, b) -> jax.Array:
+  """||A^T B||_F^2 = sum((A A^T) * (B B^T)) for [N, D] arrays, without the D x D product."""
+  return _frobenius_sq_via_gram_fwd(a, b)[0]
+
+
+def _frobenius_sq_via_gram_fwd(a, b):
+  gram_a = jnp.einsum("nd,md->nm", a, a, precision=_HIGHEST)
+  gram_b = jnp.einsum("nd,md->nm", b, b, precision=_HIGHEST)
+  return jnp.sum(gram_a * gram_b), (a, b, gram_a, gram_b)
+
+
+def _frobenius_sq_via_gram_bwd(residuals, cotangent):
+  # d/dA tr(A A^T B B^T) = 2 (B B^T) A: one N x N x D product per view. Autodiff of the einsum
+  # cannot use the symmetry of A A^T and spends two.
+  a, b, gram_a, gram_b = residuals
+  grad_a = jnp.einsum("nm,md->nd", gram_b, a, precision=_HIGHEST)
+  grad_b = jnp.einsum("nm,md->nd", gram_a, b, precision=_HIGHEST)
+  return 2.0 * cotangent * grad_a, 2.0 * cotangent * grad_b
+
+
+_frobenius_sq_via_gram.defvjp(_frobenius_sq_via_gram_fwd, _frobenius_sq_via_gram_bwd)
+
+
 def _offdiag_sumsq_gram(a, b, diag, n_global, axis_name) -> jax.Array:
   """sum_{i != j} C_ij^2 = ||A^T B||_F^2 / N^2 - sum_i C_ii^2, from N x N Gram matrices."""
   if axis_name is None:
-    a_all, b_all = a, b
-  else:
-    a_all = lax.all_gather(a, axis_name, tiled=True)
-    b_all = lax.all_gather(b, axis_name, tiled=True)
+    return _frobenius_sq_via_gram(a, b) / (float(n_global) ** 2) - jnp.sum(diag * diag)
+  a_all = lax.all_gather(a, axis_name, tiled=True)
+  b_all = lax.all_gather(b, axis_name, tiled=True)
   # This device's rows of A A^T and B B^T: [N_local, N_global].
   gram_a = jnp.einsum("nd,md->nm", a, a_all, precision=_HIGHEST)
   gram_b = gram_a if b is a else jnp.einsum("nd,md->nm", b, b_all, precision=_HIGHEST)
