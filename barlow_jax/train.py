@@ -682,10 +682,11 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
           f"the input pipeline gave {key} of shape {first[key].shape}, expected "
           f"{(local_batch, size, size, 3)} (config.batch_size / processes, image_size)."
         )
-  has_labels = first is not None and "label" in first
-  num_classes = input_pipeline.num_classes(config) if config.online_probe and has_labels else 0
-  if config.online_probe and first is not None and not has_labels:
-    logging.info("Online probe off: %s batches carry no labels.", config.dataset.name)
+  # From the dataset, not from a batch: a rerun of a finished run has no batch to look at, and
+  # the probe's presence is part of the checkpoint's structure.
+  num_classes = input_pipeline.num_classes(config) if config.online_probe else 0
+  if config.online_probe and not num_classes:
+    logging.info("Online probe off: %s has no labels.", config.dataset.name)
 
   rng = jax.random.key(int(config.seed))
   state = create_train_state(
