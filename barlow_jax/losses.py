@@ -235,13 +235,38 @@ def _offdiag_sumsq_gram(a, b, diag, n_global, axis_name) -> jax.Array:
   """sum_{i != j} C_ij^2 = ||A^T B||_F^2 / N^2 - sum_i C_ii^2, from N x N Gram matrices."""
   if axis_name is None:
     return _frobenius_sq_via_gram(a, b) / (float(n_global) ** 2) - jnp.sum(diag * diag)
+  frobenius_sq = lax.psum(_frobenius_sq_partial(a, b, axis_name), axis_name)
+  return frobenius_sq / (float(n_global) ** 2) - jnp.sum(diag * diag)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _frobenius_sq_partial(a, b, axis_name) -> jax.Array:
+  """This device's share of ||A^T B||_F^2: sum over its rows of (A A^T) * (B B^T).
+
+  Its gradient is that of the psum over devices (each device's rows of 2 (B B^T) A), which is
+  what the surrounding psum needs: every device receives the same cotangent for its share.
+  Autodiff would spend a second N_local x N x D product and a reduce-scatter per view.
+  """
+  return _frobenius_sq_partial_fwd(a, b, axis_name)[0]
+
+
+def _frobenius_sq_partial_fwd(a, b, axis_name):
   a_all = lax.all_gather(a, axis_name, tiled=True)
   b_all = lax.all_gather(b, axis_name, tiled=True)
   # This device's rows of A A^T and B B^T: [N_local, N_global].
   gram_a = jnp.einsum("nd,md->nm", a, a_all, precision=_HIGHEST)
-  gram_b = gram_a if b is a else jnp.einsum("nd,md->nm", b, b_all, precision=_HIGHEST)
-  frobenius_sq = _psum(jnp.sum(gram_a * gram_b), axis_name) / (float(n_global) ** 2)
-  return frobenius_sq - jnp.sum(diag * diag)
+  gram_b = jnp.einsum("nd,md->nm", b, b_all, precision=_HIGHEST)
+  return jnp.sum(gram_a * gram_b), (a_all, b_all, gram_a, gram_b)
+
+
+def _frobenius_sq_partial_bwd(axis_name, residuals, cotangent):
+  a_all, b_all, gram_a, gram_b = residuals
+  grad_a = jnp.einsum("nm,md->nd", gram_b, a_all, precision=_HIGHEST)
+  grad_b = jnp.einsum("nm,md->nd", gram_a, b_all, precision=_HIGHEST)
+  return 2.0 * cotangent * grad_a, 2.0 * cotangent * grad_b
+
+
+_frobenius_sq_partial.defvjp(_frobenius_sq_partial_fwd, _frobenius_sq_partial_bwd)
 
 
 def _default_block_size(d: int) -> int:

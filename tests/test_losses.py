@@ -256,13 +256,15 @@ def test_shard_map_gradient_taken_outside(mesh):
   assert rel_err(d_b, g_b) < RTOL
 
 
-@pytest.mark.parametrize("mode", ["pmap", "shard_map_check_vma_false"])
-def test_gradient_inside_pmap_and_unchecked_shard_map(mesh, mode):
+@pytest.mark.parametrize(
+  "mode,method", [("pmap", "dense"), ("shard_map_check_vma_false", "dense"), ("pmap", "gram")]
+)
+def test_gradient_inside_pmap_and_unchecked_shard_map(mesh, mode, method):
   # There psum transposes to psum (every device seeds the replicated loss); the loss corrects it.
   z_a, z_b = make_inputs()
   ref, (g_a, g_b) = reference("barlow_twins")
   grad_fn = jax.value_and_grad(
-    functools.partial(losses.barlow_twins_loss, axis_name="data", method="dense"), argnums=(0, 1)
+    functools.partial(losses.barlow_twins_loss, axis_name="data", method=method), argnums=(0, 1)
   )
   if mode == "pmap":
     loss, (d_a, d_b) = jax.pmap(grad_fn, axis_name="data")(
