@@ -1,0 +1,151 @@
+"""The paper's studies as sweeps: each a list of named runs, each run a set of config overrides.
+
+A study is scale-free: the same overrides apply to the cluttered-digits default (`local`), the
+CIFAR-10 recipe (`cifar`) or the ImageNet reference run (`imagenet`); only the sizes that must fit
+the scale (batch sizes, projector widths) differ, and `SCALES` says how.
+
+`paper` holds what the paper reports for the same setting (ImageNet, ResNet-50, 300 epochs, linear
+top-1 %, REFERENCE.md), so every results table can show ours next to theirs.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  overrides: Mapping[str, Any]
+  paper: float | None = None  # The paper's ImageNet linear top-1 for this setting, if reported.
+  x: float | None = None  # Abscissa for a plotted sweep (batch size, width, lambda).
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  config: str  # Config file the study's overrides apply to.
+  config_arg: str  # Its argument (a small variant), "" for the default.
+  batch_sizes: tuple[int, ...]
+  widths: tuple[int, ...]
+  # Overrides every run of this scale gets, e.g. fewer steps so a whole study fits a session.
+  common: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+SCALES = {
+  # 250 steps a run so that the loss, lambda and width studies (22 runs) fit one CPU session; the
+  # default job trains longer (configs/cluttered_digits.py), so absolute numbers here are lower.
+  "local": Scale(
+    config="configs/cluttered_digits.py",
+    config_arg="",
+    batch_sizes=(32, 64, 128, 256),
+    widths=(16, 64, 256, 512, 1024, 2048),
+    common={"num_train_steps": 250, "eval.baselines": False, "eval.supervised": False},
+  ),
+  "cifar": Scale(
+    config="configs/cifar10_resnet18.py",
+    config_arg="",
+    batch_sizes=(128, 256, 512, 1024, 2048),
+    widths=(16, 128, 512, 1024, 2048, 4096, 8192),
+  ),
+  "imagenet": Scale(
+    config="configs/imagenet_resnet50.py",
+    config_arg="",
+    batch_sizes=(128, 256, 512, 1024, 2048, 4096),
+    widths=(16, 128, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+    common={"num_epochs": 300.0},  # The paper's ablations are 300-epoch runs.
+  ),
+}
+
+
+def _projector(width: int) -> str:
+  return f"{width}-{width}-{width}"
+
+
+def loss_ablation(scale: Scale) -> list[Run]:
+  del scale
+  return [
+    Run("baseline", {}, paper=71.4),
+    Run("invariance_only", {"loss.variant": "invariance_only"}, paper=57.3),
+    Run("redundancy_only", {"loss.variant": "redundancy_only"}, paper=0.1),
+    Run("feature_norm", {"loss.variant": "feature_norm"}, paper=69.8),
+    Run("no_projector_bn", {"model.projector_batch_norm": False}, paper=71.2),
+    Run(
+      "cross_covariance",
+      {"model.projector_batch_norm": False, "loss.variant": "cross_covariance"},
+      paper=53.4,
+    ),
+    Run("cross_entropy", {"loss.variant": "cross_entropy"}, paper=63.3),
+    Run("auto_correlation", {"loss.variant": "auto_correlation"}),
+  ]
+
+
+_PAPER_BATCH = {128: 69.7, 256: 70.7, 512: 71.4, 1024: 71.7, 2048: 71.4, 4096: 70.7}
+
+
+def batch_size(scale: Scale) -> list[Run]:
+  # Learning rates follow the reference's linear scaling (base * B / 256, optim.scale_lr_by_batch).
+  return [
+    Run(f"batch_{b}", {"batch_size": b}, paper=_PAPER_BATCH.get(b), x=b) for b in scale.batch_sizes
+  ]
+
+
+def projector_width(scale: Scale) -> list[Run]:
+  runs = []
+  for width in scale.widths:
+    overrides: dict[str, Any] = {"model.projector": _projector(width)}
+    if width >= 16384:
+      overrides["loss.method"] = "gram"  # Never materialise the D x D matrix.
+    runs.append(Run(f"width_{width}", overrides, x=width))
+  return runs
+
+
+def lambda_sensitivity(scale: Scale) -> list[Run]:
+  del scale
+  return [
+    Run(f"lambda_{lambd:g}", {"loss.lambd": lambd}, x=lambd)
+    for lambd in (0.002, 0.0035, 0.0051, 0.0075, 0.01, 0.02)
+  ]
+
+
+def augmentation_removal(scale: Scale) -> list[Run]:
+  del scale
+  removals = {
+    "no_crop": {"crop_area": (1.0, 1.0), "crop_aspect": (1.0, 1.0)},
+    "no_flip": {"flip_prob": 0.0},
+    "no_colour_jitter": {"jitter_prob": 0.0},
+    "no_grayscale": {"grayscale_prob": 0.0},
+    "no_blur": {"blur_prob": 0.0},
+    "no_solarize": {"solarize_prob": 0.0},
+  }
+  runs = [Run("all_augmentations", {})]
+  for name, fields in removals.items():
+    overrides = {}
+    for view in ("view_a", "view_b"):
+      for field, value in fields.items():
+        overrides[f"augment.{view}.{field}"] = value
+    runs.append(Run(name, overrides))
+  return runs
+
+
+def asymmetry(scale: Scale) -> list[Run]:
+  del scale
+  return [
+    Run("symmetric", {}, paper=71.4),
+    Run("stop_gradient", {"model.stop_gradient_b": True}, paper=70.5),
+    Run("predictor", {"model.predictor": "auto"}, paper=70.2),
+    Run(
+      "stop_gradient_and_predictor",
+      {"model.stop_gradient_b": True, "model.predictor": "auto"},
+      paper=61.3,
+    ),
+  ]
+
+
+STUDIES = {
+  "loss_ablation": loss_ablation,
+  "batch_size": batch_size,
+  "projector_width": projector_width,
+  "lambda": lambda_sensitivity,
+  "augmentation_removal": augmentation_removal,
+  "asymmetry": asymmetry,
+}
