@@ -609,18 +609,19 @@ def _knn_monitor(state: TrainState, config: ml_collections.ConfigDict, mesh: Mes
   )
 
 
-def _final_evaluation(config: ml_collections.ConfigDict, workdir: str):
-  """The evaluation issue's end-of-run table, when `barlow_jax.evaluate` provides it."""
+def _final_evaluation(config, workdir: str, state: TrainState, *, seconds: float, steps: int):
+  """The evaluation issue's end-of-run table (`barlow_jax.evaluate.run_final_evaluation`)."""
   try:
     from barlow_jax import evaluate
   except ImportError as e:
     logging.warning("Final evaluation skipped: barlow_jax.evaluate is not importable (%s).", e)
     return None
-  fn = getattr(evaluate, "final_evaluation", None)
-  if fn is None:
-    logging.warning("Final evaluation skipped: barlow_jax.evaluate has no final_evaluation.")
-    return None
-  return fn(config, workdir)
+  variables = jax.device_get(
+    {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
+  )
+  return evaluate.run_final_evaluation(
+    config, workdir, variables, pretrain_seconds=seconds, pretrain_steps=steps
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,6 +731,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
   eval_every = int(config.eval_every_steps)
   window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
   run_start, run_start_step = window_start, start_step
+  monitor_seconds = 0.0
 
   def check_finite(step: int, metrics) -> None:
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
@@ -786,7 +788,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
         if is_log:
           history.append((done, scalars))
           writer.write_scalars(done, scalars)
-          rate = (done - run_start_step) / max(now - run_start, 1e-9)
+          rate = (done - run_start_step) / max(now - run_start - monitor_seconds, 1e-9)
           logging.info(
             "step %d/%d (%.1f%%)  loss %.4g  %.0f img/s (%.0f/device)  input wait %.0f%%  ETA %s",
             done,
@@ -817,7 +819,10 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
 
       if eval_every and (done % eval_every == 0 or done == total_steps):
         if config.dataset.eval_split and config.dataset.probe_split and num_classes:
+          t0 = time.perf_counter()
           accuracy = _knn_monitor(state, config, mesh)
+          monitor_seconds += time.perf_counter() - t0
+          window_start = time.perf_counter()
           writer.write_scalars(done, {"knn_accuracy": accuracy})
           logging.info("step %d: kNN top-1 %.2f%%", done, 100.0 * accuracy)
           if history and history[-1][0] == done:
@@ -827,6 +832,8 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
   finally:
     manager.wait_until_finished()
     writer.flush()
+  # Pretraining wall time of this invocation (compilation included, kNN monitor excluded).
+  train_seconds = time.perf_counter() - run_start - monitor_seconds
 
   if step_fn.num_traces > 1:
     logging.warning("train_step was compiled %d times in this run.", step_fn.num_traces)
@@ -850,7 +857,9 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
   logging.info("Exported the backbone to %s/backbone.", workdir)
   writer.close()
   if config.eval.final:
-    result.evaluation = _final_evaluation(config, workdir)
+    result.evaluation = _final_evaluation(
+      config, workdir, state, seconds=train_seconds, steps=total_steps
+    )
   return result
 
 
