@@ -124,13 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
   # epoch through the frozen backbone). "features" standardises the features (train mean/std).
   config.eval.probe_protocol = "auto"
   # Final table baselines: random init (+ BN recalibrated on this many training batches), raw
-  # pixels, and supervised training of the same backbone ("time" or "steps" matched to pretraining).
+  # pixels, and supervised training of the same backbone with the pretraining's optimizer and
+  # schedule (config.optim), "time" or "steps" matched to pretraining.
   config.eval.baselines = True
   config.eval.bn_recalibration_batches = 50
   config.eval.supervised = True
   config.eval.supervised_match = "time"
-  config.eval.supervised_lr = 0.1  # Per 256 examples; SGD momentum 0.9, cosine.
-  config.eval.supervised_weight_decay = 5e-4
   # Standalone evaluation (`python -m barlow_jax.evaluate`): what and where.
   config.eval.mode = "linear"  # "linear", "semisup" or "knn".
   config.eval.backbone = ""  # Pretraining workdir, exported backbone dir, or converted PyTorch dir.

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -364,6 +364,12 @@ def _mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
+def _local_mesh() -> Mesh:
+  # In-memory arrays are whole on every process: each process computes the same numbers on its
+  # own devices (process 0 writes them) instead of treating its copy as a slice of a global batch.
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
 def _shard_batch(mesh: Mesh | None, tree):
   """Process-local NumPy batch -> global arrays sharded on axis 0 over the mesh's "data" axis."""
   if mesh is None:
@@ -398,7 +404,8 @@ def create_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
 def init_backbone(backbone: nn.Module, image_size: int, seed: int) -> dict[str, Any]:
   """Random-init variables of `backbone` (the model's own initialisers; BN stats 0 / 1)."""
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  variables = backbone.init(jax.random.PRNGKey(seed), x, train=False)
+  # Jitted: eager init of a ResNet dispatches op by op and takes seconds on a CPU.
+  variables = jax.jit(functools.partial(backbone.init, train=False))(jax.random.PRNGKey(seed), x)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
@@ -600,10 +607,11 @@ def finetune(
   num_classes: int,
   num_steps: int,
   batch_size: int,
-  lr_backbone: float,
-  lr_head: float,
+  lr_backbone: float = 0.005,
+  lr_head: float = 0.5,
   momentum: float = 0.9,
   weight_decay: float = 0.0,
+  optimizer: Callable[[int], optax.GradientTransformation] | None = None,
   augment: Mapping[str, Any] | None = None,
   time_budget_s: float | None = None,
   seed: int = 0,
@@ -619,6 +627,8 @@ def finetune(
     backbone, variables: the starting point (`{"params", "batch_stats"}` of the backbone).
     batches: infinite iterator of {"image": [B, S, S, 3], "label": [B]} (B = global batch, or the
       process-local part of it on several hosts).
+    optimizer: if given, `optimizer(num_steps)` is the transformation used instead of the
+      two-learning-rate SGD above (lr_backbone, lr_head, momentum, weight_decay are then unused).
     augment: None (batches come augmented) or {"area", "aspect", "flip_prob"} for
       `random_crop_flip` applied on the devices.
     time_budget_s: if set, `num_steps` is replaced by the number of steps that fit this many
@@ -634,11 +644,16 @@ def finetune(
   model = Classifier(backbone=backbone, num_classes=num_classes)
   start = backbone_variables(variables)
   first = next(batches)
-  head = model.init(jax.random.PRNGKey(seed), jnp.asarray(first["image"][:1]), train=False)
+  head = jax.jit(functools.partial(model.init, train=False))(
+    jax.random.PRNGKey(seed), jnp.asarray(first["image"][:1], jnp.float32)
+  )
   params = {"backbone": start["params"], "head": head["params"]["head"]}
   stats = {"backbone": start["batch_stats"]}
 
   def make_tx(steps):
+    if optimizer is not None:
+      return optimizer(steps)
+
     def part(lr):
       rate = lr * batch_size / 256
       sched = lambda t: rate * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, steps) / steps))
@@ -890,11 +905,11 @@ def run_final_evaluation(
     (b) the same architecture at random init (seed `config.seed`), with its initial BN statistics
         and with BN statistics recalibrated on the training images;
     (c) raw pixels (the normalised images, flattened);
-    (d) the same architecture trained with labels (cross-entropy, SGD momentum 0.9,
-        `config.eval.supervised_lr` per 256, cosine, weight decay `supervised_weight_decay`, the
-        pretraining's crop + flip settings of view A, batch `config.batch_size`) for the same wall
-        time (`config.eval.supervised_match="time"`) or number of steps ("steps") as pretraining;
-        its probe, kNN and own-head accuracy.
+    (d) the same architecture trained with labels (cross-entropy, the pretraining's optimizer,
+        learning rates and schedule from `config.optim`, the pretraining's crop + flip settings of
+        view A, batch `config.batch_size`) for the same wall time
+        (`config.eval.supervised_match="time"`, needs `pretrain_seconds`) or number of steps
+        ("steps") as pretraining; its probe, kNN and own-head accuracy.
   (b)-(d) only when `config.eval.baselines` (and `config.eval.supervised` for (d)). The targets
   compare (a)'s linear top-1 with the stronger of linear / kNN over both (b) variants and over (c).
 
@@ -904,14 +919,14 @@ def run_final_evaluation(
     pretrain_seconds: wall time of pretraining (sizes (d) when matching time; recorded).
     pretrain_steps: steps of pretraining (sizes (d) when matching steps; recorded). Default: the
       config's total steps.
-    mesh: default one "data" axis over all devices.
+    mesh: default one "data" axis over this process's devices (every process computes the same).
 
   Returns:
     {"rows": [...], "targets": {...}, ...} as written to results.json.
   """
   from barlow_jax import input_pipeline
 
-  mesh = _mesh() if mesh is None else mesh
+  mesh = _local_mesh() if mesh is None else mesh
   total_t0 = time.perf_counter()
   probe_split, eval_split = config.dataset.probe_split, config.dataset.eval_split
   if not probe_split or not eval_split:
@@ -1046,10 +1061,7 @@ def _supervised_row(
     num_classes=num_classes,
     num_steps=int(pretrain_steps),
     batch_size=batch_size,
-    lr_backbone=float(config.eval.supervised_lr),
-    lr_head=float(config.eval.supervised_lr),
-    momentum=0.9,
-    weight_decay=float(config.eval.supervised_weight_decay),
+    optimizer=functools.partial(_pretrain_optimizer, config, len(train_x) // batch_size),
     augment={
       "area": tuple(view.crop_area),
       "aspect": tuple(view.crop_aspect),
@@ -1074,6 +1086,19 @@ def _supervised_row(
     supervised_seconds=info["seconds"],
     supervised_matched=match if budget or match == "steps" else "steps",
   )
+
+
+def _pretrain_optimizer(config, steps_per_epoch: int, num_steps: int):
+  # The pretraining's optimizer, learning rates and schedule (warmup included), stretched over
+  # `num_steps`: the supervised reference gets the same optimizer the method had.
+  from barlow_jax import optim
+
+  run = ml_collections.ConfigDict(config.to_dict())
+  run.num_train_steps = int(num_steps)
+  run.optim.warmup_epochs = min(
+    float(config.optim.warmup_epochs), 0.5 * num_steps / max(steps_per_epoch, 1)
+  )
+  return optim.create_optimizer(run, max(steps_per_epoch, 1))[0]
 
 
 def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1361,7 +1386,7 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[s
     **{f"probe_{k}": v for k, v in probe_kwargs_from_config(config).items()},
   }
   if protocol == "features":
-    results.update(_features_evaluation(config, backbone, variables, mesh, knn_only=False))
+    results.update(_features_evaluation(config, backbone, variables, _local_mesh(), knn_only=False))
   else:
     results.update(
       reference_linear_probe(
@@ -1414,7 +1439,7 @@ def knn_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     "dataset": config.dataset.name,
     "knn_k": int(config.eval.knn_k),
     "knn_temperature": float(config.eval.knn_temperature),
-    **_features_evaluation(config, backbone, variables, _mesh(), knn_only=True),
+    **_features_evaluation(config, backbone, variables, _local_mesh(), knn_only=True),
   }
   write_results(workdir, results)
   return results
@@ -1500,6 +1525,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     eval_batches = array_batches(test_x, test_y, eval_bs)
     results["num_labelled"] = len(idx)
+    settings["mesh"] = _local_mesh()
   trained, info = finetune(
     backbone,
     variables,
@@ -1511,7 +1537,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
     **settings,
   )
   model = Classifier(backbone=backbone, num_classes=num_classes)
-  results.update(classifier_accuracy(model, trained, eval_batches, mesh=mesh))
+  results.update(classifier_accuracy(model, trained, eval_batches, mesh=settings["mesh"]))
   results.update(steps=info["steps"], seconds=info["seconds"], batch_size=batch_size)
   write_results(workdir, results)
   return results

@@ -173,6 +173,7 @@ def _tiny_cluttered_config():
   config.checkpoint_every_steps = 2
   config.image_every_steps = 0
   config.eval_every_steps = 0
+  config.online_probe = False
   config.eval.final = True
   config.eval.probe_epochs = 2
   config.eval.bn_recalibration_batches = 2
