@@ -19,6 +19,7 @@ class Run:
   overrides: Mapping[str, Any]
   paper: float | None = None  # The paper's ImageNet linear top-1 for this setting, if reported.
   x: float | None = None  # Abscissa for a plotted sweep (batch size, width, lambda).
+  note: str = ""  # What the paper says of this setting when it gives no number.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,11 @@ def loss_ablation(scale: Scale) -> list[Run]:
       paper=53.4,
     ),
     Run("cross_entropy", {"loss.variant": "cross_entropy"}, paper=63.3),
-    Run("auto_correlation", {"loss.variant": "auto_correlation"}),
+    Run(
+      "auto_correlation",
+      {"loss.variant": "auto_correlation"},
+      note="paper (App. A): little difference from baseline, no number",
+    ),
   ]
 
 

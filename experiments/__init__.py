@@ -1,0 +1,1 @@
+"""The paper's studies (`studies.py`), their runner (`run.py`) and their plots (`plots.py`)."""
