@@ -137,7 +137,7 @@ def test_dry_run_prints_command_lines_that_main_parses_to_the_same_config(
   for line, p in zip(lines, planned):
     argv = shlex.split(line)
     assert argv[:3] == ["python", "-m", "barlow_jax.main"]
-    assert argv[3] == "--config=configs/cluttered_digits.py"
+    assert argv[3] == f"--config={studies.SCALES['local'].config}"
     config, workdir = _parse_with_config_flags(argv[3:])
     assert workdir == os.path.join(root, study, p.run.name)
     assert config.to_dict() == p.config.to_dict(), p.run.name
@@ -204,7 +204,9 @@ def test_run_skip_reuse_collect_and_report_on_a_fake_tree(tmp_path, capsys):
   assert by_name["redundancy_only"]["status"] == "failed"
   assert "NonFiniteLossError" in by_name["redundancy_only"]["error"]
   assert by_name["cross_entropy"]["status"] == "missing"
-  assert collected["setting"]["dataset"] == "cluttered_digits"
+  assert (
+    collected["setting"]["dataset"] == run.load_config(studies.SCALES["local"].config).dataset.name
+  )
 
   results_dir = tmp_path / "results"
   (results_dir).mkdir()
