@@ -42,6 +42,9 @@ from jax.sharding import PartitionSpec as P
 # Datasets `input_pipeline.load_labelled_arrays` holds in memory: the fast paths apply to them.
 IN_MEMORY_DATASETS = ("cluttered_digits", "digits", "cifar10", "cifar100", "cifar")
 
+# Steps timed to size a time-matched fine-tuning run.
+_TIMED_STEPS = 10
+
 # Bound on the [test_chunk, num_train] similarity matrix of the kNN monitor (elements).
 _KNN_MAX_SIMILARITIES = 1 << 25
 
@@ -699,18 +702,21 @@ def finetune(
 
   key = jax.random.PRNGKey(seed + 1)
   if time_budget_s is not None:
-    # Time a few steps of a throwaway run (after one compiling step) to size the real one.
+    # Time steps of a throwaway run to size the real one. Two warm-up calls: the first compiles
+    # for host inputs, the second for the device-resident outputs it feeds back.
     tx = make_tx(max(num_steps, 1))
     step = make_step(tx)
-    p, s, o = params, stats, tx.init(params)
+    p, s = _replicate(mesh, params), _replicate(mesh, stats)
+    o = tx.init(p)
     b = batch_arrays(first)
-    p, s, o, loss = step(p, s, o, b, key)
-    jax.block_until_ready(loss)
-    t0 = time.perf_counter()
-    for _ in range(3):
+    for _ in range(2):
       p, s, o, loss = step(p, s, o, b, key)
     jax.block_until_ready(loss)
-    per_step = (time.perf_counter() - t0) / 3
+    t0 = time.perf_counter()
+    for _ in range(_TIMED_STEPS):
+      p, s, o, loss = step(p, s, o, b, key)
+    jax.block_until_ready(loss)
+    per_step = (time.perf_counter() - t0) / _TIMED_STEPS
     num_steps = max(1, int(time_budget_s / per_step))
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
