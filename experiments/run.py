@@ -391,6 +391,10 @@ def collect(
     else:
       entry.update(status="missing")
     runs.append(entry)
+  references = []
+  ref = _read_json(_join(workdir_root, "reference", "baselines", "results.json"))
+  for row in (ref or {}).get("rows", []):
+    references.append({k: row.get(k) for k in ("name", "linear_top1", "knn_top1")})
   base = planned[0].config if planned else load_config(sc.config, sc.config_arg)
   common = _jsonable(dict(sc.common))
   return {
@@ -410,6 +414,8 @@ def collect(
     },
     "command": f"python -m experiments.run {study} --scale={scale}",
     "runs": runs,
+    # The same pretraining evaluated beside random-init and raw-pixel features (study "reference").
+    "references": references,
   }
 
 
@@ -460,6 +466,14 @@ def results_markdown(collected: Mapping[str, Any], notes: str = "") -> str:
       "schedule and one seed, so differences of a few points are within noise. The paper's "
       "column is ImageNet, ResNet-50, 300 epochs, linear top-1 (REFERENCE.md §1, §6): compare "
       "the ordering, not the values.",
+    ]
+  refs = collected.get("references") or []
+  if refs:
+    cells = "; ".join(f"{r['name']} {_pct(r['linear_top1'])} / {_pct(r['knn_top1'])}" for r in refs)
+    lines += [
+      "",
+      f"For scale, on the same data and evaluation (linear / kNN top-1 %, from `python -m "
+      f"experiments.run reference --scale={collected['scale']}`): {cells}.",
     ]
   lines += [
     "",

@@ -162,6 +162,13 @@ def asymmetry(scale: Scale) -> list[Run]:
   ]
 
 
+def reference(scale: Scale) -> list[Run]:
+  # Not a paper study: the scale's baseline once more with the evaluation's reference rows (random
+  # init, BN-recalibrated random init, raw pixels), the floor every other table is read against.
+  del scale
+  return [Run("baselines", {"eval.baselines": True, "eval.supervised": False})]
+
+
 STUDIES = {
   "loss_ablation": loss_ablation,
   "batch_size": batch_size,
@@ -169,4 +176,5 @@ STUDIES = {
   "lambda": lambda_sensitivity,
   "augmentation_removal": augmentation_removal,
   "asymmetry": asymmetry,
+  "reference": reference,
 }
