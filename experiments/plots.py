@@ -108,19 +108,22 @@ def _sweep(collected, runs) -> plt.Figure:
   runs = sorted(runs, key=lambda r: r["x"])
   xs = [r["x"] for r in runs]
   fig, ax = plt.subplots(figsize=(7, 4.2))
-  ax.plot(
-    xs,
-    [_value(r, "linear_top1") for r in runs],
-    "o-",
-    color=_OURS_LINEAR,
-    label="ours, linear top-1",
-  )
-  ax.plot(
-    xs, [_value(r, "knn_top1") for r in runs], "s--", color=_OURS_KNN, label="ours, kNN top-1"
-  )
-  ax.set_xscale("log", base=2 if collected["study"] != "lambda" else 10)
-  ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
+  for key, style, color, label in (
+    ("linear_top1", "o-", _OURS_LINEAR, "ours, linear top-1"),
+    ("knn_top1", "s--", _OURS_KNN, "ours, kNN top-1"),
+  ):
+    # Only the measured points, joined (a run not done yet leaves no gap in the line).
+    points = [(r["x"], _value(r, key)) for r in runs if _value(r, key) == _value(r, key)]
+    ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color, label=label)
+  ax.set_xscale("log")
+  ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
+  ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8, rotation=45 if len(xs) > 5 else 0)
   ax.minorticks_off()
+  measured = [v for r in runs for v in (_value(r, "linear_top1"), _value(r, "knn_top1")) if v == v]
+  if measured:
+    ax.set_ylim(max(0.0, min(measured) - 5), min(100.0, max(measured) + 5))
+  else:
+    ax.set_ylim(0, 100)
   ax.set_xlabel(_X_LABELS.get(collected["study"], "x"))
   ax.set_ylabel(f"top-1 (%), {collected['setting']['dataset']}")
   ax.grid(alpha=0.3)
