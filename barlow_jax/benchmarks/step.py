@@ -38,7 +38,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--backbone", default="ResNet50")
   parser.add_argument("--projector", default="8192-8192-8192")
   parser.add_argument("--optimizer", default="lars", choices=("lars", "sgd", "adamw", "lamb"))
-  parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+  parser.add_argument(
+    "--steps", type=int, default=5, help="timed steps per measurement (0: compile + FLOPs only)"
+  )
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument(
     "--input",
@@ -49,8 +51,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--source_size", type=int, default=0, help="synthetic JPEG side (0: auto)")
   parser.add_argument("--out", default="", help="JSON output path ('' = print only)")
   args = parser.parse_args(argv[1:])
-  if args.batch < 1 or args.image_size < 8 or args.steps < 1 or args.warmup < 0:
-    parser.error("--batch >= 1, --image_size >= 8, --steps >= 1 and --warmup >= 0")
+  if args.batch < 1 or args.image_size < 8 or args.steps < 0 or args.warmup < 0:
+    parser.error("--batch >= 1, --image_size >= 8, --steps >= 0 and --warmup >= 0")
   return args
 
 
@@ -163,12 +165,12 @@ def run(args) -> dict:
       while True:
         yield batch
 
-    if args.input in ("both", "device"):
+    if args.steps and args.input in ("both", "device"):
       timed(repeat(device_batch), args.warmup)
       seconds, _ = timed(repeat(device_batch), args.steps)
       result["device_step_seconds"] = seconds / args.steps
       result["device_images_per_second"] = args.batch * args.steps / seconds
-    if args.input in ("both", "pipeline"):
+    if args.steps and args.input in ("both", "pipeline"):
       batches = train._device_prefetch(
         input_pipeline.create_pretrain_iterator(config), mesh, config.dataset.prefetch
       )
