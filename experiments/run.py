@@ -46,6 +46,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, "experiments", "results")
 RUN_LOG = "run.log"
 EXPERIMENT_FILE = "experiment.json"  # What the runner launched in a workdir (study, overrides).
+EVAL_SUBDIR = "linear_eval"  # Standalone evaluation of a run (scales with `eval_config`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +194,29 @@ def command_line(scale: str, planned: Planned, *, python: str = "python") -> lis
   return argv
 
 
+def eval_command_line(scale: str, planned: Planned, *, python: str = "python") -> list[str] | None:
+  """argv of the run's standalone evaluation (into WORKDIR/linear_eval), or None if the scale's
+  pretraining evaluates itself."""
+  sc = studies.SCALES[scale]
+  if not sc.eval_config:
+    return None
+  return [
+    python,
+    "-m",
+    "barlow_jax.evaluate",
+    f"--config={sc.eval_config}",
+    f"--config.eval.backbone={planned.workdir}",
+    f"--workdir={_join(planned.workdir, EVAL_SUBDIR)}",
+  ]
+
+
+def job_line(scale: str, planned: Planned) -> str:
+  """One shell line per run: pretraining, then (if the scale needs one) its evaluation."""
+  line = shlex.join(command_line(scale, planned))
+  evaluation = eval_command_line(scale, planned)
+  return line if evaluation is None else f"{line} && {shlex.join(evaluation)}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Running.
 
@@ -224,8 +248,19 @@ def _finished_twin(root: str, key: str, own: str) -> str | None:
       if os.path.abspath(workdir) == os.path.abspath(own):
         continue
       info = _read_json(os.path.join(workdir, EXPERIMENT_FILE))
-      if info and info.get("key") == key and os.path.exists(os.path.join(workdir, "results.json")):
+      if info and info.get("key") == key and _results_path(workdir):
         return workdir
+  return None
+
+
+def _results_path(workdir: str) -> str | None:
+  """WORKDIR/results.json (end-of-training table) or WORKDIR/linear_eval/results.json."""
+  for path in (
+    os.path.join(workdir, "results.json"),
+    os.path.join(workdir, EVAL_SUBDIR, "results.json"),
+  ):
+    if os.path.exists(path):
+      return path
   return None
 
 
@@ -261,7 +296,7 @@ def run_study(
     os.makedirs(workdir, exist_ok=True)
     key = config_key(planned.config)
     info_path = os.path.join(workdir, EXPERIMENT_FILE)
-    if os.path.exists(os.path.join(workdir, "results.json")):
+    if _results_path(workdir):
       print(f"[{study}] {name}: results.json exists, skipped.", flush=True)
       outcomes.append({"name": name, "status": "skipped"})
       continue
@@ -276,8 +311,11 @@ def run_study(
     _write_json(info_path, info)
     print(f"[{study}] {name}: {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
+    evaluation = eval_command_line(scale, planned, python=python)
     with open(os.path.join(workdir, RUN_LOG), "a") as log:
       rc = subprocess.call(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+      if rc == 0 and evaluation is not None:
+        rc = subprocess.call(evaluation, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - t0
     status = "done" if rc == 0 else "failed"
     print(f"[{study}] {name}: {status} in {seconds:.0f} s (exit {rc}).", flush=True)
@@ -368,7 +406,8 @@ def collect(
     info = _read_json(os.path.join(p.workdir, EXPERIMENT_FILE)) or {}
     if info.get("same_as"):
       source = info["same_as"]
-    results = _read_json(os.path.join(source, "results.json"))
+    found = _results_path(source)
+    results = _read_json(found) if found else None
     log = parse_log(os.path.join(source, RUN_LOG))
     entry: dict[str, Any] = {
       "name": p.run.name,
@@ -564,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.dry_run:
     for p in planned:
-      print(shlex.join(command_line(args.scale, p)))
+      print(job_line(args.scale, p))
     return 0
   outcomes = []
   if not args.collect_only:

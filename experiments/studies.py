@@ -30,6 +30,10 @@ class Scale:
   widths: tuple[int, ...]
   # Overrides every run of this scale gets, e.g. fewer steps so a whole study fits a session.
   common: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # "FILE[:ARG]" of a standalone evaluation (`python -m barlow_jax.evaluate`) run after
+  # pretraining into WORKDIR/linear_eval, for datasets the end-of-training table cannot hold in
+  # memory (ImageNet); "" = the end-of-training evaluation (config.eval.final) writes the results.
+  eval_config: str = ""
 
 
 SCALES = {
@@ -69,7 +73,10 @@ SCALES = {
     config_arg="",
     batch_sizes=(128, 256, 512, 1024, 2048, 4096),
     widths=(16, 128, 512, 1024, 2048, 4096, 8192, 16384, 32768),
-    common={"num_epochs": 300.0},  # The paper's ablations are 300-epoch runs.
+    # The paper's ablations are 300-epoch runs. The end-of-training table loads whole splits into
+    # memory: ImageNet gets the published linear-probe protocol as its own job instead.
+    common={"num_epochs": 300.0, "eval.final": False},
+    eval_config="configs/eval_linear.py:imagenet_resnet50",
   ),
 }
 

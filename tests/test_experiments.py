@@ -292,3 +292,29 @@ def test_sweep_plot_with_paper_line(tmp_path):
   }
   plots.plot_study(collected, str(tmp_path / "b.png"))
   assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_imagenet_runs_evaluate_as_their_own_job_and_results_are_found_there(tmp_path, capsys):
+  root = "gs://bucket/experiments"
+  assert run.main(["loss_ablation", "--scale=imagenet", f"--workdir_root={root}", "--dry_run"]) == 0
+  first = capsys.readouterr().out.splitlines()[0]
+  pretrain, evaluation = first.split(" && ")
+  assert "--config=configs/imagenet_resnet50.py" in pretrain
+  assert "--config.eval.final=false" in pretrain and "--config.num_epochs=300.0" in pretrain
+  assert shlex.split(evaluation) == [
+    "python",
+    "-m",
+    "barlow_jax.evaluate",
+    "--config=configs/eval_linear.py:imagenet_resnet50",
+    f"--config.eval.backbone={root}/loss_ablation/baseline",
+    f"--workdir={root}/loss_ablation/baseline/linear_eval",
+  ]
+  # A standalone evaluation's results.json layout is collected too.
+  local_root = tmp_path / "root"
+  eval_dir = local_root / "loss_ablation" / "baseline" / run.EVAL_SUBDIR
+  eval_dir.mkdir(parents=True)
+  (eval_dir / "results.json").write_text(json.dumps({"mode": "linear", "top1": 0.7, "top5": 0.9}))
+  collected = run.collect("loss_ablation", "imagenet", workdir_root=str(local_root))
+  baseline = collected["runs"][0]
+  assert baseline["status"] == "done" and baseline["linear_top1"] == 0.7
+  assert baseline["knn_top1"] is None
