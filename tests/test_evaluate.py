@@ -277,3 +277,21 @@ def test_load_backbone_checkpoint_equals_export(pretrained):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ValueError, match="checkpoint_step"):
     evaluate.load_backbone(workdir, checkpoint_step=7)
+
+
+def test_random_crop_flip_identity_mirror_and_crop():
+  rng = np.random.default_rng(5)
+  images = rng.normal(size=(4, 12, 12, 3)).astype(np.float32)
+  key = jax.random.PRNGKey(0)
+  same = evaluate.random_crop_flip(key, images, area=(1.0, 1.0), aspect=(1.0, 1.0), flip_prob=0.0)
+  np.testing.assert_allclose(np.asarray(same), images, atol=1e-5)
+  mirrored = evaluate.random_crop_flip(
+    key, images, area=(1.0, 1.0), aspect=(1.0, 1.0), flip_prob=1.0
+  )
+  np.testing.assert_allclose(np.asarray(mirrored), images[:, :, ::-1], atol=1e-5)
+  # A quarter-area square crop is a 2x bilinear zoom into one 6x6 window of the image: a
+  # constant image stays constant, and the output is not the input.
+  zoom = evaluate.random_crop_flip(key, images, area=(0.25, 0.25), aspect=(1.0, 1.0), flip_prob=0)
+  assert zoom.shape == images.shape and not np.allclose(np.asarray(zoom), images, atol=1e-2)
+  flat = evaluate.random_crop_flip(key, np.ones_like(images), area=(0.25, 0.25), aspect=(1, 1))
+  np.testing.assert_allclose(np.asarray(flat), 1.0, atol=1e-5)
