@@ -67,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.zero_init_residual = True
   config.model.projector = "8192-8192-8192"
   config.model.projector_batch_norm = True
+  # Asymmetry ablations (off in the method): an MLP on branch A's embedding ("" = none, "auto" =
+  # two layers of the embedding size, or sizes "a-b-D"), and no gradient through branch B.
+  config.model.predictor = ""
+  config.model.stop_gradient_b = False
   config.model.dtype = "bfloat16"  # Compute dtype; parameters stay float32.
   config.model.bn_momentum = 0.9  # Flax convention: torch momentum 0.1.
   config.model.bn_epsilon = 1e-5

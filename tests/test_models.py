@@ -283,3 +283,40 @@ def test_sharded_and_shard_map_forward_equal_single_device(tiny, devices):
     )
   )(*args)
   assert np.abs(np.asarray(per_device[0][2]) - np.asarray(single[0][2])).max() > 1e-2
+
+
+def test_asymmetry_options_predictor_and_stop_gradient():
+  """The paper's asymmetry ablations: a predictor on branch A, no gradient through branch B."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
+  shapes = jax.eval_shape(
+    lambda: models.create_model(_tiny_model_config(predictor="auto")).init(
+      _key(0), x, x, train=False
+    )
+  )
+  predictor = shapes["params"]["predictor"]
+  assert [predictor[f"linear{i}"]["kernel"].shape for i in range(2)] == [(16, 16), (16, 16)]
+  with pytest.raises(ValueError, match="config.model.predictor"):
+    models.create_model(_tiny_model_config(predictor="16-8"))
+
+  def branch_gradient_norms(model):
+    variables = model.init(_key(0), x, x, train=False)
+
+    def branch_sums(params):
+      (_, _, emb_a, emb_b), _ = model.apply(
+        {**variables, "params": params}, x, x[::-1], train=True, mutable=["batch_stats"]
+      )
+      return jnp.sum(emb_a**2), jnp.sum(emb_b**2)
+
+    grads = jax.jacrev(branch_sums)(variables["params"])
+    return [float(optax_global_norm(g)) for g in grads]
+
+  grad_a, grad_b = branch_gradient_norms(models.create_model(_tiny_model_config()))
+  assert grad_a > 0 and grad_b > 0
+  grad_a, grad_b = branch_gradient_norms(
+    models.create_model(_tiny_model_config(stop_gradient_b=True))
+  )
+  assert grad_a > 0 and grad_b == 0
+
+
+def optax_global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
