@@ -51,6 +51,11 @@ def get_config(arg: str | None = None):
   config.model.backbone = "ResNet18"
   config.model.stem = "cifar"
   config.model.width = 0.25
+  # Zero-initialised last BNs make every residual branch start switched off, and no gradient
+  # reaches a branch's convolutions until its BN scale has grown: with a few hundred steps that
+  # start costs the whole budget. Measured here, supervised on the augmented views, 300 steps:
+  # 80% held-out accuracy with random-initialised scales, chance (11%) with zero-initialised ones.
+  config.model.zero_init_residual = False
   config.model.projector = "512-512-512"
   config.model.dtype = "float32"  # bfloat16 is slow on CPUs.
 
