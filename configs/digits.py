@@ -1,9 +1,11 @@
-r"""Plain digits: a one-minute sanity run on a CPU.
+r"""Plain digits: a quick sanity run on a CPU (150 small steps).
 
 The 8x8 scikit-learn digits, white on black, upsampled to 16x16 RGB (1,437 training images, 360
 held-out). Too easy to show what self-supervision buys (raw pixels already reach ~97% linear),
 but quick: a loss that falls, a probe that climbs, a checkpoint, an export. ResNet-18 (CIFAR stem)
 at quarter width, projector 256-256-256, AdamW lr 2e-3, batch 128, 150 steps (about 13 epochs).
+Measured: kNN top-1 77% at the end (a random-init network with recalibrated BN: 66%), 6 minutes
+of wall time on 2 CPU cores shared with other jobs (load average ~9).
 
     python -m barlow_jax.main --config=configs/digits.py --workdir=workdirs/digits
 
