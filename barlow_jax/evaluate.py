@@ -841,8 +841,11 @@ def _backbone_from_checkpoint(
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise ValueError(f"{workdir} has checkpoints/ but no config.json: not a pretraining workdir")
+  from barlow_jax import convert
+
   with open(config_path) as f:
-    model_config = ml_collections.ConfigDict(json.load(f)["model"])
+    # Keys added to config.model after the run was written take their defaults.
+    model_config = ml_collections.ConfigDict(convert.full_model_config(json.load(f)["model"]))
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = manager.latest_step() if checkpoint_step < 0 else int(checkpoint_step)
   if step is None or step not in manager.all_steps():
