@@ -702,9 +702,11 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
   step_fn = _TracedStep(config, mesh, state)
 
   is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=not is_main, asynchronous=True
-  )
+  # Metrics come from process 0 alone (the values are global: every process holds the same).
+  if is_main:
+    writer = metric_writers.create_default_writer(workdir, asynchronous=True)
+  else:
+    writer = metric_writers.MultiWriter([])
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   logging.info(
@@ -788,18 +790,19 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
         if is_log:
           history.append((done, scalars))
           writer.write_scalars(done, scalars)
-          rate = (done - run_start_step) / max(now - run_start - monitor_seconds, 1e-9)
-          logging.info(
-            "step %d/%d (%.1f%%)  loss %.4g  %.0f img/s (%.0f/device)  input wait %.0f%%  ETA %s",
-            done,
-            total_steps,
-            100.0 * done / total_steps,
-            scalars["loss"],
-            images_per_s,
-            scalars["images_per_second_per_device"],
-            100.0 * scalars["input_wait_fraction"],
-            _format_duration((total_steps - done) / max(rate, 1e-9)),
-          )
+          if is_main:
+            rate = (done - run_start_step) / max(now - run_start - monitor_seconds, 1e-9)
+            logging.info(
+              "step %d/%d (%.1f%%)  loss %.4g  %.0f img/s (%.0f/device)  input wait %.0f%%  ETA %s",
+              done,
+              total_steps,
+              100.0 * done / total_steps,
+              scalars["loss"],
+              images_per_s,
+              scalars["images_per_second_per_device"],
+              100.0 * scalars["input_wait_fraction"],
+              _format_duration((total_steps - done) / max(rate, 1e-9)),
+            )
         if is_image:
           writer.write_images(
             done,
