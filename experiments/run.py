@@ -421,6 +421,7 @@ def collect(
       "final_loss": log["scalars"].get("loss"),
       "representation_rank": log["scalars"].get("representation_rank"),
       "embedding_std": log["scalars"].get("embedding_std"),
+      "corr_diag_mean": log["scalars"].get("corr_diag_mean"),
       "online_probe_accuracy": log["scalars"].get("probe_accuracy"),
     }
     if results is not None:
@@ -521,8 +522,8 @@ def results_markdown(collected: Mapping[str, Any], notes: str = "") -> str:
     f"![{collected['study']}]({collected['study']}.png)",
     "",
     "| run | overrides | linear top-1 (ours) | kNN top-1 (ours) | paper (ImageNet top-1) | "
-    "final loss | rep. rank | notes |",
-    "|---|---|---|---|---|---|---|---|",
+    "final loss | mean C_ii | rep. rank | notes |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in runs:
     notes_cell = []
@@ -540,15 +541,17 @@ def results_markdown(collected: Mapping[str, Any], notes: str = "") -> str:
     lines.append(
       f"| {r['name']} | {_describe(r['overrides'])} | {_pct(r.get('linear_top1'))} | "
       f"{_pct(r.get('knn_top1'))} | {_num(r.get('paper'), '{:.1f}')} | "
-      f"{_num(r.get('final_loss'))} | {_num(r.get('representation_rank'), '{:.1f}')} | "
+      f"{_num(r.get('final_loss'))} | {_num(r.get('corr_diag_mean'), '{:.2f}')} | "
+      f"{_num(r.get('representation_rank'), '{:.1f}')} | "
       f"{'; '.join(notes_cell)} |"
     )
   lines += [
     "",
-    "rep. rank: effective rank (exp of the entropy of the normalised singular values) of one "
-    "training batch's backbone representations at the last logged step; 1 means collapsed. "
-    "final loss: the training loss at that step (its scale depends on the variant, lambda and "
-    "width, so compare it only within a run).",
+    "At the last logged training step, on one training batch: final loss (its scale depends on "
+    "the variant, lambda and width: compare it only within a run); mean C_ii, the mean diagonal "
+    "of the two views' embedding cross-correlation (1 = the views agree on every feature, 0 = "
+    "the invariance is lost); rep. rank, the effective rank (exp of the entropy of the "
+    "normalised singular values) of the backbone representations (1 = collapsed to a line).",
   ]
   if notes.strip():
     lines += ["", "## What we observed", "", notes.strip()]

@@ -22,7 +22,7 @@ lambd = float(args.get("--config.loss.lambd", 0.0051))
 if args.get("--config.loss.variant") == "redundancy_only":
     print("NonFiniteLossError: Non-finite training loss at step 7 (loss=nan, grad_norm=nan)")
     sys.exit(1)
-print("I1129 logging_writer.py:48] [20] loss=123.5, representation_rank=9.5, probe_accuracy=0.4")
+print("I1129 logging_writer.py:48] [20] loss=123.5, corr_diag_mean=0.75, representation_rank=9.5")
 acc = 0.5 + lambd
 rows = [{{"name": "Barlow Twins", "linear_top1": acc, "linear_top5": 0.9, "knn_top1": acc - 0.1,
           "feature_dim": 128}}]
@@ -220,7 +220,7 @@ def test_run_skip_reuse_collect_and_report_on_a_fake_tree(tmp_path, capsys):
   (results_dir / "loss_ablation.notes.md").write_text("Redundancy-only diverged here.\n")
   paths = run.write_report(collected, str(results_dir))
   md = open(paths["md"]).read()
-  assert "| baseline | (default) | 50.5 | 40.5 | 71.4 | 123.5 | 9.5 |" in md
+  assert "| baseline | (default) | 50.5 | 40.5 | 71.4 | 123.5 | 0.75 | 9.5 |" in md
   assert "**failed**: NonFiniteLossError" in md and "not run" in md
   assert "honest small-scale results" in md
   assert "python -m experiments.run loss_ablation --scale=local" in md
