@@ -66,23 +66,24 @@ def _bars(runs) -> plt.Figure:
   width = 0.4
   linear = [_value(r, "linear_top1") for r in runs]
   knn = [_value(r, "knn_top1") for r in runs]
-  bars = ax.bar(
+  linear_bars = ax.bar(
     [p - width / 2 for p in pos], linear, width, label="linear top-1", color=_OURS_LINEAR
   )
-  ax.bar([p + width / 2 for p in pos], knn, width, label="kNN top-1", color=_OURS_KNN)
-  for rect, v in zip(bars, linear):
-    if v == v:  # Not NaN.
-      ax.annotate(
-        f"{v:.0f}", (rect.get_x() + rect.get_width() / 2, v), ha="center", va="bottom", fontsize=7
-      )
+  knn_bars = ax.bar([p + width / 2 for p in pos], knn, width, label="kNN top-1", color=_OURS_KNN)
+  for bars, values in ((linear_bars, linear), (knn_bars, knn)):
+    for rect, v in zip(bars, values):
+      if v == v:  # Not NaN.
+        ax.annotate(
+          f"{v:.0f}", (rect.get_x() + rect.get_width() / 2, v), ha="center", va="bottom", fontsize=6
+        )
   for p, r in zip(pos, runs):
     if r.get("status") in ("failed", "missing"):
       ax.annotate(r["status"], (p, 1), ha="center", va="bottom", rotation=90, fontsize=7)
   ax.set_xticks(pos, names, rotation=35, ha="right", fontsize=8)
   ax.set_ylabel("top-1 (%)")
-  ax.set_ylim(0, 100)
+  ax.set_ylim(0, 118)
   ax.set_title("ours", fontsize=9)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7, loc="upper center", ncol=2, framealpha=0.95)
   ax.grid(axis="y", alpha=0.3)
   if has_paper:
     ax2 = axes[0, 1]
@@ -98,7 +99,7 @@ def _bars(runs) -> plt.Figure:
         fontsize=7,
       )
     ax2.set_xticks(pos, names, rotation=35, ha="right", fontsize=8)
-    ax2.set_ylim(0, 100)
+    ax2.set_ylim(0, 118)
     ax2.set_title("paper (ImageNet linear top-1)", fontsize=9)
     ax2.grid(axis="y", alpha=0.3)
   return fig
