@@ -253,6 +253,13 @@ def _finished_twin(root: str, key: str, own: str) -> str | None:
   return None
 
 
+def _display_path(path: str | None) -> str | None:
+  # Paths inside the repository are recorded relative to it (the committed JSON has no home dirs).
+  if path and "://" not in path and os.path.abspath(path).startswith(REPO_ROOT + os.sep):
+    return os.path.relpath(path, REPO_ROOT)
+  return path
+
+
 def _results_path(workdir: str) -> str | None:
   """WORKDIR/results.json (end-of-training table) or WORKDIR/linear_eval/results.json."""
   for path in (
@@ -415,8 +422,8 @@ def collect(
       "x": p.run.x,
       "paper": p.run.paper,
       "note": p.run.note,
-      "workdir": p.workdir,
-      "same_as": info.get("same_as"),
+      "workdir": _display_path(p.workdir),
+      "same_as": _display_path(info.get("same_as")),
       "last_logged_step": log["step"],
       "final_loss": log["scalars"].get("loss"),
       "representation_rank": log["scalars"].get("representation_rank"),
