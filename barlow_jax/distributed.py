@@ -49,7 +49,12 @@ def initialize(
     num_processes: total number of processes (0 = from environment).
     process_id: this process's index (-1 = from environment).
     heartbeat_timeout_seconds: how long the survivors wait for a silent process before failing
-      with an error that names it, instead of hanging in a collective.
+      with an error that names it, instead of hanging in a collective. Measured on CPU/gloo over
+      loopback (2 processes): when process 1 is SIGKILLed, process 0 (which hosts the
+      coordination service) aborts (SIGABRT) about this many seconds later with "The following
+      tasks are unhealthy (stopped sending heartbeats): 1"; when process 0 dies, the others fail
+      at once (their next collective reads "Connection reset by peer"). `barlow_jax.launch`
+      kills the survivors sooner (`--grace_s`).
   """
   address = coordinator_address or os.environ.get(_ENV_ADDRESS, "")
   count = num_processes or _env_int(_ENV_NUM_PROCESSES) or 0
@@ -76,6 +81,6 @@ def initialize(
     return True
   if _on_multihost_tpu() or any((_env_int(name) or 1) > 1 for name in _CLUSTER_SIZES):
     logging.info("Multi-host environment detected; joining with jax's cluster detection.")
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     return True
   return False
