@@ -235,20 +235,41 @@ def _jsonable(value):
   return value
 
 
-def _finished_twin(root: str, key: str, own: str) -> str | None:
-  """A finished workdir under root/*/* launched with the same effective config, if any."""
+def _finished_twin(root: str, planned: Planned, scale: str) -> str | None:
+  """A finished workdir under root/*/* whose run has the same effective config, if any.
+
+  Compared on the config each recorded (study, run) would get today, not on a digest stored at
+  launch, so a key added to the schema later (with a default) does not hide a twin.
+  """
   if "://" in root or not os.path.isdir(root):
     return None
+  key = config_key(planned.config)
+  base = None
   for study_dir in sorted(os.listdir(root)):
-    base = os.path.join(root, study_dir)
-    if not os.path.isdir(base):
-      continue
-    for run_dir in sorted(os.listdir(base)):
-      workdir = os.path.join(base, run_dir)
-      if os.path.abspath(workdir) == os.path.abspath(own):
+    for run_dir in sorted(
+      os.listdir(os.path.join(root, study_dir))
+      if os.path.isdir(os.path.join(root, study_dir))
+      else []
+    ):
+      workdir = os.path.join(root, study_dir, run_dir)
+      if os.path.abspath(workdir) == os.path.abspath(planned.workdir):
         continue
       info = _read_json(os.path.join(workdir, EXPERIMENT_FILE))
-      if info and info.get("key") == key and _results_path(workdir):
+      if not info or info.get("scale") != scale or info.get("same_as"):
+        continue
+      if not _results_path(workdir) or info.get("study") not in studies.STUDIES:
+        continue
+      sc = studies.SCALES[scale]
+      runs = {r.name: r for r in studies.STUDIES[info["study"]](sc)}
+      if info.get("run") not in runs:
+        continue
+      if base is None:
+        base = load_config(sc.config, sc.config_arg)
+      try:
+        other = apply_overrides(base, {**sc.common, **runs[info["run"]].overrides})
+      except ValueError:
+        continue
+      if config_key(other) == key:
         return workdir
   return None
 
@@ -307,7 +328,7 @@ def run_study(
       print(f"[{study}] {name}: results.json exists, skipped.", flush=True)
       outcomes.append({"name": name, "status": "skipped"})
       continue
-    twin = _finished_twin(root, key, workdir)
+    twin = _finished_twin(root, planned, scale)
     argv = command_line(scale, planned, python=python)
     info = {"study": study, "run": name, "scale": scale, "key": key, "command": shlex.join(argv)}
     if twin:
