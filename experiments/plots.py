@@ -41,10 +41,13 @@ def plot_study(collected: Mapping[str, Any], path: str) -> None:
   """
   runs = collected["runs"]
   sweep = bool(runs) and all(r.get("x") is not None for r in runs)
+  s = collected["setting"]
+  steps = f", {s['num_train_steps']} steps" if s.get("num_train_steps", 0) > 0 else ""
   title = (
-    f"{collected['study']} — ours: {collected['setting']['dataset']}, scale "
-    f"{collected['scale']}; paper: ImageNet, 300 epochs"
+    f"{collected['study']} — ours: {s['dataset']}{steps}, one seed (scale {collected['scale']})"
   )
+  if any(r.get("paper") is not None for r in runs):
+    title += "; paper: ImageNet, ResNet-50, 300 epochs"
   if sweep:
     fig = _sweep(collected, runs)
   else:
