@@ -38,10 +38,10 @@ class Scale:
 
 SCALES = {
   # The plain digits (configs/digits.py: 1,437 training images, ResNet-18 at quarter width,
-  # projector 256-256-256), 100 steps a run (9 epochs, about 2 minutes on 2 busy CPU cores), so the
-  # loss, lambda and width studies (18 distinct runs) fit in about 45 minutes. Not the cluttered
-  # digits: there the default 700-step job stays at chance (linear 12.9%, and its supervised
-  # reference at 9.4%), so every ablation would read ~10% and show nothing.
+  # projector 256-256-256), 100 steps a run (9 epochs). Measured on 2 CPU cores shared with 4-5
+  # other jobs: 2.5 to 5 minutes a run, 85 minutes for the loss, lambda and width studies plus the
+  # reference (20 runs). Not the cluttered digits: there the default 700-step job stays at chance
+  # (linear 12.9%, and its supervised reference at 9.4%), so every ablation would read ~10%.
   "local": Scale(
     config="configs/digits.py",
     config_arg="",
