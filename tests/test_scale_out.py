@@ -286,6 +286,8 @@ def fault_run(tmp_path_factory, cache_dir):
   return workdir, sync, code, output
 
 
+# Three multi-process training runs (~6 CPU-minutes): outside the CI budget, run with -m slow.
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_both_processes_at_one_saved_step(fault_run):
   workdir, _, code, output = fault_run
   assert code == 0, output[-5000:]
@@ -295,6 +297,8 @@ def test_sigterm_to_the_launcher_stops_both_processes_at_one_saved_step(fault_ru
   assert _checkpoint_steps(workdir) == [6, 10]
 
 
+# Three multi-process training runs (~6 CPU-minutes): outside the CI budget, run with -m slow.
+@pytest.mark.slow
 def test_sigkill_of_one_process_stops_the_run_and_the_same_command_resumes(
   fault_run, run_2x4, cache_dir, devices
 ):
