@@ -40,6 +40,7 @@ def initialize(
   num_processes: int = 0,
   process_id: int = -1,
   *,
+  cluster_detection: bool = False,
   heartbeat_timeout_seconds: int = 60,
 ) -> bool:
   """Calls `jax.distributed.initialize` when this is a multi-process run; returns whether it did.
@@ -48,6 +49,9 @@ def initialize(
     coordinator_address: "host:port" of process 0's coordination service ("" = from environment).
     num_processes: total number of processes (0 = from environment).
     process_id: this process's index (-1 = from environment).
+    cluster_detection: join with jax's own cluster detection even where no environment variable
+      above says this is a multi-host job (`main.py --distributed`: Cloud TPU VM pods, whose
+      hosts jax finds through the TPU metadata).
     heartbeat_timeout_seconds: how long the survivors wait for a silent process before failing
       with an error that names it, instead of hanging in a collective. Measured on CPU/gloo over
       loopback (2 processes): when process 1 is SIGKILLed, process 0 (which hosts the
@@ -79,7 +83,11 @@ def initialize(
       heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
     return True
-  if _on_multihost_tpu() or any((_env_int(name) or 1) > 1 for name in _CLUSTER_SIZES):
+  if (
+    cluster_detection
+    or _on_multihost_tpu()
+    or any((_env_int(name) or 1) > 1 for name in _CLUSTER_SIZES)
+  ):
     logging.info("Multi-host environment detected; joining with jax's cluster detection.")
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     return True

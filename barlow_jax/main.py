@@ -27,6 +27,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", 0, "Processes of a multi-process run (0: environment).")
 flags.DEFINE_integer("process_id", -1, "This process's index (-1: environment).")
+flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Join a multi-host job with jax's cluster detection (Cloud TPU pods; SLURM and Open MPI jobs "
+  "of several tasks are detected without it).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,7 +50,12 @@ def main(argv: list[str]) -> None:
   # Imported here so a flag error (a misspelt --config. key) fails in a second, not after jax.
   from barlow_jax import distributed
 
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.initialize(
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    cluster_detection=FLAGS.distributed,
+  )
 
   import jax
 
