@@ -8,11 +8,11 @@ times.
 import os
 import signal
 
+import configs_tiny
 import jax
 import numpy as np
 import pytest
 
-from barlow_jax import config as config_lib
 from barlow_jax import input_pipeline, train
 
 STEPS = 40
@@ -42,43 +42,13 @@ def compilation_cache(tmp_path_factory):
 
 
 def tiny_config(**overrides):
-  config = config_lib.base_config()
-  config.dataset.name = "digits"
-  config.dataset.train_split = "train"
-  config.dataset.eval_split = "test"
-  config.dataset.probe_split = "train"
-  config.dataset.image_size = 16
-  config.dataset.eval_resize = 16
-  config.dataset.shuffle_buffer = 1437
-  config.augment.mean = (0.3, 0.3, 0.3)
-  config.augment.std = (0.31, 0.31, 0.31)
-  for view in (config.augment.view_a, config.augment.view_b):
-    view.crop_area = (0.4, 1.0)
-    view.flip_prob = 0.0
-    view.blur_prob = 0.0
-    view.solarize_prob = 0.0
-  config.model.backbone = "ResNet18"
-  config.model.stem = "cifar"
-  config.model.width = 0.125
+  # The multi-process tests' config, with a wider projector and a longer run.
+  config = configs_tiny.get_config()
   config.model.projector = "64-64-64"
-  config.model.dtype = "float32"
-  config.optim.name = "adamw"
-  config.optim.lr_weights = 3e-3
-  config.optim.lr_biases = 3e-3
-  config.optim.scale_lr_by_batch = False
-  config.optim.weight_decay = 0.0
-  config.optim.schedule = "constant"
-  config.optim.warmup_epochs = 0.0
-  config.batch_size = 16
   config.num_train_steps = STEPS
-  config.log_every_steps = 5
   config.checkpoint_every_steps = 10
   config.keep_checkpoints = 2
   config.image_every_steps = 20
-  config.eval_every_steps = 0
-  config.online_probe = True
-  config.online_probe_lr = 0.1
-  config.eval.final = False
   for key, value in overrides.items():
     node = config
     *path, last = key.split(".")
