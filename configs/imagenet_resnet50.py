@@ -56,6 +56,9 @@ def get_config(arg: str | None = None):
   config.checkpoint_every_steps = 5000
   config.image_every_steps = 5000
   config.eval_every_steps = 0  # A kNN pass over 1.28M images is an evaluation job, not a monitor.
+  # The end-of-run table reads whole splits into memory (built for small datasets); on ImageNet
+  # the linear probe is its own job: python -m barlow_jax.evaluate --config=configs/eval_linear.py
+  config.eval.final = False
 
   if arg == "runlocal":
     config.dataset.image_size = 64
