@@ -38,6 +38,19 @@ def _channels(base: int, width: float) -> int:
   return max(1, int(round(base * width)))
 
 
+def _shortcut(block, x):
+  """torchvision's `downsample` (1x1 strided conv + BN) where the block changes shape, else x.
+
+  Called inside a block's compact `__call__`, so the submodules are the block's own.
+  """
+  if block.strides == 1 and x.shape[-1] == block.planes * block.expansion:
+    return x
+  out_channels = block.planes * block.expansion
+  strides = (block.strides, block.strides)
+  identity = block.conv(out_channels, (1, 1), strides, "VALID", name="downsample_conv")(x)
+  return block.norm(name="downsample_bn")(identity)
+
+
 class BasicBlock(nn.Module):
   """torchvision's BasicBlock: two 3x3 convolutions (ResNet-18 / 34)."""
 
@@ -52,23 +65,13 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     last_bn_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    identity = x
     y = self.conv(
       self.planes, (3, 3), (self.strides, self.strides), ((1, 1), (1, 1)), name="conv1"
     )(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.planes, (3, 3), (1, 1), ((1, 1), (1, 1)), name="conv2")(y)
     y = self.norm(name="bn2", scale_init=last_bn_init)(y)
-    if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
-      identity = self.conv(
-        self.planes * self.expansion,
-        (1, 1),
-        (self.strides, self.strides),
-        "VALID",
-        name="downsample_conv",
-      )(x)
-      identity = self.norm(name="downsample_bn")(identity)
-    return nn.relu(y + identity)
+    return nn.relu(y + _shortcut(self, x))
 
 
 class BottleneckBlock(nn.Module):
@@ -85,7 +88,6 @@ class BottleneckBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     last_bn_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    identity = x
     y = self.conv(self.planes, (1, 1), (1, 1), "VALID", name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(
@@ -94,16 +96,7 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.planes * self.expansion, (1, 1), (1, 1), "VALID", name="conv3")(y)
     y = self.norm(name="bn3", scale_init=last_bn_init)(y)
-    if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
-      identity = self.conv(
-        self.planes * self.expansion,
-        (1, 1),
-        (self.strides, self.strides),
-        "VALID",
-        name="downsample_conv",
-      )(x)
-      identity = self.norm(name="downsample_bn")(identity)
-    return nn.relu(y + identity)
+    return nn.relu(y + _shortcut(self, x))
 
 
 class ResNet(nn.Module):
