@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.stem = "imagenet"  # "imagenet": 7x7/2 + max-pool; "cifar": 3x3/1, no pool.
   config.model.width = 1.0  # Channel multiplier: 1.0 gives stages 64-128-256-512.
   config.model.zero_init_residual = True
+  # Per-image standardisation before the stem (models.standardize_images); off in the reference.
+  config.model.standardize_input = False
+  config.model.input_epsilon = 0.2  # In units of the normalised input (0.2 * std pixel levels).
   config.model.projector = "8192-8192-8192"
   config.model.projector_batch_norm = True
   # Asymmetry ablations (off in the method): an MLP on branch A's embedding ("" = none, "auto" =

@@ -22,6 +22,7 @@ torch is an optional dependency (`pip install .[torch]`), imported only inside t
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -379,7 +380,17 @@ def torch_file_to_backbone_dir(path: str, directory: str) -> dict:
 def backbone_dir_to_torch_file(directory: str, path: str) -> None:
   """backbone/ directory -> a torchvision state dict saved with torch.save (no `fc.*`)."""
   torch = _import_torch()
-  variables, _ = load_backbone(directory)
+  variables, model_config = load_backbone(directory)
+  if model_config.get("standardize_input"):
+    # The weights are exact; the per-image standardisation in front of them is not a layer
+    # torchvision has, so say what a torch user must add rather than export a silent mismatch.
+    logging.warning(
+      "%s was trained with config.model.standardize_input=True: torchvision's ResNet has no such "
+      "layer. Feed the torch model barlow_jax.models.standardize_images(x, %s) of your normalised "
+      "NHWC images (per image: subtract the per-channel mean, divide by the RMS deviation + eps).",
+      directory,
+      model_config.get("input_epsilon", 0.2),
+    )
   torch.save(backbone_to_torch(variables), path)
 
 

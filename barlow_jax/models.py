@@ -108,6 +108,13 @@ class ResNet(nn.Module):
     stem: "imagenet" (7x7/2 convolution + 3x3/2 max-pool) or "cifar" (3x3/1 convolution, no pool).
     width: channel multiplier; 1.0 gives stages of 64-128-256-512 planes, 0.25 gives 16-32-64-128.
     zero_init_residual: start the last BN scale of every block at 0 (each block starts as identity).
+    standardize_input: first subtract each image's per-channel mean over its pixels and divide by
+      its root-mean-square deviation over pixels and channels (plus `input_epsilon`): a fixed,
+      parameter-free instance normalisation. It removes an image's flat colour and its global
+      contrast, which matters where those vary wildly between images and carry no class (the
+      cluttered digits); off in the reference. Torch's torchvision ResNet has no such layer, so
+      weights trained with it do not transfer to torch as is.
+    input_epsilon: added to the deviation, in the units of the (already normalised) input.
     dtype: compute dtype (e.g. jnp.bfloat16); BN statistics are still reduced in float32.
     param_dtype: dtype of the parameters and batch statistics.
     bn_momentum: flax convention, running = momentum * running + (1 - momentum) * batch (torch 0.1).
@@ -121,6 +128,8 @@ class ResNet(nn.Module):
   stem: str = "imagenet"
   width: float = 1.0
   zero_init_residual: bool = True
+  standardize_input: bool = False
+  input_epsilon: float = 0.2
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   bn_momentum: float = 0.9
@@ -161,6 +170,8 @@ class ResNet(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
+    if self.standardize_input:
+      x = standardize_images(x, self.input_epsilon)
     stem_channels = _channels(64, self.width)
     # Explicit torch paddings: "SAME" would pad a stride-2 conv asymmetrically and shift the grid.
     if self.stem == "imagenet":
@@ -183,6 +194,18 @@ class ResNet(nn.Module):
         )(x)
     # Pool in float32: a bf16 mean over 49 (or 1024) positions loses digits the loss would see.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def standardize_images(x: jax.Array, epsilon: float) -> jax.Array:
+  """Per image: subtract the per-channel mean over pixels, divide by the RMS deviation + epsilon.
+
+  One scale for all channels keeps their relative contrast (a channel in which the digit and the
+  background agree stays flat instead of having its noise blown up to unit variance).
+  """
+  x32 = x.astype(jnp.float32)
+  centred = x32 - jnp.mean(x32, axis=(1, 2), keepdims=True)
+  deviation = jnp.sqrt(jnp.mean(jnp.square(centred), axis=(1, 2, 3), keepdims=True))
+  return (centred / (deviation + epsilon)).astype(x.dtype)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
@@ -325,6 +348,8 @@ def _backbone_from_config(model_config, axis_name):
     stem=model_config.stem,
     width=float(model_config.width),
     zero_init_residual=bool(model_config.zero_init_residual),
+    standardize_input=bool(model_config.get("standardize_input", False)),
+    input_epsilon=float(model_config.get("input_epsilon", 0.2)),
     dtype=_dtype(model_config.dtype),
     param_dtype=jnp.float32,
     bn_momentum=float(model_config.bn_momentum),

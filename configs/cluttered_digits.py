@@ -4,11 +4,13 @@ The 8x8 scikit-learn digits rendered on 20x20 RGB canvases with random backgroun
 colours, size and position (`barlow_jax.datasets.cluttered_digits`; 7,185 training images, 1,080
 held-out). Colour and position are nuisances, and the augmentations vary exactly those (crop,
 colour jitter with a full hue turn, channel permutation, grayscale, blur, noise; no flip, no
-solarize): the settings of the prototype the evaluation issue quotes. Network: ResNet-18 with the
-CIFAR stem at quarter width (stages 16-32-64-128, 128 features), projector 512-512-512, float32.
-AdamW lr 2e-3 (not scaled by batch), 1-epoch warmup then cosine, batch 128, 700 steps (12.5
-epochs), sized for about 5 minutes on 2 idle CPU cores (measured: 9.5 minutes on 2 cores shared
-with other jobs, load average 6-8). Ends with the evaluation table (`config.eval.final`).
+solarize). Network: ResNet-18 with the CIFAR stem at quarter width
+(stages 16-32-64-128, 128 features) behind a per-image standardisation (`model.standardize_input`),
+projector 512-512-512, float32. AdamW lr 2e-3 (not scaled by batch), 1-epoch warmup then cosine,
+batch 128, 900 steps (16 epochs): 292 s of pretraining on 2 idle CPU cores (~400 images/s).
+Ends with the evaluation table (`config.eval.final`), which also trains the supervised reference
+for as long again. Measured (seed 0): Barlow Twins linear 67.5%, random init at best 30.9%, raw
+pixels at best 21.7%.
 
     python -m barlow_jax.main --config=configs/cluttered_digits.py \
         --workdir=workdirs/cluttered_digits
@@ -57,6 +59,12 @@ def get_config(arg: str | None = None):
   # start costs the whole budget. Measured here, supervised on the augmented views, 300 steps:
   # 80% held-out accuracy with random-initialised scales, chance (11%) with zero-initialised ones.
   config.model.zero_init_residual = False
+  # Each image's flat background colour and contrast vary over the whole RGB cube; without the
+  # per-image standardisation a random-init network's features are mostly that colour and training
+  # first spends hundreds of steps on a plateau (measured: a supervised run on the augmented views
+  # sat at chance loss for ~250 steps without it, 62% after 100 steps with it; Barlow Twins reached
+  # kNN 15% in 700 steps without it, 52% in 900 with it).
+  config.model.standardize_input = True
   config.model.projector = "512-512-512"
   config.model.dtype = "float32"  # bfloat16 is slow on CPUs.
 
@@ -71,7 +79,7 @@ def get_config(arg: str | None = None):
   config.optim.warmup_epochs = 1.0
 
   config.batch_size = 128
-  config.num_train_steps = 700
+  config.num_train_steps = 900
   config.log_every_steps = 50
   config.checkpoint_every_steps = 350
   config.keep_checkpoints = 2

@@ -612,20 +612,31 @@ def write_report(
 # Command line.
 
 
+def default_results_dir(scale: str) -> str:
+  """experiments/results for the `local` scale (the committed tables), a subfolder for others."""
+  return DEFAULT_RESULTS_DIR if scale == "local" else os.path.join(DEFAULT_RESULTS_DIR, scale)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m experiments.run", description=__doc__.split("\n\n")[0]
   )
   parser.add_argument("study", choices=sorted(studies.STUDIES))
   parser.add_argument("--scale", default="local", choices=sorted(studies.SCALES))
-  parser.add_argument("--workdir_root", default="workdirs/experiments")
+  parser.add_argument(
+    "--workdir_root", default="", help="default: workdirs/experiments/SCALE (one tree per scale)"
+  )
   parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
   parser.add_argument("--dry_run", action="store_true", help="print the command lines only")
   parser.add_argument(
     "--collect_only", action="store_true", help="train nothing; table what the workdirs hold"
   )
-  parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR)
+  parser.add_argument(
+    "--results_dir", default="", help="default: experiments/results (local), else .../SCALE"
+  )
   args = parser.parse_args(argv)
+  args.workdir_root = args.workdir_root or os.path.join("workdirs", "experiments", args.scale)
+  args.results_dir = args.results_dir or default_results_dir(args.scale)
   only = [n for n in args.only.split(",") if n]
   try:
     planned = plan(args.study, args.scale, workdir_root=args.workdir_root, only=only)

@@ -98,8 +98,9 @@ def test_cluttered_digits_is_the_prototype_recipe():
     "adamw",
     2e-3,
     128,
-    700,
+    900,
   )
+  assert c.model.standardize_input and not c.model.zero_init_residual
   for v in (c.augment.view_a, c.augment.view_b):
     assert v.crop_area == (0.4, 1.0) and v.flip_prob == 0.0 and v.solarize_prob == 0.0
     assert (v.jitter_prob, v.brightness, v.contrast, v.saturation, v.hue) == (

@@ -320,3 +320,31 @@ def test_asymmetry_options_predictor_and_stop_gradient():
 
 def optax_global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
+
+
+def test_standardize_images_matches_numpy_float64():
+  rng = np.random.RandomState(3)
+  x = rng.normal(size=(4, 5, 6, 3)) * rng.uniform(0.1, 3.0, size=(4, 1, 1, 1)) + rng.normal(
+    size=(4, 1, 1, 3)
+  )
+  centred = x - x.mean(axis=(1, 2), keepdims=True)
+  rms = np.sqrt((centred**2).mean(axis=(1, 2, 3), keepdims=True))
+  expected = centred / (rms + 0.2)
+  got = models.standardize_images(jnp.asarray(x, jnp.float32), 0.2)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+  # A flat colour and a global contrast change are invisible to the network behind it.
+  shifted = 2.5 * x + rng.normal(size=(4, 1, 1, 3))
+  no_eps = models.standardize_images(jnp.asarray(shifted, jnp.float32), 0.0)
+  np.testing.assert_allclose(np.asarray(no_eps), centred / rms, rtol=1e-4, atol=1e-5)
+
+
+def test_standardize_input_is_read_from_the_config():
+  on = models.create_model(_tiny_model_config(standardize_input=True, input_epsilon=0.1))
+  assert on.backbone.standardize_input and on.backbone.input_epsilon == 0.1
+  assert not models.create_model(_tiny_model_config()).backbone.standardize_input
+  x = jnp.asarray(np.random.RandomState(0).uniform(size=(2, 8, 8, 3)), jnp.float32)
+  variables = on.backbone.init(_key(0), x, train=False)
+  flat = on.backbone.apply(variables, x, train=False)
+  recoloured = on.backbone.apply(variables, 3.0 * x + jnp.array([0.5, -1.0, 2.0]), train=False)
+  # Not exact through epsilon; without it the features would agree to rounding.
+  assert np.abs(np.asarray(flat) - np.asarray(recoloured)).max() < 0.1 * np.abs(flat).max()
