@@ -144,6 +144,19 @@ def test_dry_run_prints_command_lines_that_main_parses_to_the_same_config(
   assert not os.path.exists(root)  # A dry run creates nothing.
 
 
+def test_default_workdirs_and_results_are_per_scale(capsys, monkeypatch):
+  # A finished run of one scale must never be skipped-as-done for another: separate trees.
+  monkeypatch.chdir(run.REPO_ROOT)
+  for scale in ("local", "digits"):
+    assert run.main(["lambda", f"--scale={scale}", "--dry_run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    workdirs = {_parse_with_config_flags(shlex.split(line)[3:])[1] for line in lines}
+    expected = os.path.join(run.REPO_ROOT, "workdirs", "experiments", scale, "lambda")
+    assert all(w.startswith(expected + os.sep) for w in workdirs), workdirs
+  assert run.default_results_dir("local") == run.DEFAULT_RESULTS_DIR
+  assert run.default_results_dir("digits") == os.path.join(run.DEFAULT_RESULTS_DIR, "digits")
+
+
 def test_an_unknown_key_in_a_study_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
   monkeypatch.setitem(
     studies.STUDIES, "bad", lambda scale: [studies.Run("typo", {"optim.lr_weight": 0.1})]
