@@ -344,12 +344,18 @@ def _backbone_from_config(model_config, axis_name):
     raise ValueError(f"config.model.stem={model_config.stem!r}: use 'imagenet' or 'cifar'.")
   if not model_config.width > 0:
     raise ValueError(f"config.model.width={model_config.width} must be positive.")
+  input_epsilon = float(model_config.get("input_epsilon", 0.2))
+  if not input_epsilon >= 0:
+    raise ValueError(
+      f"config.model.input_epsilon={input_epsilon} must be >= 0 (it is added to each image's "
+      "deviation under config.model.standardize_input; 0.2 is the default)."
+    )
   return BACKBONES[name](
     stem=model_config.stem,
     width=float(model_config.width),
     zero_init_residual=bool(model_config.zero_init_residual),
     standardize_input=bool(model_config.get("standardize_input", False)),
-    input_epsilon=float(model_config.get("input_epsilon", 0.2)),
+    input_epsilon=input_epsilon,
     dtype=_dtype(model_config.dtype),
     param_dtype=jnp.float32,
     bn_momentum=float(model_config.bn_momentum),

@@ -3,6 +3,7 @@ dependency) is converted to flax and must give the same eval-mode features; expo
 identical tensors; the reference's two file layouts and the command line work; bad keys fail.
 """
 
+import logging
 import sys
 
 import jax
@@ -163,7 +164,7 @@ def test_eval_features_match_torch_and_export_round_trips(name, block, layers, w
   net.load_state_dict(exported, strict=True)
 
 
-def test_training_checkpoint_and_command_line(tmp_path):
+def test_training_checkpoint_and_command_line(tmp_path, caplog):
   """The reference's checkpoint.pth layout -> backbone/ dir (CLI) -> back to a .pth (CLI)."""
   torch.manual_seed(1)
   net = _randomise_bn(TorchResNet(TorchBasicBlock, (2, 2, 2, 2), 0.125, "cifar"), seed=2)
@@ -208,6 +209,14 @@ def test_training_checkpoint_and_command_line(tmp_path):
   reloaded = torch.load(pth, weights_only=True)
   for key, value in net.state_dict().items():
     assert torch.equal(reloaded[key], value), key
+
+  # A backbone that standardises its input exports the same weights, and says what torch lacks.
+  standardising = tmp_path / "standardising"
+  convert.save_backbone(str(standardising), variables, {**model_config, "standardize_input": True})
+  with caplog.at_level(logging.WARNING):
+    assert convert.main(["--export", "--from", str(standardising), "--to", str(pth)]) == 0
+  assert "standardize_images" in caplog.text
+  assert torch.equal(torch.load(pth, weights_only=True)["conv1.weight"], net.conv1.weight.data)
 
 
 def test_released_layout_ignores_fc_and_bad_keys_are_listed(tmp_path):

@@ -98,6 +98,8 @@ def test_bad_model_config_is_refused_with_the_key_name():
     models.create_model(_tiny_model_config(width=0.0))
   with pytest.raises(ValueError, match="config.model.dtype"):
     models.create_model(_tiny_model_config(dtype="float17"))
+  with pytest.raises(ValueError, match="config.model.input_epsilon"):
+    models.create_model(_tiny_model_config(standardize_input=True, input_epsilon=-0.1))
 
 
 def test_initialisation_is_torchvision():
