@@ -59,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment.std = (0.229, 0.224, 0.225)
   config.augment.view_a = view_config(blur_prob=1.0, solarize_prob=0.0)
   config.augment.view_b = view_config(blur_prob=0.1, solarize_prob=0.2)
+  # Where the colour augmentations (jitter, grayscale, blur, solarize, channel permutation, noise)
+  # run: False = on the host in tf.data (the design's default; TPU VM hosts have cores to spare),
+  # True = inside the jitted train step on the accelerator (GPU hosts, Colab); the host then only
+  # decodes, crops and flips. Batches leave the host as uint8 either way.
+  config.augment.on_device = False
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "ResNet50"  # ResNet18 / 34 / 50 / 101 / 152.
