@@ -3,6 +3,7 @@
     python -m barlow_jax.benchmark loss  [--help]   # loss + gradient per method, N x D grid
     python -m barlow_jax.benchmark step  [--help]   # full training step, images/s
     python -m barlow_jax.benchmark input [--help]   # two-view input pipeline, images/s
+    python -m barlow_jax.benchmark suite [--help]   # accelerator suite: step, PyTorch peer, loss
 
 Each prints a table and writes JSON (see its --help). Times are medians over repeats.
 """
@@ -10,7 +11,7 @@ Each prints a table and writes JSON (see its --help). Times are medians over rep
 import importlib
 import sys
 
-_BENCHMARKS = ("loss", "step", "input")
+_BENCHMARKS = ("loss", "step", "input", "suite")
 
 
 def main(argv: list[str]) -> int:

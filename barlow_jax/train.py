@@ -387,6 +387,24 @@ class _TracedStep:
       )
     return out
 
+  def lower(self, state, batch, monitor: bool = False):
+    """The jitted step lowered for these arguments (`.cost_analysis()`, `.compile()`)."""
+    return self._fn.lower(state, batch, np.bool_(monitor))
+
+
+def jit_train_step(config, mesh: Mesh, state: TrainState) -> _TracedStep:
+  """`train_step` jitted over `mesh` as the trainer runs it (state donated, batch sharded).
+
+  Call it as `step(state, batch, monitor) -> (state, metrics)`; `step.lower(state, batch)` gives
+  XLA's view of it; `step.num_traces` counts compilations.
+  """
+  return _TracedStep(config, mesh, state)
+
+
+def device_prefetch(iterator: Iterator, mesh: Mesh, size: int) -> Iterator:
+  """Global batches from an iterator of process-local batches, `size` of them in flight."""
+  return _device_prefetch(iterator, mesh, size)
+
 
 # ---------------------------------------------------------------------------------------------
 # Config checks, workdir, checkpoints.

@@ -8,8 +8,10 @@ resident set size of that process (`ru_maxrss`, which includes the ~0.3 GiB of t
 itself; the `base` column gives the RSS before the loss was compiled), on GPU/TPU the device's
 `peak_bytes_in_use`. The time is the median wall time of one jitted `value_and_grad` of
 `barlow_twins_loss` with respect to both views, after a warm-up call. With `--torch` (the default
-when torch is importable), the reference formula in PyTorch runs on the CPU as a side-by-side peer:
-affine-free BatchNorm1d per view, `c = bn(z1).T @ bn(z2) / N`, on/off-diagonal sums, `backward()`.
+when torch is importable), the reference formula in PyTorch runs as a side-by-side peer on the same
+kind of device (`--torch-device`, CUDA when available; `torch.cuda.synchronize()` ends each timed
+call): affine-free BatchNorm1d per view, `c = bn(z1).T @ bn(z2) / N`, on/off-diagonal sums,
+`backward()`.
 
 Configurations whose estimated memory exceeds `--max-bytes`, or whose estimated FLOPs exceed
 `--max-gflop`, are skipped and listed as such (raise the limits on an accelerator).
@@ -120,27 +122,30 @@ def run_jax(method: str, n: int, d: int, repeats: int) -> dict:
   }
 
 
-def run_torch(n: int, d: int, repeats: int, lambd: float = 0.0051) -> dict:
-  """The reference formula in PyTorch on the CPU (in a fresh subprocess)."""
+def run_torch(n: int, d: int, repeats: int, lambd: float = 0.0051, device: str = "auto") -> dict:
+  """The reference formula in PyTorch (in a fresh subprocess), on `device` ('auto': CUDA if any).
+
+  On CUDA every timed call ends with `torch.cuda.synchronize()` and the peak is the device's
+  `max_memory_allocated`; matmuls run in full float32 (torch's default, no TF32), as the JAX
+  methods' `precision=HIGHEST`.
+  """
   import torch
 
-  z_a, z_b = (torch.from_numpy(z) for z in make_inputs(n, d))
-  z_a.requires_grad_(True)
-  z_b.requires_grad_(True)
-  bn = torch.nn.BatchNorm1d(d, affine=False)
-  base = _current_rss_bytes()
+  from barlow_jax.benchmarks import torch_peer
 
-  def off_diagonal(x):
-    m = x.shape[0]
-    return x.flatten()[:-1].view(m - 1, m + 1)[:, 1:].flatten()
+  if device == "auto":
+    device = torch_peer.default_device()
+  device = torch.device(device)
+  z_a, z_b = (torch.from_numpy(z).to(device).requires_grad_(True) for z in make_inputs(n, d))
+  bn = torch.nn.BatchNorm1d(d, affine=False).to(device)
+  base = _current_rss_bytes()
 
   def step():
     z_a.grad = z_b.grad = None
-    c = bn(z_a).T @ bn(z_b) / n
-    on_diag = torch.diagonal(c).add_(-1).pow_(2).sum()
-    off_diag = off_diagonal(c).pow_(2).sum()
-    loss = on_diag + lambd * off_diag
+    loss = torch_peer.barlow_twins_loss(z_a, z_b, bn, lambd, n)
     loss.backward()
+    if device.type == "cuda":
+      torch.cuda.synchronize(device)
     return loss
 
   loss = step()
@@ -149,20 +154,28 @@ def run_torch(n: int, d: int, repeats: int, lambd: float = 0.0051) -> dict:
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
+  if device.type == "cuda":
+    peak, base, kind = torch.cuda.max_memory_allocated(device), 0, "device max_memory_allocated"
+    name = torch.cuda.get_device_name(device)
+  else:
+    peak, kind = _rss_bytes(), "process peak RSS"
+    name = f"cpu, {torch.get_num_threads()} threads"
   return {
     "median_s": statistics.median(times),
     "times_s": times,
     "compile_s": 0.0,
-    "peak_bytes": _rss_bytes(),
+    "peak_bytes": peak,
     "base_bytes": base,
-    "memory_kind": "process peak RSS",
+    "memory_kind": kind,
     "loss": float(loss),
     "resolved_method": TORCH,
-    "device": f"cpu, {torch.get_num_threads()} threads",
+    "device": name,
   }
 
 
-def _run_child(method: str, n: int, d: int, repeats: int, timeout: float) -> dict:
+def _run_child(
+  method: str, n: int, d: int, repeats: int, timeout: float, torch_device: str
+) -> dict:
   cmd = [
     sys.executable,
     "-m",
@@ -174,6 +187,8 @@ def _run_child(method: str, n: int, d: int, repeats: int, timeout: float) -> dic
     str(d),
     "--repeats",
     str(repeats),
+    "--torch-device",
+    torch_device,
   ]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -238,7 +253,7 @@ def main(argv: list[str]) -> int:
     "--torch",
     action=argparse.BooleanOptionalAction,
     default=None,
-    help="run the PyTorch reference formula on the CPU (default: when torch is importable)",
+    help="run the PyTorch reference formula as a peer (default: when torch is importable)",
   )
   parser.add_argument(
     "--max-bytes",
@@ -252,6 +267,9 @@ def main(argv: list[str]) -> int:
     default=1000.0,
     help="skip configurations estimated to need more GFLOP per loss + gradient",
   )
+  parser.add_argument(
+    "--torch-device", default="auto", help="device of the torch peer ('auto': cuda if available)"
+  )
   parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
   parser.add_argument("--child", nargs=3, metavar=("METHOD", "N", "D"), help=argparse.SUPPRESS)
   args = parser.parse_args(argv[1:])
@@ -259,7 +277,9 @@ def main(argv: list[str]) -> int:
   if args.child:
     method, n, d = args.child[0], int(args.child[1]), int(args.child[2])
     result = (
-      run_torch(n, d, args.repeats) if method == TORCH else run_jax(method, n, d, args.repeats)
+      run_torch(n, d, args.repeats, device=args.torch_device)
+      if method == TORCH
+      else run_jax(method, n, d, args.repeats)
     )
     print(json.dumps(result))
     return 0
@@ -285,7 +305,7 @@ def main(argv: list[str]) -> int:
         elif est_flops > args.max_gflop * 1e9:
           row["status"] = f"skipped: ~{est_flops / 1e9:.0f} GFLOP > --max-gflop"
         else:
-          row.update(_run_child(method, n, d, args.repeats, args.timeout))
+          row.update(_run_child(method, n, d, args.repeats, args.timeout, args.torch_device))
         row["est_bytes"], row["est_gflop"] = est_bytes, est_flops / 1e9
         rows.append(row)
         status = row["status"]

@@ -1,33 +1,60 @@
 r"""Images/s of a full training step, the share of time spent waiting on input, FLOPs per image.
 
     python -m barlow_jax.benchmark step                               # CPU-sized defaults
-    python -m barlow_jax.benchmark step --batch=256 --image_size=224 --dtype=bfloat16  # GPU/TPU
+    python -m barlow_jax.benchmark step --batch=256 --image_size=224 --dtype=bfloat16 \
+        --input=device --on_device=both --peer=torch --steps=20       # GPU/TPU
 
 One training step = both views through the backbone and projector, the loss, the backward pass,
 the optimizer update (LARS by default) and the online probe, jitted over all devices exactly as
-`barlow_jax.train` runs it (ResNet-50 + 8192-8192-8192 by default). Two measurements:
+`barlow_jax.train` runs it (ResNet-50 + 8192-8192-8192 by default). Measurements:
 
-- "device batch": the same global batch, already on the devices, fed to every step: the compute
-  ceiling.
-- "input pipeline": the real two-view tf.data pipeline (JPEG decode, random resized crop, colour
-  jitter, blur, solarize, ...) on a folder of synthetic random JPEGs (`--source_size` px) written
-  to a temporary directory, with the trainer's device prefetch. The input-wait share is the time
-  the loop spent blocked in `next(batches)` over the wall time, and `1 - device / pipeline` step
-  time is reported beside it.
+- "device batch": the same global batch of uint8 views (as the input pipeline emits them),
+  already on the devices, fed to every step: the compute ceiling. Images/s from the median of
+  per-step times, each step waited for (`block_until_ready`).
+- "input pipeline" (needs TensorFlow): the real two-view tf.data pipeline (JPEG decode, random
+  resized crop, colour jitter, blur, solarize, ...) on a folder of synthetic random JPEGs
+  (`--source_size` px) written to a temporary directory, with the trainer's device prefetch. The
+  input-wait share is the time the loop spent blocked in `next(batches)` over the wall time, and
+  `1 - device / pipeline` step time is reported beside it.
+- `--on_device=on|both`: the same with `config.augment.on_device=True` (colour augmentations inside
+  the step; needs `barlow_jax.device_augment`); with `both`, their share of the step's time and
+  FLOPs is the difference between the two compiled steps.
+- `--peer=torch`: the reference's step in PyTorch on the same device (`barlow_jax.benchmarks.
+  torch_peer`: fp16 autocast + GradScaler as the reference, and a tuned bf16 channels-last
+  variant), with the ratio of the JAX step's images/s to each. PyTorch runs first and returns its
+  cached memory, so that JAX's allocator, which keeps what it takes, does not starve it.
 
-FLOPs per image come from XLA's cost analysis of the compiled step (forward + backward + update,
-divided by the global batch: one "image" is one example, i.e. a pair of views). Utilisation =
-images/s x FLOPs per image / the accelerator's peak FLOP/s.
+FLOPs per image come from XLA's cost analysis of the step (forward + backward + update, divided by
+the global batch: one "image" is one example, i.e. a pair of views), of the lowered program (the
+model's arithmetic; the compiled program's count is kept beside it). Utilisation (MFU) = images/s x
+FLOPs per image / the accelerator's dense bf16 peak (`--peak_tflops`, known chips by default); the
+PyTorch peers are credited with the same FLOPs per image (same network, loss and update).
 """
 
 import argparse
+import importlib.util
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+# Dense bf16 peak TFLOP/s by device-kind substring (vendor datasheets), most specific first.
+PEAK_TFLOPS = (
+  ("H100 PCIe", 756.0),
+  ("H200", 989.0),
+  ("H100", 989.0),
+  ("A100", 312.0),
+  ("TPU v4", 275.0),
+  ("TPU v5 lite", 197.0),
+  ("TPU v5e", 197.0),
+  ("TPU v5p", 459.0),
+  ("TPU v6", 918.0),
+)
+TORCH_VARIANTS = ("reference", "tuned", "tuned_compiled")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -36,6 +63,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--image_size", type=int, default=64, help="crop side in pixels")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--backbone", default="ResNet50")
+  parser.add_argument("--width", type=float, default=1.0, help="backbone channel multiplier")
   parser.add_argument("--projector", default="8192-8192-8192")
   parser.add_argument("--optimizer", default="lars", choices=("lars", "sgd", "adamw", "lamb"))
   parser.add_argument(
@@ -46,17 +74,46 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     "--input",
     default="both",
     choices=("both", "device", "pipeline"),
-    help="which measurements to run",
+    help="which measurements to run ('both' drops the pipeline where TensorFlow is missing)",
+  )
+  parser.add_argument(
+    "--on_device",
+    default="off",
+    choices=("off", "on", "both"),
+    help="config.augment.on_device for the JAX step: off, on, or both (their difference)",
+  )
+  parser.add_argument("--peer", default="none", choices=("none", "torch"))
+  parser.add_argument(
+    "--peer_variants",
+    nargs="+",
+    default=["reference", "tuned"],
+    choices=TORCH_VARIANTS,
+    help="PyTorch variants with --peer=torch (tuned_compiled: torch.compile, minutes to build)",
+  )
+  parser.add_argument("--peer_device", default="auto", help="torch device ('auto': cuda if any)")
+  parser.add_argument(
+    "--peak_tflops", type=float, default=0.0, help="peak TFLOP/s for MFU (0: known chips)"
   )
   parser.add_argument("--source_size", type=int, default=0, help="synthetic JPEG side (0: auto)")
   parser.add_argument("--out", default="", help="JSON output path ('' = print only)")
   args = parser.parse_args(argv[1:])
   if args.batch < 1 or args.image_size < 8 or args.steps < 0 or args.warmup < 0:
     parser.error("--batch >= 1, --image_size >= 8, --steps >= 0 and --warmup >= 0")
+  if args.input == "pipeline" and not _has("tensorflow"):
+    parser.error(
+      "--input=pipeline needs TensorFlow (pip install tensorflow-cpu); or --input=device"
+    )
   return args
 
 
-def _config(args, folder: str):
+def _has(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def _config(args, folder: str, on_device: bool):
   from barlow_jax.config import base_config
 
   config = base_config()
@@ -66,7 +123,9 @@ def _config(args, folder: str):
   config.dataset.probe_split = ""
   config.dataset.image_size = args.image_size
   config.dataset.shuffle_buffer = 256
+  config.augment.on_device = on_device
   config.model.backbone = args.backbone
+  config.model.width = args.width
   config.model.projector = args.projector
   config.model.dtype = args.dtype
   config.optim.name = args.optimizer
@@ -91,66 +150,62 @@ def _write_jpegs(folder: str, count: int, size: int, seed: int = 0) -> None:
     tf.io.write_file(os.path.join(folder, f"img_{i:04d}.jpg"), tf.io.encode_jpeg(pixels))
 
 
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
+def _flops(stage) -> float:
+  """The 'flops' of XLA's cost analysis of a `Lowered` or `Compiled` (NaN where unavailable)."""
+  try:
+    analysis = stage.cost_analysis()
+  except Exception:  # noqa: BLE001 -- some backends implement no cost analysis.
+    return float("nan")
   if isinstance(analysis, list | tuple):
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get("flops", float("nan")))
 
 
-def run(args) -> dict:
+def peak_flops(device_kind: str, override_tflops: float = 0.0) -> float:
+  """Dense bf16 peak FLOP/s of `device_kind` (NaN when unknown and not given)."""
+  if override_tflops > 0:
+    return override_tflops * 1e12
+  for name, tflops in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return tflops * 1e12
+  return float("nan")
+
+
+def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
+  """Compiles the step for one `config.augment.on_device` setting and times it."""
   import jax
 
-  from barlow_jax import input_pipeline, train
+  from barlow_jax import train
 
-  devices = jax.device_count()
-  if args.batch % devices:
-    raise ValueError(f"--batch={args.batch} must be divisible by the {devices} devices")
-  result = {
-    "backbone": args.backbone,
-    "projector": args.projector,
-    "optimizer": args.optimizer,
-    "batch": args.batch,
-    "image_size": args.image_size,
-    "dtype": args.dtype,
-    "devices": devices,
-    "device_kind": jax.devices()[0].device_kind,
-    "platform": jax.devices()[0].platform,
-    "host_cpus": os.cpu_count(),
-    "steps": args.steps,
-  }
+  out = {"on_device": on_device}
   with tempfile.TemporaryDirectory() as folder:
     source = args.source_size or max(int(args.image_size * 1.15), args.image_size + 8)
     num_images = max(2 * args.batch, 64)
-    config = _config(args, folder)
+    config = _config(args, folder, on_device)
     config.num_train_examples = num_images
-    _write_jpegs(folder, num_images, source)
-    result["source_size"] = source
-
     mesh = train.create_mesh()
-    steps_per_epoch = input_pipeline.steps_per_epoch(config)
+    # The schedule's length does not change the step's work; no dataset needed for it.
     state = train.create_train_state(
-      config, jax.random.key(0), mesh=mesh, steps_per_epoch=steps_per_epoch
+      config, jax.random.key(0), mesh=mesh, steps_per_epoch=num_images // args.batch
     )
-    step = train._TracedStep(config, mesh, state)
+    step = train.jit_train_step(config, mesh, state)
     rng = np.random.default_rng(0)
     shape = (args.batch // jax.process_count(), args.image_size, args.image_size, 3)
-    local = {
-      "view_a": rng.normal(size=shape).astype(np.float32),
-      "view_b": rng.normal(size=shape).astype(np.float32),
-    }
+    local = {v: rng.integers(0, 256, size=shape, dtype=np.uint8) for v in ("view_a", "view_b")}
     device_batch = train.global_batch(local, mesh)
 
     t0 = time.perf_counter()
-    compiled = step._fn.lower(state, device_batch, np.bool_(False)).compile()
-    result["compile_seconds"] = time.perf_counter() - t0
-    flops = _flops(compiled)
-    result["flops_per_step"] = flops
-    result["flops_per_image"] = flops / args.batch
+    lowered = step.lower(state, device_batch)
+    compiled = lowered.compile()
+    out["compile_seconds"] = time.perf_counter() - t0
+    out["flops_per_step"] = _flops(lowered)
+    out["compiled_flops_per_step"] = _flops(compiled)
+    out["flops_per_image"] = out["flops_per_step"] / args.batch
+    del compiled
 
-    def timed(batches, n):
+    def timed(batches, n, per_step):
       nonlocal state
-      waited = 0.0
+      waited, times = 0.0, []
       start = time.perf_counter()
       metrics = None
       for _ in range(n):
@@ -158,63 +213,190 @@ def run(args) -> dict:
         batch = next(batches)
         waited += time.perf_counter() - t
         state, metrics = step(state, batch, False)
+        if per_step:
+          jax.block_until_ready(metrics)
+          times.append(time.perf_counter() - t)
       jax.block_until_ready((state.params, metrics))
-      return time.perf_counter() - start, waited
+      return time.perf_counter() - start, waited, times
 
     def repeat(batch):
       while True:
         yield batch
 
-    if args.steps and args.input in ("both", "device"):
-      timed(repeat(device_batch), args.warmup)
-      seconds, _ = timed(repeat(device_batch), args.steps)
-      result["device_step_seconds"] = seconds / args.steps
-      result["device_images_per_second"] = args.batch * args.steps / seconds
-    if args.steps and args.input in ("both", "pipeline"):
-      batches = train._device_prefetch(
+    if args.steps and args.input != "pipeline":
+      timed(repeat(device_batch), args.warmup, False)
+      _, _, times = timed(repeat(device_batch), args.steps, True)
+      out["device_step_seconds"] = statistics.median(times)
+      out["device_step_times_s"] = times
+      out["device_images_per_second"] = args.batch / out["device_step_seconds"]
+    if args.steps and pipeline:
+      from barlow_jax import input_pipeline
+
+      _write_jpegs(folder, num_images, source)
+      out["source_size"] = source
+      batches = train.device_prefetch(
         input_pipeline.create_pretrain_iterator(config), mesh, config.dataset.prefetch
       )
-      timed(batches, args.warmup)
-      seconds, waited = timed(batches, args.steps)
-      result["pipeline_step_seconds"] = seconds / args.steps
-      result["pipeline_images_per_second"] = args.batch * args.steps / seconds
-      result["input_wait_share"] = waited / seconds
-      if "device_step_seconds" in result:
-        result["slowdown_share"] = max(
-          0.0, 1.0 - result["device_step_seconds"] / result["pipeline_step_seconds"]
+      timed(batches, args.warmup, False)
+      seconds, waited, _ = timed(batches, args.steps, False)
+      out["pipeline_step_seconds"] = seconds / args.steps
+      out["pipeline_images_per_second"] = args.batch * args.steps / seconds
+      out["input_wait_share"] = waited / seconds
+      if "device_step_seconds" in out:
+        out["slowdown_share"] = max(
+          0.0, 1.0 - out["device_step_seconds"] / out["pipeline_step_seconds"]
         )
-    result["num_compiles"] = step.num_traces
+    out["num_compiles"] = step.num_traces
+    del state
+  return out
+
+
+def _run_peer(args) -> dict:
+  """The PyTorch peers (before JAX touches the accelerator), or why they were skipped."""
+  if not _has("torch"):
+    return {"skipped": "torch is not installed (pip install torch): no PyTorch peer measured"}
+  from barlow_jax import models
+  from barlow_jax.benchmarks import torch_peer
+
+  device = torch_peer.default_device() if args.peer_device == "auto" else args.peer_device
+  results = torch_peer.run_peers(
+    args.peer_variants,
+    device=device,
+    backbone=args.backbone,
+    projector=models.parse_projector_sizes(args.projector),
+    width=args.width,
+    batch=args.batch,
+    image_size=args.image_size,
+    steps=args.steps,
+    warmup=args.warmup,
+  )
+  return {"device": device, "variants": results}
+
+
+def run(args) -> dict:
+  peer = _run_peer(args) if args.peer == "torch" else None
+
+  import jax
+
+  devices = jax.device_count()
+  if args.batch % devices:
+    raise ValueError(f"--batch={args.batch} must be divisible by the {devices} devices")
+  device_kind = jax.devices()[0].device_kind
+  result = {
+    "backbone": args.backbone,
+    "width": args.width,
+    "projector": args.projector,
+    "optimizer": args.optimizer,
+    "batch": args.batch,
+    "image_size": args.image_size,
+    "dtype": args.dtype,
+    "devices": devices,
+    "device_kind": device_kind,
+    "platform": jax.devices()[0].platform,
+    "jax": jax.__version__,
+    "host_cpus": os.cpu_count(),
+    "steps": args.steps,
+    "peak_flops": peak_flops(device_kind, args.peak_tflops),
+    "notes": [],
+  }
+  pipeline = args.input in ("both", "pipeline")
+  if pipeline and not _has("tensorflow"):
+    pipeline = False
+    result["notes"].append("input pipeline not measured: TensorFlow is not installed")
+  settings = {"off": [False], "on": [True], "both": [False, True]}[args.on_device]
+  if True in settings and not _has("barlow_jax.device_augment"):
+    settings.remove(True)
+    result["notes"].append(
+      "config.augment.on_device=True not measured: barlow_jax.device_augment is not in this "
+      "checkout"
+    )
+  result["modes"] = {}
+  for on_device in settings:
+    name = "device_augment" if on_device else "host_augment"
+    result["modes"][name] = _measure_jax(args, on_device, pipeline)
+  if result["modes"]:
+    # The first mode's numbers at the top level too (the JSON layout before `modes` existed).
+    first = next(iter(result["modes"].values()))
+    result.update({k: v for k, v in first.items() if k != "on_device"})
+  modes = result["modes"]
+  if "device_step_seconds" in modes.get("device_augment", {}) and "host_augment" in modes:
+    on, off = modes["device_augment"], modes["host_augment"]
+    if "device_step_seconds" in off:
+      delta = on["device_step_seconds"] - off["device_step_seconds"]
+      result["device_augment_time_share"] = delta / on["device_step_seconds"]
+    flops_on, flops_off = on["flops_per_step"], off["flops_per_step"]
+    result["device_augment_flops_share"] = (flops_on - flops_off) / flops_on
+  for mode in modes.values():
+    if "device_images_per_second" in mode:
+      flops_per_second = mode["device_images_per_second"] * mode["flops_per_image"]
+      mode["mfu"] = flops_per_second / result["peak_flops"]
+  if peer is not None:
+    result["peer"] = peer
+    jax_ips = modes.get("host_augment", {}).get("device_images_per_second")
+    for variant in peer.get("variants", []):
+      ips = variant.get("images_per_second")
+      if ips and "flops_per_image" in result:
+        variant["mfu"] = ips * result["flops_per_image"] / result["peak_flops"]
+      if ips and jax_ips:
+        variant["jax_speedup"] = jax_ips / ips
+    if peer.get("device", "").startswith("cuda") != (result["platform"] == "gpu"):
+      result["notes"].append(
+        f"PyTorch ran on {peer.get('device')} and JAX on {result['platform']}: not the same device"
+      )
   for key in ("device_images_per_second", "pipeline_images_per_second"):
     if key in result:
       result[f"{key}_per_device"] = result[key] / devices
   return result
 
 
-def _table(result: dict) -> str:
+def _rate(images_per_second: float, step_seconds: float) -> str:
+  return f"{images_per_second:.1f} ({step_seconds * 1e3:.1f} ms/step)"
+
+
+def table(result: dict) -> str:
+  """The result of `run` as aligned text rows."""
   rows = [
     ("model", f"{result['backbone']} + {result['projector']} ({result['optimizer']})"),
     ("batch / image / dtype", f"{result['batch']} / {result['image_size']} px / {result['dtype']}"),
     ("devices", f"{result['devices']} x {result['device_kind']} ({result['host_cpus']} host CPUs)"),
-    ("compile", f"{result['compile_seconds']:.1f} s"),
-    ("GFLOPs per image (fwd+bwd+update)", f"{result['flops_per_image'] / 1e9:.2f}"),
   ]
-  if "device_images_per_second" in result:
+  for name, mode in result["modes"].items():
+    rows += [
+      (f"[{name}] compile", f"{mode['compile_seconds']:.1f} s"),
+      (f"[{name}] GFLOPs per image", f"{mode['flops_per_image'] / 1e9:.2f}"),
+    ]
+    if "device_images_per_second" in mode:
+      mfu = mode.get("mfu", float("nan"))
+      rate = _rate(mode["device_images_per_second"], mode["device_step_seconds"])
+      rows.append((f"[{name}] device batch: images/s", f"{rate}, MFU {100 * mfu:.1f}%"))
+    if "pipeline_images_per_second" in mode:
+      rate = _rate(mode["pipeline_images_per_second"], mode["pipeline_step_seconds"])
+      rows.append((f"[{name}] input pipeline: images/s", rate))
+      rows.append((f"[{name}] time waiting on input", f"{100 * mode['input_wait_share']:.1f}%"))
+  if "device_augment_time_share" in result:
     rows.append(
       (
-        "device batch: images/s",
-        f"{result['device_images_per_second']:.1f} "
-        f"({result['device_step_seconds'] * 1e3:.0f} ms/step)",
+        "on-device augmentations: share of step",
+        f"{100 * result['device_augment_time_share']:.1f}% of time, "
+        f"{100 * result['device_augment_flops_share']:.2f}% of FLOPs",
       )
     )
-  if "pipeline_images_per_second" in result:
-    rows.append(
-      (
-        "input pipeline: images/s",
-        f"{result['pipeline_images_per_second']:.1f} "
-        f"({result['pipeline_step_seconds'] * 1e3:.0f} ms/step)",
-      )
-    )
-    rows.append(("time waiting on input", f"{100 * result['input_wait_share']:.1f}%"))
+  peer = result.get("peer")
+  if peer and "skipped" in peer:
+    rows.append(("PyTorch peer", peer["skipped"]))
+  for variant in (peer or {}).get("variants", []):
+    name = f"PyTorch {variant['variant']}"
+    if "error" in variant:
+      rows.append((name, f"failed: {variant['error']}"))
+      continue
+    text = _rate(variant["images_per_second"], variant["step_seconds"])
+    text += f" on {variant['device']}, {variant['autocast_dtype']} autocast"
+    if variant.get("skipped_steps"):
+      text += f", {variant['skipped_steps']} updates skipped by GradScaler"
+    if "jax_speedup" in variant:
+      text += f"; JAX / this = {variant['jax_speedup']:.2f}x"
+    rows.append((name, text))
+  rows += [("note", note) for note in result["notes"]]
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -222,7 +404,7 @@ def _table(result: dict) -> str:
 def main(argv: list[str]) -> int:
   args = _parse(argv)
   result = run(args)
-  print(_table(result))
+  print(table(result))
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

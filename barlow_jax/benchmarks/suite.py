@@ -1,0 +1,280 @@
+r"""The accelerator suite: one command that measures what the README's accelerator table reports.
+
+    PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --out_dir=$OUT            # GPU / TPU
+    PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --tiny --out_dir=/tmp/s   # CPU check
+
+Parts, in order of priority, each a subprocess with its own time limit (a part that fails or runs
+out of time is reported and the rest still run), all inside `--budget` seconds:
+
+1. `step`: the JAX step, ResNet-50 + 8192-8192-8192, bf16, 224 px, device batch 256 of uint8 views
+   (host augmentations: the views arrive augmented), with the PyTorch peers on the same device
+   (the reference's fp16 autocast + GradScaler step, and the tuned bf16 channels-last one).
+2. `loss`: loss + gradient, `auto` against the PyTorch formula, at N=2048, D=8192 and at N=512,
+   D=65536 (`python -m barlow_jax.benchmark loss`, device-synchronised medians).
+3. `step_on_device`: the same JAX step with `config.augment.on_device=True` (skipped with a note
+   where `barlow_jax.device_augment` is not in the checkout); its share of the step's time and
+   FLOPs against part 1.
+4. `torch_compiled`: the tuned PyTorch step under `torch.compile`, only if the budget has room.
+
+Writes to `--out_dir`: suite.log (every part's output as it runs), suite.json (every result) and
+suite.md (the tables, also printed last). Needs neither TensorFlow nor clu.
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from barlow_jax.benchmarks import loss as loss_benchmark
+
+FULL = {
+  "model": ["--backbone=ResNet50", "--projector=8192-8192-8192", "--width=1.0"],
+  "shape": ["--batch=256", "--image_size=224", "--dtype=bfloat16"],
+  "timing": ["--steps=20", "--warmup=5"],
+  "loss": [(2048, 8192), (512, 65536)],
+  "loss_repeats": 10,
+}
+TINY = {
+  "model": ["--backbone=ResNet18", "--projector=32-32-32", "--width=0.125"],
+  "shape": ["--batch=8", "--image_size=32", "--dtype=bfloat16"],
+  "timing": ["--steps=3", "--warmup=1"],
+  "loss": [(64, 256), (16, 1024)],
+  "loss_repeats": 2,
+}
+# Seconds each part may take at most (the remaining budget caps them further), and the least a
+# part needs to be worth starting.
+CAPS = {"step": 300, "loss": 120, "step_on_device": 200, "torch_compiled": 200}
+MIN_START = {"step": 30, "loss": 20, "step_on_device": 60, "torch_compiled": 120}
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml_collections", "torch")
+
+
+class _Log:
+  """Lines to stdout and to suite.log at once, flushed, so a killed run keeps what it printed."""
+
+  def __init__(self, path: str):
+    self._file = open(path, "a", buffering=1)  # noqa: SIM115 -- open for the whole suite.
+
+  def __call__(self, line: str = "") -> None:
+    print(line, flush=True)
+    self._file.write(line + "\n")
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def _environment() -> dict:
+  env = {
+    "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+    "host": platform.node(),
+    "host_cpus": os.cpu_count(),
+    "python": platform.python_version(),
+    "tensorflow_installed": importlib.util.find_spec("tensorflow") is not None,
+  }
+  for name in VERSIONS:
+    try:
+      env[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      env[name] = None
+  if shutil.which("nvidia-smi"):
+    query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+    try:
+      env["gpu"] = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+      env["gpu"] = f"nvidia-smi failed: {e}"
+  return env
+
+
+def _run_part(log: _Log, name: str, argv: list[str], timeout: float) -> dict:
+  """Runs `python -m ...argv` with its output streamed into the log; never raises."""
+  cmd = [sys.executable, "-m", *argv]
+  log(f"=== {name}: {' '.join(cmd)}  (limit {timeout:.0f} s)")
+  start = time.perf_counter()
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  proc = subprocess.Popen(
+    cmd,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=env,
+    start_new_session=True,  # Its own process group: a timeout ends its children too.
+  )
+  status = "ok"
+  deadline = start + timeout
+  try:
+    for line in proc.stdout:
+      log(f"[{name}] {line.rstrip()}")
+      if time.perf_counter() > deadline:
+        raise subprocess.TimeoutExpired(cmd, timeout)
+    proc.wait(timeout=max(deadline - time.perf_counter(), 1))
+    if proc.returncode:
+      status = f"failed (exit {proc.returncode})"
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status = f"timeout after {timeout:.0f} s"
+  seconds = time.perf_counter() - start
+  log(f"=== {name}: {status} in {seconds:.0f} s")
+  return {"status": status, "seconds": seconds}
+
+
+def _load(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _fmt(x, spec: str, scale: float = 1.0) -> str:
+  return "-" if x is None or x != x else format(x * scale, spec)
+
+
+def markdown(results: dict) -> str:
+  """The suite's tables (markdown) from its results dict."""
+  env = results["environment"]
+  device = env.get("gpu") or results.get("step", {}).get("device_kind", "unknown device")
+  lines = [
+    f"Device: {device}; {env['host_cpus']} host CPUs; jax {env['jax']}, flax {env['flax']}, "
+    f"torch {env['torch']}; {env['date_utc']} UTC.",
+    "",
+  ]
+  step = results.get("step") or {}
+  on_device = results.get("step_on_device") or {}
+  peers = {v["variant"]: v for v in (step.get("peer") or {}).get("variants", [])}
+  compiled = results.get("torch_compiled") or {}
+  for v in compiled.get("variants", []):
+    peers[v["variant"]] = v
+  if step or peers:
+    flops = step.get("flops_per_image")
+    peak = step.get("peak_flops")
+    lines += [
+      f"Training step, {step.get('backbone', '?')} + {step.get('projector', '?')}, "
+      f"batch {step.get('batch', '?')}, {step.get('image_size', '?')} px, device batch "
+      f"(median of {step.get('steps', '?')} timed steps); "
+      f"{_fmt(flops, '.2f', 1e-9)} GFLOPs per example (XLA cost analysis); "
+      f"MFU against {_fmt(peak, '.0f', 1e-12)} TFLOP/s dense bf16.",
+      "",
+      "| step | images/s | ms/step | MFU | JAX host-aug / this | note |",
+      "|---|---|---|---|---|---|",
+    ]
+    jax_ips = step.get("device_images_per_second")
+    rows = [("JAX, bf16, host augmentations", step, "")]
+    if on_device.get("device_images_per_second"):
+      rows.append(("JAX, bf16, `augment.on_device=True`", on_device, ""))
+    for key, label in (
+      ("reference", "PyTorch reference: fp16 autocast + GradScaler, LARS"),
+      ("tuned", "PyTorch tuned: bf16 autocast, channels_last, foreach LARS"),
+      ("tuned_compiled", "PyTorch tuned + torch.compile"),
+    ):
+      if key in peers:
+        rows.append((label, peers[key], "peer"))
+    for label, r, kind in rows:
+      if "error" in r:
+        lines.append(f"| {label} | - | - | - | - | failed: {r['error'][:120]} |")
+        continue
+      ips = r.get("images_per_second" if kind else "device_images_per_second")
+      sec = r.get("step_seconds" if kind else "device_step_seconds")
+      f = r.get("flops_per_image") or flops  # The peers do the host-augmentation step's work.
+      mfu = ips * f / peak if ips and f and peak else None
+      ratio = jax_ips / ips if ips and jax_ips else None
+      note = f"{r['skipped_steps']} updates skipped by GradScaler" if r.get("skipped_steps") else ""
+      lines.append(
+        f"| {label} | {_fmt(ips, '.0f')} | {_fmt(sec, '.1f', 1e3)} | {_fmt(mfu, '.1%')} | "
+        f"{_fmt(ratio, '.2f')}x | {note} |"
+      )
+    if step.get("device_step_seconds") and on_device.get("device_step_seconds"):
+      t_on, t_off = on_device["device_step_seconds"], step["device_step_seconds"]
+      f_on, f_off = on_device["flops_per_step"], step["flops_per_step"]
+      lines += [
+        "",
+        f"On-device augmentations: {(t_on - t_off) / t_on:.1%} of the step's time, "
+        f"{(f_on - f_off) / f_on:.2%} of its FLOPs.",
+      ]
+    lines.append("")
+  loss_rows = [row for part in results.get("loss", []) for row in part.get("rows", [])]
+  if loss_rows:
+    lines += ["Loss + gradient (float32, median of device-synchronised calls):", ""]
+    lines += [loss_benchmark.format_table(loss_rows), ""]
+  status = ", ".join(f"{k}: {v['status']}" for k, v in results["parts"].items())
+  lines.append(f"Parts: {status}.")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m barlow_jax.benchmark suite", description=__doc__)
+  parser.add_argument("--out_dir", default=os.environ.get("OUT", "suite_out"))
+  parser.add_argument("--tiny", action="store_true", help="tiny shapes: a CPU check of the suite")
+  parser.add_argument("--budget", type=float, default=420.0, help="seconds for all the parts")
+  parser.add_argument(
+    "--parts",
+    nargs="+",
+    default=list(CAPS),
+    choices=list(CAPS),
+    help="which parts to run (default: all, as the budget allows)",
+  )
+  args = parser.parse_args(argv[1:])
+  os.makedirs(args.out_dir, exist_ok=True)
+  log = _Log(os.path.join(args.out_dir, "suite.log"))
+  sizes = TINY if args.tiny else FULL
+  start = time.perf_counter()
+  results = {"environment": _environment(), "parts": {}, "loss": []}
+  log(json.dumps(results["environment"]))
+
+  def remaining():
+    return args.budget - (time.perf_counter() - start)
+
+  def part(name, argv, out_path):
+    limit = min(CAPS[name], remaining())
+    if name not in args.parts:
+      return None
+    if limit < MIN_START[name]:
+      results["parts"][name] = {"status": f"not run: {remaining():.0f} s of budget left"}
+      log(f"=== {name}: not run, {remaining():.0f} s of the budget left")
+      return None
+    results["parts"][name] = _run_part(log, name, argv, limit)
+    return _load(out_path)
+
+  step_args = ["barlow_jax.benchmark", "step", *sizes["model"], *sizes["shape"], *sizes["timing"]]
+  step_args += ["--input=device"]
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "step.json")
+    peer = ["--peer=torch", "--peer_variants", "reference", "tuned"]
+    results["step"] = part("step", [*step_args, "--on_device=off", *peer, f"--out={path}"], path)
+    for i, (n, d) in enumerate(sizes["loss"]):
+      path = os.path.join(tmp, f"loss_{i}.json")
+      loss_args = ["barlow_jax.benchmark", "loss", "--n", str(n), "--d", str(d), "--torch"]
+      loss_args += ["--methods", "auto", "--repeats", str(sizes["loss_repeats"])]
+      loss_args += ["--max-gflop", "1e6", "--out", path]
+      results["loss"].append(part("loss", loss_args, path) or {})
+      results["parts"][f"loss N={n} D={d}"] = results["parts"].pop("loss", {"status": "not run"})
+    if importlib.util.find_spec("barlow_jax.device_augment") is None:
+      results["parts"]["step_on_device"] = {
+        "status": "skipped: barlow_jax.device_augment is not in this checkout"
+      }
+    else:
+      path = os.path.join(tmp, "step_on_device.json")
+      argv = [*step_args, "--on_device=on", f"--out={path}"]
+      results["step_on_device"] = part("step_on_device", argv, path)
+    path = os.path.join(tmp, "torch_compiled.json")
+    argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "tuned_compiled", f"--out={path}"]
+    argv += [a for a in (*sizes["model"], *sizes["shape"], *sizes["timing"]) if "dtype" not in a]
+    results["torch_compiled"] = part("torch_compiled", argv, path)
+
+  with open(os.path.join(args.out_dir, "suite.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  table = markdown(results)
+  with open(os.path.join(args.out_dir, "suite.md"), "w") as f:
+    f.write(table + "\n")
+  log(f"=== suite done in {time.perf_counter() - start:.0f} s; {args.out_dir}/suite.md:")
+  log(table)
+  log.close()
+  return 0
