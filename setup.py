@@ -20,8 +20,9 @@ setuptools.setup(
   python_requires=">=3.11",
   packages=setuptools.find_packages(include=["barlow_jax", "barlow_jax.*"]),
   install_requires=[
-    # CPU jax by default; TPU / GPU users install the matching build (README).
-    "jax>=0.7,<0.11",
+    # CPU jax by default; TPU / GPU users install the matching build (README). 0.11 is what the
+    # CUDA accelerator images carry (jax 0.11.2 with the CUDA 13 plugin).
+    "jax>=0.7,<0.12",
     "flax>=0.11,<0.13",
     "optax>=0.2.5,<0.3",
     # Host-side tf.data only: the CPU wheel is enough everywhere.

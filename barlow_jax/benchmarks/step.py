@@ -106,6 +106,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   return args
 
 
+def _progress(message: str) -> None:
+  print(f"[step benchmark] {message}", file=sys.stderr, flush=True)
+
+
 def _has(module: str) -> bool:
   try:
     return importlib.util.find_spec(module) is not None
@@ -194,10 +198,12 @@ def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
     local = {v: rng.integers(0, 256, size=shape, dtype=np.uint8) for v in ("view_a", "view_b")}
     device_batch = train.global_batch(local, mesh)
 
+    _progress(f"compiling the JAX step (augment.on_device={on_device})")
     t0 = time.perf_counter()
     lowered = step.lower(state, device_batch)
     compiled = lowered.compile()
     out["compile_seconds"] = time.perf_counter() - t0
+    _progress(f"compiled in {out['compile_seconds']:.1f} s")
     out["flops_per_step"] = _flops(lowered)
     out["compiled_flops_per_step"] = _flops(compiled)
     out["flops_per_image"] = out["flops_per_step"] / args.batch
@@ -229,6 +235,7 @@ def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
       out["device_step_seconds"] = statistics.median(times)
       out["device_step_times_s"] = times
       out["device_images_per_second"] = args.batch / out["device_step_seconds"]
+      _progress(f"device batch: {out['device_images_per_second']:.1f} images/s")
     if args.steps and pipeline:
       from barlow_jax import input_pipeline
 
@@ -259,6 +266,7 @@ def _run_peer(args) -> dict:
   from barlow_jax.benchmarks import torch_peer
 
   device = torch_peer.default_device() if args.peer_device == "auto" else args.peer_device
+  _progress(f"PyTorch peers {args.peer_variants} on {device}")
   results = torch_peer.run_peers(
     args.peer_variants,
     device=device,

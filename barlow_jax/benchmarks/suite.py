@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from barlow_jax.benchmarks import loss as loss_benchmark
@@ -93,34 +94,34 @@ def _environment() -> dict:
   return env
 
 
-def _run_part(log: _Log, name: str, argv: list[str], timeout: float) -> dict:
-  """Runs `python -m ...argv` with its output streamed into the log; never raises."""
-  cmd = [sys.executable, "-m", *argv]
+def _run_part(log: _Log, name: str, cmd: list[str], timeout: float) -> dict:
+  """Runs `cmd` with its output streamed into the log, killed after `timeout` s; never raises."""
   log(f"=== {name}: {' '.join(cmd)}  (limit {timeout:.0f} s)")
   start = time.perf_counter()
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
   proc = subprocess.Popen(
     cmd,
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
-    env=env,
+    env=dict(os.environ, PYTHONUNBUFFERED="1"),
     start_new_session=True,  # Its own process group: a timeout ends its children too.
   )
-  status = "ok"
-  deadline = start + timeout
-  try:
+
+  def pump():
     for line in proc.stdout:
       log(f"[{name}] {line.rstrip()}")
-      if time.perf_counter() > deadline:
-        raise subprocess.TimeoutExpired(cmd, timeout)
-    proc.wait(timeout=max(deadline - time.perf_counter(), 1))
-    if proc.returncode:
-      status = f"failed (exit {proc.returncode})"
+
+  # A reader thread, so that a part that hangs without printing still meets its time limit.
+  reader = threading.Thread(target=pump, daemon=True)
+  reader.start()
+  try:
+    proc.wait(timeout=timeout)
+    status = f"failed (exit {proc.returncode})" if proc.returncode else "ok"
   except subprocess.TimeoutExpired:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     status = f"timeout after {timeout:.0f} s"
+  reader.join(timeout=10)
   seconds = time.perf_counter() - start
   log(f"=== {name}: {status} in {seconds:.0f} s")
   return {"status": status, "seconds": seconds}
@@ -240,7 +241,7 @@ def main(argv: list[str]) -> int:
       results["parts"][name] = {"status": f"not run: {remaining():.0f} s of budget left"}
       log(f"=== {name}: not run, {remaining():.0f} s of the budget left")
       return None
-    results["parts"][name] = _run_part(log, name, argv, limit)
+    results["parts"][name] = _run_part(log, name, [sys.executable, "-m", *argv], limit)
     return _load(out_path)
 
   step_args = ["barlow_jax.benchmark", "step", *sizes["model"], *sizes["shape"], *sizes["timing"]]

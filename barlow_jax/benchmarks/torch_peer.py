@@ -30,6 +30,7 @@ parameters at once instead of a dozen small kernels per parameter. `tuned_compil
 
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -458,6 +459,11 @@ def run_peers(variants: Sequence[str], **kwargs) -> list[dict]:
   for variant in variants:
     try:
       results.append(run_variant(variant, **kwargs))
+      print(
+        f"[torch peer] {variant}: {results[-1]['images_per_second']:.1f} images/s",
+        file=sys.stderr,
+        flush=True,
+      )
     except Exception as e:  # noqa: BLE001 -- one failing variant must not lose the others.
       results.append({"variant": variant, "error": f"{type(e).__name__}: {e}"[:500]})
       if torch.cuda.is_available():
@@ -503,6 +509,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  import sys
-
   sys.exit(main(sys.argv[1:]))
