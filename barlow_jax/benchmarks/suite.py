@@ -43,6 +43,9 @@ FULL = {
   "timing": ["--steps=20", "--warmup=5"],
   "loss": [(2048, 8192), (512, 65536)],
   "loss_repeats": 10,
+  # The device's memory, not the host's (which a VM may report far lower than it can grow to):
+  # the PyTorch formula at D=65536 builds C and its gradient, ~70 GB.
+  "loss_max_bytes": 120e9,
 }
 TINY = {
   "model": ["--backbone=ResNet18", "--projector=32-32-32", "--width=0.125"],
@@ -50,6 +53,7 @@ TINY = {
   "timing": ["--steps=3", "--warmup=1"],
   "loss": [(64, 256), (16, 1024)],
   "loss_repeats": 2,
+  "loss_max_bytes": 2e9,
 }
 # Seconds each part may take at most (the remaining budget caps them further), and the least a
 # part needs to be worth starting.
@@ -214,7 +218,7 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="python -m barlow_jax.benchmark suite", description=__doc__)
   parser.add_argument("--out_dir", default=os.environ.get("OUT", "suite_out"))
   parser.add_argument("--tiny", action="store_true", help="tiny shapes: a CPU check of the suite")
-  parser.add_argument("--budget", type=float, default=420.0, help="seconds for all the parts")
+  parser.add_argument("--budget", type=float, default=400.0, help="seconds for all the parts")
   parser.add_argument(
     "--parts",
     nargs="+",
@@ -254,7 +258,8 @@ def main(argv: list[str]) -> int:
       path = os.path.join(tmp, f"loss_{i}.json")
       loss_args = ["barlow_jax.benchmark", "loss", "--n", str(n), "--d", str(d), "--torch"]
       loss_args += ["--methods", "auto", "--repeats", str(sizes["loss_repeats"])]
-      loss_args += ["--max-gflop", "1e6", "--out", path]
+      loss_args += ["--max-gflop", "1e6", "--max-bytes", str(sizes["loss_max_bytes"])]
+      loss_args += ["--out", path]
       results["loss"].append(part("loss", loss_args, path) or {})
       results["parts"][f"loss N={n} D={d}"] = results["parts"].pop("loss", {"status": "not run"})
     if importlib.util.find_spec("barlow_jax.device_augment") is None:
