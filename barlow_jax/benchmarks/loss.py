@@ -167,7 +167,7 @@ def run_torch(n: int, d: int, repeats: int, lambd: float = 0.0051, device: str =
     "peak_bytes": peak,
     "base_bytes": base,
     "memory_kind": kind,
-    "loss": float(loss),
+    "loss": float(loss.detach()),
     "resolved_method": TORCH,
     "device": name,
   }
