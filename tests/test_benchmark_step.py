@@ -26,6 +26,7 @@ def _env_without_tensorflow(tmp_path) -> dict:
   return env
 
 
+@pytest.mark.slow  # Two ResNet-18 step compilations: 1-3 minutes on 2 shared cores.
 def test_step_benchmark_runs_without_tensorflow_with_the_torch_peer(tmp_path):
   pytest.importorskip("torch")
   out = tmp_path / "step.json"
@@ -133,3 +134,37 @@ def test_suite_tiny_runs_every_part_without_tensorflow(tmp_path):
   assert all(p["status"] == "ok" for k, p in results["parts"].items() if k.startswith("loss"))
   table = (tmp_path / "suite.md").read_text()
   assert "| JAX, bf16, host augmentations |" in table and "| 64 | 256 | auto |" in table
+
+
+def test_suite_runs_jax_and_torch_apart_when_the_joint_step_part_leaves_nothing(
+  tmp_path, monkeypatch
+):
+  calls = []
+
+  def fake_run_part(log, name, cmd, timeout):
+    calls.append(name)
+    out = next((a.split("=", 1)[1] for a in cmd if a.startswith("--out=")), None)
+    if "--out" in cmd:
+      out = cmd[cmd.index("--out") + 1]
+    canned = {
+      "step_jax_alone": {"device_images_per_second": 10.0, "device_step_seconds": 0.8},
+      "torch_alone": {"variants": [{"variant": "reference", "images_per_second": 5.0}]},
+      "loss": {"rows": []},
+    }
+    if name in canned:
+      with open(out, "w") as f:
+        json.dump(canned[name], f)
+    return {"status": "ok" if name in canned else "failed (exit 1)", "seconds": 1.0}
+
+  monkeypatch.setattr(suite, "_run_part", fake_run_part)
+  argv = ["suite", "--tiny", f"--out_dir={tmp_path}", "--parts", "step", "loss"]
+  assert suite.main(argv) == 0
+  assert calls == ["step", "step_jax_alone", "torch_alone", "loss", "loss"]
+  results = json.loads((tmp_path / "suite.json").read_text())
+  assert results["step"]["device_images_per_second"] == 10.0
+  assert results["step"]["peer"]["variants"][0]["images_per_second"] == 5.0
+  assert results["parts"]["step"]["status"] == "failed (exit 1)"
+  assert (
+    "| PyTorch reference: fp16 autocast + GradScaler, LARS | 5 |"
+    in (tmp_path / "suite.md").read_text()
+  )

@@ -59,6 +59,11 @@ TINY = {
 # part needs to be worth starting.
 CAPS = {"step": 300, "loss": 120, "step_on_device": 200, "torch_compiled": 200}
 MIN_START = {"step": 30, "loss": 20, "step_on_device": 60, "torch_compiled": 120}
+# Where part 1 (JAX and PyTorch in one process) leaves no result, each alone, so that a clash of
+# the two in one process loses neither.
+CAPS |= {"step_jax_alone": 240, "torch_alone": 120}
+MIN_START |= {"step_jax_alone": 60, "torch_alone": 30}
+FALLBACKS = ("step_jax_alone", "torch_alone")
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml_collections", "torch")
 
 
@@ -222,13 +227,17 @@ def main(argv: list[str]) -> int:
   parser.add_argument(
     "--parts",
     nargs="+",
-    choices=list(CAPS),
+    choices=[p for p in CAPS if p not in FALLBACKS],
     help="which parts to run (default: all as the budget allows; with --tiny all but "
     "torch_compiled, whose CPU build takes minutes)",
   )
   args = parser.parse_args(argv[1:])
   if args.parts is None:
-    args.parts = [p for p in CAPS if not (args.tiny and p == "torch_compiled")]
+    args.parts = [
+      p for p in CAPS if p not in FALLBACKS and not (args.tiny and p == "torch_compiled")
+    ]
+  if "step" in args.parts:
+    args.parts += FALLBACKS
   os.makedirs(args.out_dir, exist_ok=True)
   log = _Log(os.path.join(args.out_dir, "suite.log"))
   sizes = TINY if args.tiny else FULL
@@ -252,10 +261,28 @@ def main(argv: list[str]) -> int:
 
   step_args = ["barlow_jax.benchmark", "step", *sizes["model"], *sizes["shape"], *sizes["timing"]]
   step_args += ["--input=device"]
+  # The peers' own flags: the same names, less --dtype (each variant has its autocast dtype).
+  torch_sizes = [
+    a for a in (*sizes["model"], *sizes["shape"], *sizes["timing"]) if "dtype" not in a
+  ]
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "step.json")
     peer = ["--peer=torch", "--peer_variants", "reference", "tuned"]
     results["step"] = part("step", [*step_args, "--on_device=off", *peer, f"--out={path}"], path)
+    if results["step"] is None and "step" in results["parts"]:
+      log("=== step left no result: JAX and PyTorch again, each in its own process")
+      path = os.path.join(tmp, "step_jax_alone.json")
+      results["step"] = part(
+        "step_jax_alone", [*step_args, "--on_device=off", f"--out={path}"], path
+      )
+      path = os.path.join(tmp, "torch_alone.json")
+      argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "reference", "tuned"]
+      argv += [f"--out={path}", *torch_sizes]
+      peers = part("torch_alone", argv, path)
+      if results["step"] is not None and peers is not None:
+        results["step"]["peer"] = peers
+      elif peers is not None:
+        results["step"] = {"peer": peers}
     for i, (n, d) in enumerate(sizes["loss"]):
       path = os.path.join(tmp, f"loss_{i}.json")
       loss_args = ["barlow_jax.benchmark", "loss", "--n", str(n), "--d", str(d), "--torch"]
@@ -274,7 +301,7 @@ def main(argv: list[str]) -> int:
       results["step_on_device"] = part("step_on_device", argv, path)
     path = os.path.join(tmp, "torch_compiled.json")
     argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "tuned_compiled", f"--out={path}"]
-    argv += [a for a in (*sizes["model"], *sizes["shape"], *sizes["timing"]) if "dtype" not in a]
+    argv += torch_sizes
     results["torch_compiled"] = part("torch_compiled", argv, path)
 
   with open(os.path.join(args.out_dir, "suite.json"), "w") as f:
