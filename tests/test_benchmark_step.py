@@ -168,3 +168,26 @@ def test_suite_runs_jax_and_torch_apart_when_the_joint_step_part_leaves_nothing(
     "| PyTorch reference: fp16 autocast + GradScaler, LARS | 5 |"
     in (tmp_path / "suite.md").read_text()
   )
+
+
+def test_step_peer_without_torch_is_skipped_with_a_message(monkeypatch):
+  real_has = step._has
+  monkeypatch.setattr(step, "_has", lambda module: module != "torch" and real_has(module))
+  args = step._parse(["step", *TINY, "--peer=torch"])
+  peer = step._run_peer(args)
+  assert peer == {"skipped": "torch is not installed (pip install torch): no PyTorch peer measured"}
+  result = {
+    "backbone": "ResNet18",
+    "projector": "16-16-16",
+    "optimizer": "lars",
+    "batch": 4,
+    "image_size": 32,
+    "dtype": "float32",
+    "devices": 1,
+    "device_kind": "cpu",
+    "host_cpus": 2,
+    "modes": {},
+    "notes": [],
+    "peer": peer,
+  }
+  assert "PyTorch peer           torch is not installed (pip install torch)" in step.table(result)

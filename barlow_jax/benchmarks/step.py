@@ -327,13 +327,13 @@ def run(args) -> dict:
     first = next(iter(result["modes"].values()))
     result.update({k: v for k, v in first.items() if k != "on_device"})
   modes = result["modes"]
-  if "device_step_seconds" in modes.get("device_augment", {}) and "host_augment" in modes:
+  if "device_augment" in modes and "host_augment" in modes:
     on, off = modes["device_augment"], modes["host_augment"]
-    if "device_step_seconds" in off:
-      delta = on["device_step_seconds"] - off["device_step_seconds"]
-      result["device_augment_time_share"] = delta / on["device_step_seconds"]
     flops_on, flops_off = on["flops_per_step"], off["flops_per_step"]
     result["device_augment_flops_share"] = (flops_on - flops_off) / flops_on
+    if "device_step_seconds" in on and "device_step_seconds" in off:
+      delta = on["device_step_seconds"] - off["device_step_seconds"]
+      result["device_augment_time_share"] = delta / on["device_step_seconds"]
   for mode in modes.values():
     if "device_images_per_second" in mode:
       flops_per_second = mode["device_images_per_second"] * mode["flops_per_image"]
@@ -347,7 +347,8 @@ def run(args) -> dict:
         variant["mfu"] = ips * result["flops_per_image"] / result["peak_flops"]
       if ips and jax_ips:
         variant["jax_speedup"] = jax_ips / ips
-    if peer.get("device", "").startswith("cuda") != (result["platform"] == "gpu"):
+    on_cuda = str(peer.get("device")).startswith("cuda")
+    if "variants" in peer and on_cuda != (result["platform"] == "gpu"):
       result["notes"].append(
         f"PyTorch ran on {peer.get('device')} and JAX on {result['platform']}: not the same device"
       )
