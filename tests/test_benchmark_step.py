@@ -191,3 +191,10 @@ def test_step_peer_without_torch_is_skipped_with_a_message(monkeypatch):
     "peer": peer,
   }
   assert "PyTorch peer           torch is not installed (pip install torch)" in step.table(result)
+
+
+def test_suite_markdown_without_a_step_result():
+  env = {"host_cpus": 2, "jax": "0.10", "flax": "0.12", "torch": None, "date_utc": "today"}
+  results = {"environment": env, "parts": {"step": {"status": "timeout after 300 s"}}}
+  text = suite.markdown(results | {"step": None, "loss": []})
+  assert text.startswith("Device: unknown device;") and "step: timeout after 300 s" in text

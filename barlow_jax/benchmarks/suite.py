@@ -151,13 +151,13 @@ def _fmt(x, spec: str, scale: float = 1.0) -> str:
 def markdown(results: dict) -> str:
   """The suite's tables (markdown) from its results dict."""
   env = results["environment"]
-  device = env.get("gpu") or results.get("step", {}).get("device_kind", "unknown device")
+  step = results.get("step") or {}
+  device = env.get("gpu") or step.get("device_kind", "unknown device")
   lines = [
     f"Device: {device}; {env['host_cpus']} host CPUs; jax {env['jax']}, flax {env['flax']}, "
     f"torch {env['torch']}; {env['date_utc']} UTC.",
     "",
   ]
-  step = results.get("step") or {}
   on_device = results.get("step_on_device") or {}
   peers = {v["variant"]: v for v in (step.get("peer") or {}).get("variants", [])}
   compiled = results.get("torch_compiled") or {}
@@ -306,7 +306,10 @@ def main(argv: list[str]) -> int:
 
   with open(os.path.join(args.out_dir, "suite.json"), "w") as f:
     json.dump(results, f, indent=1)
-  table = markdown(results)
+  try:
+    table = markdown(results)
+  except Exception as e:  # noqa: BLE001 -- suite.json and suite.log hold the results anyway.
+    table = f"no table: {type(e).__name__}: {e} (the results are in suite.json)"
   with open(os.path.join(args.out_dir, "suite.md"), "w") as f:
     f.write(table + "\n")
   log(f"=== suite done in {time.perf_counter() - start:.0f} s; {args.out_dir}/suite.md:")
