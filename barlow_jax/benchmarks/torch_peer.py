@@ -459,15 +459,12 @@ def run_peers(variants: Sequence[str], **kwargs) -> list[dict]:
   for variant in variants:
     try:
       results.append(run_variant(variant, **kwargs))
-      print(
-        f"[torch peer] {variant}: {results[-1]['images_per_second']:.1f} images/s",
-        file=sys.stderr,
-        flush=True,
-      )
     except Exception as e:  # noqa: BLE001 -- one failing variant must not lose the others.
       results.append({"variant": variant, "error": f"{type(e).__name__}: {e}"[:500]})
       if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    outcome = results[-1].get("error") or f"{results[-1].get('images_per_second')} images/s"
+    print(f"[torch peer] {variant}: {outcome}", file=sys.stderr, flush=True)
   return results
 
 
