@@ -3,17 +3,17 @@ r"""The accelerator suite: one command that measures what the README's accelerat
     PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --out_dir=$OUT            # GPU / TPU
     PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --tiny --out_dir=/tmp/s   # CPU check
 
-Parts, in order of priority, each a subprocess with its own time limit (a part that fails or runs
+Parts, in this order, each a subprocess with its own time limit (a part that fails or runs
 out of time is reported and the rest still run), all inside `--budget` seconds:
 
 1. `step`: the JAX step, ResNet-50 + 8192-8192-8192, bf16, 224 px, device batch 256 of uint8 views
    (host augmentations: the views arrive augmented), with the PyTorch peers on the same device
    (the reference's fp16 autocast + GradScaler step, and the tuned bf16 channels-last one).
-2. `loss`: loss + gradient, `auto` against the PyTorch formula, at N=2048, D=8192 and at N=512,
-   D=65536 (`python -m barlow_jax.benchmark loss`, device-synchronised medians).
-3. `step_on_device`: the same JAX step with `config.augment.on_device=True` (skipped with a note
+2. `step_on_device`: the same JAX step with `config.augment.on_device=True` (skipped with a note
    where `barlow_jax.device_augment` is not in the checkout); its share of the step's time and
-   FLOPs against part 1.
+   FLOPs against part 1. It leaves `LOSS_RESERVE` seconds of the budget to part 3.
+3. `loss`: loss + gradient, `auto` against the PyTorch formula, at N=2048, D=8192 and at N=512,
+   D=65536 (`python -m barlow_jax.benchmark loss`, device-synchronised medians).
 4. `torch_compiled`: the tuned PyTorch step under `torch.compile`, only if the budget has room.
 
 Writes to `--out_dir`: suite.log (every part's output as it runs), suite.json (every result) and
@@ -64,6 +64,9 @@ MIN_START = {"step": 30, "loss": 20, "step_on_device": 60, "torch_compiled": 120
 CAPS |= {"step_jax_alone": 240, "torch_alone": 120}
 MIN_START |= {"step_jax_alone": 60, "torch_alone": 30}
 FALLBACKS = ("step_jax_alone", "torch_alone")
+# Seconds of the budget kept for the two loss parts (after the on-device step part): each starts
+# two processes, ~30-40 s together.
+LOSS_RESERVE = 80.0
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml_collections", "torch")
 
 
@@ -248,8 +251,8 @@ def main(argv: list[str]) -> int:
   def remaining():
     return args.budget - (time.perf_counter() - start)
 
-  def part(name, argv, out_path):
-    limit = min(CAPS[name], remaining())
+  def part(name, argv, out_path, reserve=0.0):
+    limit = min(CAPS[name], remaining() - reserve)
     if name not in args.parts:
       return None
     if limit < MIN_START[name]:
@@ -283,6 +286,14 @@ def main(argv: list[str]) -> int:
         results["step"]["peer"] = peers
       elif peers is not None:
         results["step"] = {"peer": peers}
+    if importlib.util.find_spec("barlow_jax.device_augment") is None:
+      results["parts"]["step_on_device"] = {
+        "status": "skipped: barlow_jax.device_augment is not in this checkout"
+      }
+    else:
+      path = os.path.join(tmp, "step_on_device.json")
+      argv = [*step_args, "--on_device=on", f"--out={path}"]
+      results["step_on_device"] = part("step_on_device", argv, path, reserve=LOSS_RESERVE)
     for i, (n, d) in enumerate(sizes["loss"]):
       path = os.path.join(tmp, f"loss_{i}.json")
       loss_args = ["barlow_jax.benchmark", "loss", "--n", str(n), "--d", str(d), "--torch"]
@@ -291,14 +302,6 @@ def main(argv: list[str]) -> int:
       loss_args += ["--out", path]
       results["loss"].append(part("loss", loss_args, path) or {})
       results["parts"][f"loss N={n} D={d}"] = results["parts"].pop("loss", {"status": "not run"})
-    if importlib.util.find_spec("barlow_jax.device_augment") is None:
-      results["parts"]["step_on_device"] = {
-        "status": "skipped: barlow_jax.device_augment is not in this checkout"
-      }
-    else:
-      path = os.path.join(tmp, "step_on_device.json")
-      argv = [*step_args, "--on_device=on", f"--out={path}"]
-      results["step_on_device"] = part("step_on_device", argv, path)
     path = os.path.join(tmp, "torch_compiled.json")
     argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "tuned_compiled", f"--out={path}"]
     argv += torch_sizes
