@@ -117,6 +117,7 @@ def test_tiny_step_runs_on_cpu(variant):
     warmup=1,
   )
   assert result["variant"] == variant and len(result["times_s"]) == 2
+  assert result["warmup_steps"] >= 1
   assert result["images_per_second"] == pytest.approx(4 / result["step_seconds"])
   assert np.isfinite(result["loss"]) and result["loss"] > 0
   assert result["autocast_dtype"] == ("float16" if variant == "reference" else "bfloat16")

@@ -386,7 +386,7 @@ def run_variant(
 
   Returns a dict: images_per_second (examples, i.e. pairs of views, per second, from the median
   step time), step_seconds (median), times_s, skipped_steps (timed steps whose update GradScaler
-  skipped), loss (last), device, variant, and the settings.
+  skipped), warmup_steps, loss (last), device, variant, and the settings.
   """
   device = torch.device(device)
   if variant != "reference" and device.type == "cuda":
@@ -403,9 +403,11 @@ def run_variant(
     y1, y2 = (y.contiguous(memory_format=torch.channels_last) for y in (y1, y2))
   step = make_step(variant, model, device, batch)
   start = time.perf_counter()
-  for i in range(max(warmup, max_warmup)):
+  warmup_steps = 0
+  for _ in range(max(warmup, max_warmup)):
     step(y1, y2)
-    if i + 1 >= warmup and not step.skipped:
+    warmup_steps += 1
+    if warmup_steps >= warmup and not step.skipped:
       break
   _synchronize(device)
   warmup_seconds = time.perf_counter() - start
@@ -429,6 +431,7 @@ def run_variant(
     "autocast_dtype": "float16" if variant == "reference" else "bfloat16",
     "steps": steps,
     "warmup_seconds": warmup_seconds,
+    "warmup_steps": warmup_steps,
     "step_seconds": median,
     "times_s": times,
     "images_per_second": batch / median if times else math.nan,
