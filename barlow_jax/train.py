@@ -23,9 +23,9 @@ The workdir is the run:
 
 Running the same command again resumes from the latest checkpoint. The data position is the step
 (the input pipeline's `start_step` replays exactly the batches k, k+1, ...) and nothing else in a
-step is random (augmentations are seeded on the host from (seed, epoch, example, view); the
-network has no dropout), so an interrupted-and-resumed run ends with the parameters of an
-uninterrupted one.
+step is random (augmentations are seeded on the host from (seed, epoch, example, view), or, with
+`config.augment.on_device`, inside the step from (seed, step, example, view); the network has no
+dropout), so an interrupted-and-resumed run ends with the parameters of an uninterrupted one.
 """
 
 import collections
@@ -50,7 +50,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import losses, models, optim
+from barlow_jax import device_augment, losses, models, optim
 
 # Side of the C heatmaps written to TensorBoard.
 HEATMAP_SIZE = 64
@@ -278,8 +278,10 @@ def train_step(
 
   Args:
     state: the current `TrainState`.
-    batch: `{"view_a": [B, S, S, 3] float, "view_b": same, "label": [B] int (optional)}`, B the
-      global batch (sharded over devices under jit).
+    batch: `{"view_a": [B, S, S, 3], "view_b": same, "label": [B] int (optional)}`, B the
+      global batch (sharded over devices under jit). Views are uint8 crops (normalised here,
+      and colour-augmented here with `config.augment.on_device`) or already normalised floats
+      (`device_augment.prepare_views`).
     monitor: bool scalar; when true the collapse monitors and heatmaps of C are computed too
       (an SVD of the representations: only on the steps that log them). A traced argument, so
       switching it does not recompile.
@@ -293,11 +295,12 @@ def train_step(
   """
   model = state.model
   loss_config = config.loss
+  view_a, view_b = device_augment.prepare_views(batch, state.step, config=config)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
     (rep_a, _, z_a, z_b), updates = model.apply(
-      variables, batch["view_a"], batch["view_b"], train=True, mutable=["batch_stats"]
+      variables, view_a, view_b, train=True, mutable=["batch_stats"]
     )
     # The loss and C in float32 whatever the compute dtype (REFERENCE.md §3).
     terms = losses.barlow_twins_loss_terms(
@@ -434,6 +437,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dataset.image_size must be >= 1, got {config.dataset.image_size}.")
   models.parse_projector_sizes(config.model.projector)
   models.backbone_features(config.model)  # Unknown backbone / stem / dtype: ValueError.
+  device_augment.validate_config(config)
   if config.online_probe and not config.online_probe_lr > 0:
     raise ValueError(f"config.online_probe_lr must be > 0, got {config.online_probe_lr}.")
 
