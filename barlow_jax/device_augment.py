@@ -169,6 +169,9 @@ def blur_box_radius(sigma):
 
   One box pass of radius r has weight 1 on |i| <= l and a on |i| = l + 1, over 2r + 1; three
   passes approximate a Gaussian of std `sigma` (Gwosdek et al., SSVM 2011, eqs. 7, 11, 14).
+  float32 as in PIL; XLA's fused arithmetic can differ from PIL's op-by-op rounding in the last
+  bit of r, which moves PIL's fixed-point weights by a few 2^-24 (pinning each rounding with
+  optimization barriers did not remove it on the CPU backend).
 
   Returns:
     (l, a): int32 and float32 arrays of sigma's shape.
@@ -218,12 +221,13 @@ def gaussian_blur(image: jax.Array, sigma, *, half_width: int) -> jax.Array:
 
   Three box passes of radius `blur_box_radius(sigma)` along rows, then three along columns, each
   clamping at the borders and rounding to 8-bit levels with PIL's fixed-point weights
-  (libImaging/BoxBlur.c): on a uint8 image the result is PIL's bit for bit. Both the per-pass
-  rounding and the per-pass clamping matter: at small sigma a pass moves a pixel by less than
-  half a level, which PIL rounds back (a float blur differs by up to 2 levels, 0.5 on average),
-  and a single composed kernel would extend the unblurred edge pixel where PIL extends the
-  blurred one. The input is rounded to the nearest level first (the reference blurs uint8 PIL
-  images); the output is on the 1/255 grid.
+  (libImaging/BoxBlur.c): on a uint8 image the result is PIL's, but for a pixel now and then
+  one level off where the float32 radius differs in its last bit (`blur_box_radius`). Both
+  the per-pass rounding and the per-pass clamping matter: at small sigma a pass moves a pixel by
+  less than half a level, which PIL rounds back (a float blur differs by up to 2 levels, 0.5
+  on average), and a single composed kernel would extend the unblurred edge pixel where PIL
+  extends the blurred one. The input is rounded to the nearest level first (the reference blurs
+  uint8 PIL images); the output is on the 1/255 grid.
 
   Args:
     image: float32 [H, W, C] in [0, 1].

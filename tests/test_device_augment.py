@@ -1,0 +1,354 @@
+"""The device colour augmentations: the host ops' functions (within 1/255) on real photos and the
+cluttered digits, PIL's blur bit for bit, the configured frequencies, uint8 = float input, and
+on_device training that is deterministic, resumes on the exact batch and is the same on 8 devices
+and on 1."""
+
+import functools
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from barlow_jax import config as config_lib
+from barlow_jax import datasets, device_augment, train
+
+tf = pytest.importorskip("tensorflow")
+from barlow_jax import augment  # noqa: E402
+
+LEVEL = 1.0 / 255.0
+
+
+@functools.lru_cache(maxsize=1)
+def _photos() -> np.ndarray:
+  """scikit-learn's two sample photos, downscaled to 24 x 32: uint8 [2, 24, 32, 3]."""
+  from sklearn.datasets import load_sample_image
+
+  small = [
+    np.asarray(Image.fromarray(load_sample_image(name)).resize((32, 24), Image.BILINEAR))
+    for name in ("china.jpg", "flower.jpg")
+  ]
+  return np.stack(small)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> np.ndarray:
+  """Four cluttered digits as uint8 [4, 20, 20, 3]."""
+  images = datasets.cluttered_digits()["train"][0][:4]
+  return np.round(images * 255).astype(np.uint8)
+
+
+def _view(**overrides):
+  view = config_lib.base_config().augment.view_a
+  for key, value in overrides.items():
+    view[key] = value
+  return view
+
+
+# Hand-picked parameters: every op alone and together, two jitter orders, small and large blur.
+_PARAMS = [
+  # applied (jitter, permute, gray, blur, solarize), order, (b, c, s, hue), permutation, sigma
+  ((1, 0, 0, 0, 0), (0, 1, 2, 3), (1.35, 0.7, 1.2, 0.08), (0, 1, 2), 1.0),
+  ((1, 0, 0, 0, 0), (3, 2, 1, 0), (0.65, 1.4, 0.8, -0.1), (0, 1, 2), 1.0),
+  ((0, 1, 0, 0, 0), (0, 1, 2, 3), (1.0, 1.0, 1.0, 0.0), (2, 0, 1), 1.0),
+  ((0, 0, 1, 0, 1), (0, 1, 2, 3), (1.0, 1.0, 1.0, 0.0), (0, 1, 2), 1.0),
+  ((0, 0, 0, 1, 0), (0, 1, 2, 3), (1.0, 1.0, 1.0, 0.0), (0, 1, 2), 0.7),
+  ((1, 1, 0, 1, 1), (2, 0, 3, 1), (0.9, 1.3, 0.6, 0.05), (1, 2, 0), 1.9),
+  ((0, 0, 0, 0, 0), (1, 3, 0, 2), (1.2, 1.2, 1.2, 0.1), (2, 1, 0), 1.5),
+]
+_ALL_ON = dict(channel_permute_prob=0.5, blur_prob=0.5, solarize_prob=0.5, noise_std=0.0)
+
+
+def _stack_params(rows):
+  applied, order, factors, permutation, sigma = (np.asarray(x) for x in zip(*rows))
+  return {
+    "applied": applied.astype(bool),
+    "order": order.astype(np.int32),
+    "factors": factors.astype(np.float32),
+    "permutation": permutation.astype(np.int32),
+    "sigma": sigma.astype(np.float32),
+    "noise_key": jax.random.split(jax.random.key(0), len(rows)),
+  }
+
+
+def _host_reference(image: np.ndarray, row, view) -> np.ndarray:
+  """The same parameters through the host ops (TensorFlow) and PIL's blur, as float [0, 1]."""
+  applied, order, factors, permutation, sigma = row
+  x = tf.constant(image.astype(np.float32) / 255.0)
+  host_ops = [
+    lambda x: augment.adjust_brightness(x, factors[0]),
+    lambda x: augment.adjust_contrast(x, factors[1]),
+    lambda x: augment.adjust_saturation(x, factors[2]),
+    lambda x: augment.adjust_hue(x, factors[3]),
+  ]
+  if applied[0]:
+    for op in order:
+      x = host_ops[op](x)
+  if applied[1]:
+    x = tf.gather(x, list(permutation), axis=-1)
+  if applied[2]:
+    x = augment.to_grayscale(x)
+  x = x.numpy()
+  if applied[3]:  # The reference blurs 8-bit PIL images.
+    pil = Image.fromarray(np.floor(x * 255 + 0.5).astype(np.uint8))
+    x = np.asarray(pil.filter(ImageFilter.GaussianBlur(radius=float(sigma)))) / 255.0
+  if applied[4]:
+    x = augment.solarize(tf.constant(x, tf.float32), float(view.solarize_threshold)).numpy()
+  return x
+
+
+@pytest.mark.parametrize("source", ["photos", "cluttered_digits"])
+def test_given_parameters_the_device_ops_are_the_host_ops_within_one_level(source):
+  images = _photos() if source == "photos" else _digits()
+  view = _view(**_ALL_ON)
+  batch = np.repeat(images, len(_PARAMS), axis=0)
+  rows = _PARAMS * len(images)
+  params = _stack_params(rows)
+  fn = jax.jit(jax.vmap(lambda x, p: device_augment.augment_image(x, p, view)))
+  out = np.asarray(fn(jnp.asarray(batch, jnp.float32) / 255.0, params))
+  for i, row in enumerate(rows):
+    expected = _host_reference(batch[i], row, view)
+    err = np.abs(out[i] - expected).max()
+    assert err <= LEVEL + 1e-6, (source, i % len(_PARAMS), err * 255)
+  # The ops did something: every parameter row but the last (nothing applied) changes pixels.
+  changed = np.abs(out - batch / 255.0).reshape(len(rows), -1).max(axis=1)
+  assert (changed.reshape(len(images), -1)[:, :-1] > 2 * LEVEL).all()
+  assert np.all(changed.reshape(len(images), -1)[:, -1] < 1e-6)
+
+
+def test_the_blur_is_pils_gaussian_blur_bit_for_bit():
+  images = np.concatenate([_photos()[:, :20, :20], _digits()])
+  sigmas = np.array([0.1, 0.3, 0.55, 0.8, 1.1, 1.45, 1.75, 2.0, 2.9], np.float32)
+  half_width = device_augment.blur_half_width(3.0)
+  blur = jax.jit(
+    jax.vmap(
+      jax.vmap(lambda x, s: device_augment.gaussian_blur(x, s, half_width=half_width), (None, 0)),
+      (0, None),
+    )
+  )
+  out = np.asarray(blur(jnp.asarray(images, jnp.float32) / 255.0, sigmas))
+  mismatched = total = 0
+  for i, image in enumerate(images):
+    for j, sigma in enumerate(sigmas):
+      pil = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(float(sigma))))
+      levels = np.round(out[i, j] * 255)
+      off = np.abs(levels - pil)
+      # PIL's bit for bit but where the float32 radius rounds differently (module doc).
+      assert off.max() <= 1 and off.mean() < 0.01, (i, sigma, off.max(), off.mean())
+      mismatched += np.count_nonzero(off)
+      total += off.size
+  assert mismatched <= 0.002 * total, mismatched / total
+  assert device_augment.blur_half_width(2.0) == 2  # 5 taps per pass at the reference's sigma.
+
+
+def test_firing_frequencies_orders_and_ranges_follow_the_config():
+  config = config_lib.base_config()
+  n = 4000
+  for index, name in enumerate(("view_a", "view_b")):
+    view = config.augment[name]
+    view.channel_permute_prob = 0.3
+    keys = device_augment.example_keys(7, 11, n, index)
+    params = jax.vmap(functools.partial(device_augment.sample_params, view=view))(keys)
+    del params["noise_key"]
+    params = jax.device_get(params)
+    for slot, key in enumerate(device_augment.APPLIED_KEYS):
+      p = float(view[f"{key}_prob"])
+      rate = params["applied"][:, slot].mean()
+      assert abs(rate - p) <= 3 * np.sqrt(p * (1 - p) / n) + 1e-9, (name, key, rate, p)
+    first = np.bincount(params["order"][:, 0], minlength=4) / n
+    assert np.all(np.abs(first - 0.25) <= 3 * np.sqrt(0.25 * 0.75 / n)), first
+    assert all(sorted(o) == [0, 1, 2, 3] for o in params["order"])
+    perms = {tuple(p) for p in params["permutation"]}
+    assert len(perms) == 6
+    for slot, op in enumerate(device_augment.JITTER_OPS):
+      s = float(view[op])
+      lo, hi = (-s, s) if op == "hue" else (max(0.0, 1 - s), 1 + s)
+      f = params["factors"][:, slot]
+      assert lo <= f.min() and f.max() <= hi, op
+      sd = (hi - lo) / np.sqrt(12 * n)
+      assert abs(f.mean() - (lo + hi) / 2) <= 3 * sd, op
+    lo, hi = view.blur_sigma
+    assert lo <= params["sigma"].min() and params["sigma"].max() <= hi
+    assert abs(params["sigma"].mean() - (lo + hi) / 2) <= 3 * (hi - lo) / np.sqrt(12 * n)
+
+
+def test_keys_differ_by_step_example_and_view_and_repeat_exactly():
+  def data(key):
+    return np.asarray(jax.random.key_data(key))
+
+  base = data(device_augment.example_keys(0, 5, 4, 0))
+  np.testing.assert_array_equal(base, data(device_augment.example_keys(0, 5, 4, 0)))
+  others = [
+    data(device_augment.example_keys(1, 5, 4, 0)),
+    data(device_augment.example_keys(0, 6, 4, 0)),
+    data(device_augment.example_keys(0, 5, 4, 1)),
+  ]
+  assert all(not np.array_equal(base, o) for o in others)
+  assert len({tuple(row) for row in base}) == 4
+  # A larger batch extends the smaller one: example i's key does not depend on the batch size.
+  np.testing.assert_array_equal(base, data(device_augment.example_keys(0, 5, 8, 0))[:4])
+
+
+def test_noise_and_normalisation_of_augment_batch():
+  config = config_lib.base_config()
+  for view in (config.augment.view_a, config.augment.view_b):
+    for key in ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+      view[key] = 0.0
+  config.augment.view_b.noise_std = 0.05
+  pixels = np.full((64, 8, 8, 3), 128, np.uint8)
+  out = jax.jit(functools.partial(device_augment.augment_batch, config=config))(
+    {"view_a": pixels, "view_b": pixels}, 3
+  )
+  mean, std = np.array(config.augment.mean), np.array(config.augment.std)
+  a = np.asarray(out["view_a"]) * std + mean
+  b = np.asarray(out["view_b"]) * std + mean
+  np.testing.assert_allclose(a, 128 / 255, atol=1e-6)  # Nothing on: just normalised.
+  assert abs((b - 128 / 255).std() - 0.05) < 0.005 and abs((b - 128 / 255).mean()) < 0.005
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside the train step.
+
+
+def _tiny_config(**overrides):
+  import configs_tiny
+
+  config = configs_tiny.get_config()
+  config.optim.name = "sgd"  # The update is proportional to the gradient (adam's is not).
+  config.optim.lr_weights = config.optim.lr_biases = 0.05
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def _on_device_config():
+  config = _tiny_config(**{"augment.on_device": True})
+  for view in (config.augment.view_a, config.augment.view_b):
+    view.blur_prob, view.solarize_prob, view.channel_permute_prob = 0.5, 0.3, 0.3
+  config.augment.view_b.noise_std = 0.02
+  return config
+
+
+def _uint8_batches(count, seed=0):
+  rng = np.random.default_rng(seed)
+  return [
+    {
+      "view_a": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+      "view_b": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+      "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    for _ in range(count)
+  ]
+
+
+def _flat(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def _initial_state(config, mesh):
+  state = train.create_train_state(
+    config, jax.random.key(0), mesh=mesh, steps_per_epoch=10, num_classes=10
+  )
+  return jax.device_get(state)
+
+
+def _run(step_fn, host_state, mesh, batches):
+  state = jax.device_put(host_state, train.state_shardings(host_state, mesh))
+  for batch in batches:
+    state, metrics = step_fn(state, train.global_batch(batch, mesh), False)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_uint8_views_give_the_loss_and_gradients_of_the_normalised_float_views(devices):
+  config = _tiny_config()
+  mesh = train.create_mesh(devices[:1])
+  host = _initial_state(config, mesh)
+  step = train._TracedStep(config, mesh, host)
+  pixels = _uint8_batches(1)[0]
+  mean, std = np.float32(config.augment.mean), np.float32(config.augment.std)
+  floats = dict(pixels)
+  for key in ("view_a", "view_b"):
+    floats[key] = (pixels[key].astype(np.float32) / np.float32(255) - mean) / std
+  state_u, metrics_u = _run(step, host, mesh, [pixels])
+  state_f, metrics_f = _run(step, host, mesh, [floats])
+  for key in ("loss", "grad_norm", "probe_loss"):
+    np.testing.assert_allclose(metrics_u[key], metrics_f[key], rtol=1e-5, err_msg=key)
+  moved_u = _flat(state_u.params) - _flat(host.params)
+  moved_f = _flat(state_f.params) - _flat(host.params)
+  assert np.linalg.norm(moved_u - moved_f) <= 1e-5 * np.linalg.norm(moved_f)
+  assert np.linalg.norm(moved_f) > 1e-3
+
+
+def test_on_device_training_is_deterministic_resumable_and_device_count_free(devices):
+  config = _on_device_config()
+  mesh8, mesh1 = train.create_mesh(devices), train.create_mesh(devices[:1])
+  host = _initial_state(config, mesh8)
+  step8 = train._TracedStep(config, mesh8, host)
+  step1 = train._TracedStep(config, mesh1, host)
+  batches = _uint8_batches(3, seed=1)
+  full, metrics = _run(step8, host, mesh8, batches)
+  again, _ = _run(step8, host, mesh8, batches)
+  np.testing.assert_array_equal(_flat(full.params), _flat(again.params))
+  # Resume after the first step: the augmentations of steps 2 and 3 are drawn again exactly.
+  first, _ = _run(step8, host, mesh8, batches[:1])
+  resumed, _ = _run(step8, first, mesh8, batches[1:])
+  np.testing.assert_array_equal(_flat(full.params), _flat(resumed.params))
+  one, metrics1 = _run(step1, host, mesh1, batches)
+  a, b = _flat(full.params), _flat(one.params)
+  assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)
+  np.testing.assert_allclose(metrics["loss"], metrics1["loss"], rtol=1e-5)
+  assert step8.num_traces == 1 and step1.num_traces == 1
+  # The augmentations are on: the same pixels without them give another update.
+  plain = _tiny_config()
+  plain_step = train._TracedStep(plain, mesh1, host)
+  _, plain_metrics = _run(plain_step, host, mesh1, batches[:1])
+  _, first_metrics = _run(step1, host, mesh1, batches[:1])
+  assert abs(float(plain_metrics["loss"]) - float(first_metrics["loss"])) > 1e-3
+
+
+def test_on_device_with_float_views_and_bad_settings_are_clear_errors():
+  config = _on_device_config()
+  floats = {k: jnp.zeros((16, 16, 16, 3), jnp.float32) for k in ("view_a", "view_b")}
+  with pytest.raises(ValueError, match=r"on_device=True needs .*uint8.*'view_a'\\] is float32"):
+    device_augment.prepare_views(floats, 0, config=config)
+  config.augment.view_b.blur_prob = 1.5
+  with pytest.raises(ValueError, match=r"config.augment.view_b.blur_prob .* \[0, 1\]"):
+    train.validate_config(config)
+  config = _on_device_config()
+  config.augment.std = (0.2, 0.0, 0.2)
+  with pytest.raises(ValueError, match="config.augment.std must be > 0"):
+    train.validate_config(config)
+
+
+def test_the_on_device_train_step_builds_without_tensorflow():
+  script = """
+import sys
+sys.modules["tensorflow"] = None
+import jax, jax.numpy as jnp
+sys.path.insert(0, "tests")
+import configs_tiny
+from barlow_jax import train
+config = configs_tiny.get_config()
+config.augment.on_device = True
+config.augment.view_b.channel_permute_prob = 0.3
+config.augment.view_b.noise_std = 0.02
+mesh = train.create_mesh(jax.devices()[:1])
+state = jax.eval_shape(lambda: train.create_train_state(
+    config, jax.random.key(0), mesh=mesh, steps_per_epoch=10, num_classes=10))
+batch = {k: jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.uint8) for k in ("view_a", "view_b")}
+out, metrics = jax.eval_shape(
+    lambda s, b: train.train_step(s, b, True, config=config), state, batch)
+assert "tensorflow" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
+print("ok", metrics["loss"].dtype)
+"""
+  result = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+  )
+  assert result.returncode == 0 and "ok float32" in result.stdout, result.stderr[-3000:]
