@@ -316,7 +316,7 @@ def test_on_device_training_is_deterministic_resumable_and_device_count_free(dev
 def test_on_device_with_float_views_and_bad_settings_are_clear_errors():
   config = _on_device_config()
   floats = {k: jnp.zeros((16, 16, 16, 3), jnp.float32) for k in ("view_a", "view_b")}
-  with pytest.raises(ValueError, match=r"on_device=True needs .*uint8.*'view_a'\\] is float32"):
+  with pytest.raises(ValueError, match=r"on_device=True needs .*uint8.*'view_a'\] is float32"):
     device_augment.prepare_views(floats, 0, config=config)
   config.augment.view_b.blur_prob = 1.5
   with pytest.raises(ValueError, match=r"config.augment.view_b.blur_prob .* \[0, 1\]"):
