@@ -17,7 +17,8 @@ then normalises by `config.augment.mean` / `std`. Every op runs on every example
 keeps it where it fired (no data-dependent control flow under `vmap`).
 
 Randomness: the parameters of example i of the global batch at step t, view v (0 = view_a,
-1 = view_b) come from `fold_in(fold_in(fold_in(key(seed) ^ domain, t), i), v)` (`example_keys`).
+1 = view_b) come from the key `key(seed)` folded with a constant of this module, then t, i and v
+(`example_keys`).
 They depend on the global position in the batch, not on the device holding it, so a run is the
 same on any device count, and the step is in the checkpoint, so a resumed run draws the same
 parameters for the same batch.
