@@ -9,6 +9,8 @@ Defaults are REFERENCE.md's released-code values (ImageNet, ResNet-50, global ba
 
 import ml_collections
 
+from barlow_jax.evaluation import voc07
+
 
 def view_config(*, blur_prob: float, solarize_prob: float) -> ml_collections.ConfigDict:
   """Augmentation settings of one view (REFERENCE.md §4, BYOL parameters)."""
@@ -143,7 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.supervised = True
   config.eval.supervised_match = "time"
   # Standalone evaluation (`python -m barlow_jax.evaluate`): what and where.
-  config.eval.mode = "linear"  # "linear", "semisup" or "knn".
+  config.eval.mode = "linear"  # "linear", "semisup", "knn" or "transfer".
   config.eval.backbone = ""  # Pretraining workdir, exported backbone dir, or converted PyTorch dir.
   config.eval.checkpoint_step = -1  # Workdir: -1 = backbone/ export if any, else latest ckpt.
   # Semi-supervised fine-tuning (REFERENCE.md §5): labelled subset of the probe split.
@@ -156,4 +158,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.semisup_lr_backbone = 0.005  # Per 256 examples (paper: 0.002).
   config.eval.semisup_lr_head = 0.5
   config.eval.semisup_weight_decay = 0.0
+
+  # Transfer (mode "transfer", configs/eval_transfer.py): frozen features of config.dataset's
+  # probe_split (train) and eval_split (test), extracted once with the eval preprocessing.
+  config.transfer = ml_collections.ConfigDict()
+  # "single_label": linear probe (config.eval.probe_*), top-1 / top-5. "multi_label": VOC-style
+  # TFDS data, per-class linear SVMs, mAP (barlow_jax/evaluation/voc07.py).
+  config.transfer.task = "single_label"
+  config.transfer.batch_size = 256  # Feature-extraction batch.
+  # multi_label: an image's classes are those of its objects (a TFDS Sequence feature).
+  config.transfer.objects_key = "objects"
+  config.transfer.object_label_key = "label"
+  config.transfer.object_difficult_key = "is_difficult"  # "" = no difficult flags.
+  # SVMs (Goyal et al. 2019's VOC07 benchmark): cost per class by k-fold cross-validated AP.
+  config.transfer.svm_costs = voc07.VOC07_COSTS
+  config.transfer.svm_folds = 3
+  config.transfer.svm_positive_weight = 2.0
+  config.transfer.svm_max_iter = 2000
+  config.transfer.svm_jobs = -1  # joblib workers over (class, cost) pairs; -1 = all cores.
   return config

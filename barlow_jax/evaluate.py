@@ -1202,9 +1202,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_results(workdir: str, results: Mapping[str, Any]) -> None:
-  """Prints the Markdown table and writes results.json + results.md into workdir (process 0)."""
-  text = results_markdown(results) if "rows" in results else _generic_markdown(results)
+def write_results(workdir: str, results: Mapping[str, Any], *, text: str | None = None) -> None:
+  """Prints the Markdown table (`text`, or one made from `results`) and writes results.json +
+  results.md into workdir (process 0)."""
+  if text is None:
+    text = results_markdown(results) if "rows" in results else _generic_markdown(results)
   print(text, flush=True)
   if jax.process_index() != 0:
     return
@@ -1584,13 +1586,16 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs `config.eval.mode` ("linear", "semisup" or "knn") on `config.eval.backbone`."""
+  """Runs `config.eval.mode` ("linear", "semisup", "knn", "transfer") on `config.eval.backbone`."""
   if not config.eval.backbone:
     raise ValueError(
       "config.eval.backbone is empty: give a pretraining workdir, a backbone/ export or a "
       "converted PyTorch checkpoint directory (--config.eval.backbone=DIR)"
     )
+  from barlow_jax.evaluation import transfer
+
   modes = {"linear": linear_evaluation, "semisup": semisup_evaluation, "knn": knn_evaluation}
+  modes["transfer"] = transfer.transfer_evaluation
   if config.eval.mode not in modes:
     raise ValueError(f"config.eval.mode={config.eval.mode!r}: use one of {sorted(modes)}")
   return modes[config.eval.mode](config, workdir)
