@@ -35,13 +35,9 @@ TASKS = ("single_label", "multi_label")
 # Barlow Twins paper, Table 3 (ResNet-50, linear on frozen features), keyed by TFDS name:
 # (what the paper measured, metric key of the results, value in [0, 1]).
 PUBLISHED = {
-  "places365_small": (
-    "Places-205 top-1 (the paper's dataset; Places-365 is its TFDS stand-in)",
-    "top1",
-    0.541,
-  ),
+  "places365_small": ("Places-205 top-1; Places-365 here is its TFDS stand-in", "top1", 0.541),
   "i_naturalist2018": ("iNaturalist-2018 top-1", "top1", 0.465),
-  "voc/2007": ("VOC07 mAP (linear SVMs)", "map", 0.862),
+  "voc/2007": ("VOC07 mAP, linear SVMs", "map", 0.862),
 }
 
 
