@@ -203,6 +203,15 @@ def _num_classes(config, *labels) -> int:
   return max(input_pipeline.num_classes(probe), *(int(y.max()) + 1 for y in labels))
 
 
+def _preprocessing(config) -> str:
+  from barlow_jax import input_pipeline
+
+  size, resize = int(config.dataset.image_size), input_pipeline.eval_resize(config)
+  if resize is None:
+    return f"resized to {size}x{size}"
+  return f"short side resized to {resize}, centre {size}x{size} crop"
+
+
 def svm_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """`config.transfer.svm_*` as keyword arguments of `voc07.svm_evaluation`."""
   t = config.transfer
@@ -242,8 +251,7 @@ def transfer_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict
     "test_split": config.dataset.eval_split,
     "backbone_path": os.path.abspath(config.eval.backbone),
     "backbone": str(model_config.backbone),
-    "image_size": int(config.dataset.image_size),
-    "eval_resize": int(config.dataset.eval_resize),
+    "preprocessing": _preprocessing(config),
     "num_train": len(train_f),
     "num_eval": len(test_f),
     "feature_dim": int(train_f.shape[1]),
@@ -279,8 +287,8 @@ def transfer_markdown(results: Mapping[str, Any]) -> str:
   lines = [
     f"Transfer of {r['backbone']} ({r['backbone_path']}) to {r['dataset']}: train on "
     f"{r['train_split']!r} ({r['num_train']} images), test on {r['test_split']!r} "
-    f"({r['num_eval']} images), {r['num_classes']} classes; {r['feature_dim']}-d features, "
-    f"eval preprocessing (short side {r['eval_resize']}, centre {r['image_size']} crop).",
+    f"({r['num_eval']} images), {r['num_classes']} classes; {r['feature_dim']}-d features of "
+    f"images {r['preprocessing']}.",
     "",
   ]
   published = r.get("published")
