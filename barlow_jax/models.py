@@ -33,6 +33,11 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # whose variance 1 / (3 fan_in) is variance_scaling(1/3, fan_in, uniform).
 linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
+# Every BatchNorm of the project: batch variance in two passes, mean((x - mean)^2), as torch does.
+# flax's default one-pass E[x^2] - E[x]^2 cancels catastrophically in float32 once |mean| / std
+# reaches ~1e3 (the projector's first BN then errs by ~40%, without any NaN to show it).
+BatchNorm = functools.partial(nn.BatchNorm, use_fast_variance=False)
+
 
 def _channels(base: int, width: float) -> int:
   return max(1, int(round(base * width)))
@@ -162,7 +167,7 @@ class ResNet(nn.Module):
       kernel_init=conv_kernel_init,
     )
     norm = functools.partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=self.bn_momentum,
       epsilon=self.bn_epsilon,
@@ -276,7 +281,7 @@ class Projector(nn.Module):
     for i, size in enumerate(self.sizes[:-1]):
       x = dense(size, name=f"linear{i}")(x)
       if self.use_batch_norm:
-        x = nn.BatchNorm(
+        x = BatchNorm(
           use_running_average=not train,
           momentum=self.bn_momentum,
           epsilon=self.bn_epsilon,

@@ -5,6 +5,7 @@ Big models are only shape-evaluated (jax.eval_shape); everything that runs uses 
 width 0.125 with the CIFAR stem on 16 px images.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,6 +174,39 @@ def test_projector_train_mode_matches_numpy_float64():
   no_bn = models.Projector(sizes=(16, 8), use_batch_norm=False)
   no_bn_vars = no_bn.init(jax.random.key(0), x, train=False)
   assert "batch_stats" not in no_bn_vars and set(no_bn_vars["params"]) == {"linear0", "linear1"}
+
+
+def test_batch_norm_variance_survives_a_large_mean_to_std_ratio():
+  # The projector's first BN on inputs with |mean| / std = 1e3 (identity first layer): a one-pass
+  # variance E[h^2] - E[h]^2 loses ~40% of it in float32; two passes keep ~3e-5.
+  rng = np.random.default_rng(0)
+  h = (1e3 + rng.normal(size=(64, 16))).astype(np.float32)
+  projector = models.Projector(sizes=(16, 8))
+  variables = projector.init(jax.random.key(0), jnp.asarray(h), train=False)
+  params = dict(variables["params"], linear0={"kernel": jnp.eye(16)})
+  out, updated = jax.jit(
+    lambda v, h: projector.apply(v, h, train=True, mutable=["batch_stats"])
+  )({"params": params, "batch_stats": variables["batch_stats"]}, h)
+  hn, _, var = _np_bn(h.astype(np.float64), 1.0, 0.0, 1e-5)
+  expected = np.maximum(hn, 0) @ np.asarray(params["linear1"]["kernel"], np.float64)
+  assert np.abs(out - expected).max() / np.abs(expected).max() < 1e-4
+  running_var = np.asarray(updated["batch_stats"]["bn0"]["var"], np.float64)
+  np.testing.assert_allclose(running_var, 0.9 + 0.1 * var, rtol=1e-4)
+
+
+def test_every_batch_norm_of_the_network_uses_the_two_pass_variance(tiny):
+  model, variables, view_a, view_b = tiny
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      seen.append((context.module.path, context.module.use_fast_variance))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(_train_forward(model), variables, view_a, view_b)
+  assert len(seen) == 2 * (1 + 8 * 2 + 3 + 1)  # Per view: stem, 8 blocks, 3 downsamples, projector.
+  assert all(not fast for _, fast in seen), [path for path, fast in seen if fast]
 
 
 @pytest.fixture(scope="module")
