@@ -155,8 +155,10 @@ class ResNet(nn.Module):
     """
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"ResNet stem={self.stem!r} (config.model.stem): use 'imagenet' or 'cifar'.")
-    if not self.width > 0:
-      raise ValueError(f"ResNet width={self.width} (config.model.width) must be positive.")
+    if not 0 < self.width < float("inf"):
+      raise ValueError(
+        f"ResNet width={self.width} (config.model.width) must be positive and finite."
+      )
     if x.ndim != 4:
       raise ValueError(f"ResNet input x must be NHWC images [N, H, W, C], got shape {x.shape}.")
     conv = functools.partial(
@@ -347,8 +349,8 @@ def _backbone_from_config(model_config, axis_name):
     )
   if model_config.stem not in ("imagenet", "cifar"):
     raise ValueError(f"config.model.stem={model_config.stem!r}: use 'imagenet' or 'cifar'.")
-  if not model_config.width > 0:
-    raise ValueError(f"config.model.width={model_config.width} must be positive.")
+  if not 0 < model_config.width < float("inf"):
+    raise ValueError(f"config.model.width={model_config.width} must be positive and finite.")
   input_epsilon = float(model_config.get("input_epsilon", 0.2))
   if not input_epsilon >= 0:
     raise ValueError(

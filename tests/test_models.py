@@ -184,9 +184,8 @@ def test_batch_norm_variance_survives_a_large_mean_to_std_ratio():
   projector = models.Projector(sizes=(16, 8))
   variables = projector.init(jax.random.key(0), jnp.asarray(h), train=False)
   params = dict(variables["params"], linear0={"kernel": jnp.eye(16)})
-  out, updated = jax.jit(
-    lambda v, h: projector.apply(v, h, train=True, mutable=["batch_stats"])
-  )({"params": params, "batch_stats": variables["batch_stats"]}, h)
+  forward = jax.jit(lambda v, h: projector.apply(v, h, train=True, mutable=["batch_stats"]))
+  out, updated = forward({"params": params, "batch_stats": variables["batch_stats"]}, h)
   hn, _, var = _np_bn(h.astype(np.float64), 1.0, 0.0, 1e-5)
   expected = np.maximum(hn, 0) @ np.asarray(params["linear1"]["kernel"], np.float64)
   assert np.abs(out - expected).max() / np.abs(expected).max() < 1e-4

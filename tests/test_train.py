@@ -202,6 +202,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     ({"dataset.name": "no_such_dataset_xyz"}, "no_such_dataset_xyz"),
     ({"model.backbone": "ResNet19"}, "ResNet19"),
     ({"log_every_steps": 0}, "log_every_steps"),
+    ({"num_train_steps": 0}, r"config\.num_train_steps must be -1"),
   ],
 )
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, match):
