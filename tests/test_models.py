@@ -126,6 +126,21 @@ def test_initialisation_is_torchvision():
   np.testing.assert_array_equal(params_off["layer1_0"]["bn2"]["scale"], 1.0)
 
 
+def test_every_resnet50_block_starts_with_its_last_bn_scale_at_zero():
+  # Bottleneck blocks: bn3 is the last BN of the residual branch (BasicBlock's is bn2).
+  model = models.ResNet50(width=0.0625, stem="cifar")
+  assert model.zero_init_residual  # The default, as in the reference.
+  x = jnp.zeros((1, 8, 8, 3))
+  params = jax.jit(lambda x: model.init(_key(2), x, train=False))(x)["params"]
+  blocks = [name for name in params if name.startswith("layer")]
+  assert len(blocks) == 3 + 4 + 6 + 3
+  for name in blocks:
+    np.testing.assert_array_equal(params[name]["bn3"]["scale"], 0.0, err_msg=name)
+    for other in ("bn1", "bn2", "downsample_bn"):
+      if other in params[name]:
+        np.testing.assert_array_equal(params[name][other]["scale"], 1.0, err_msg=name)
+
+
 def _np_bn(x, scale, bias, eps):
   mean = x.mean(axis=0)
   var = x.var(axis=0)  # Biased, as torch normalises with.
