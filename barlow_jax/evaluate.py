@@ -39,6 +39,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from barlow_jax import config_validation
+
 # Datasets `input_pipeline.load_labelled_arrays` holds in memory: the fast paths apply to them.
 IN_MEMORY_DATASETS = ("cluttered_digits", "digits", "cifar10", "cifar100", "cifar")
 
@@ -1598,6 +1600,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   modes["transfer"] = transfer.transfer_evaluation
   if config.eval.mode not in modes:
     raise ValueError(f"config.eval.mode={config.eval.mode!r}: use one of {sorted(modes)}")
+  config_validation.validate_numbers(config)
   return modes[config.eval.mode](config, workdir)
 
 

@@ -33,6 +33,11 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # whose variance 1 / (3 fan_in) is variance_scaling(1/3, fan_in, uniform).
 linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
+# Every BatchNorm of the project: batch variance in two passes, mean((x - mean)^2), as torch does.
+# flax's default one-pass E[x^2] - E[x]^2 cancels catastrophically in float32 once |mean| / std
+# reaches ~1e3 (the projector's first BN then errs by ~40%, without any NaN to show it).
+BatchNorm = functools.partial(nn.BatchNorm, use_fast_variance=False)
+
 
 def _channels(base: int, width: float) -> int:
   return max(1, int(round(base * width)))
@@ -150,8 +155,10 @@ class ResNet(nn.Module):
     """
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"ResNet stem={self.stem!r} (config.model.stem): use 'imagenet' or 'cifar'.")
-    if not self.width > 0:
-      raise ValueError(f"ResNet width={self.width} (config.model.width) must be positive.")
+    if not 0 < self.width < float("inf"):
+      raise ValueError(
+        f"ResNet width={self.width} (config.model.width) must be positive and finite."
+      )
     if x.ndim != 4:
       raise ValueError(f"ResNet input x must be NHWC images [N, H, W, C], got shape {x.shape}.")
     conv = functools.partial(
@@ -162,7 +169,7 @@ class ResNet(nn.Module):
       kernel_init=conv_kernel_init,
     )
     norm = functools.partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=self.bn_momentum,
       epsilon=self.bn_epsilon,
@@ -276,7 +283,7 @@ class Projector(nn.Module):
     for i, size in enumerate(self.sizes[:-1]):
       x = dense(size, name=f"linear{i}")(x)
       if self.use_batch_norm:
-        x = nn.BatchNorm(
+        x = BatchNorm(
           use_running_average=not train,
           momentum=self.bn_momentum,
           epsilon=self.bn_epsilon,
@@ -342,8 +349,8 @@ def _backbone_from_config(model_config, axis_name):
     )
   if model_config.stem not in ("imagenet", "cifar"):
     raise ValueError(f"config.model.stem={model_config.stem!r}: use 'imagenet' or 'cifar'.")
-  if not model_config.width > 0:
-    raise ValueError(f"config.model.width={model_config.width} must be positive.")
+  if not 0 < model_config.width < float("inf"):
+    raise ValueError(f"config.model.width={model_config.width} must be positive and finite.")
   input_epsilon = float(model_config.get("input_epsilon", 0.2))
   if not input_epsilon >= 0:
     raise ValueError(

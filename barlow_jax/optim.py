@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from barlow_jax import config_validation
+
 OPTIMIZERS = ("lars", "sgd", "adamw", "lamb")
 SCHEDULES = ("warmup_cosine", "cosine", "constant")
 
@@ -253,25 +255,7 @@ def _check_optim_config(optim: ml_collections.ConfigDict, batch_size: int) -> No
     )
   if batch_size < 1:
     raise ValueError(f"config.batch_size must be >= 1, got {batch_size}.")
-  non_negative = ("lr_weights", "lr_biases", "weight_decay", "warmup_epochs", "end_lr_factor")
-  for key in non_negative:
-    if optim[key] < 0:
-      raise ValueError(f"config.optim.{key} must be >= 0, got {optim[key]}.")
-  if not optim.gradient_scale > 0:
-    raise ValueError(
-      f"config.optim.gradient_scale must be > 0, got {optim.gradient_scale} (1.0 = the true "
-      "gradient; 1/W reproduces the reference's W-GPU run)."
-    )
-  if optim.name in ("lars", "sgd") and not 0 <= optim.momentum < 1:
-    raise ValueError(f"config.optim.momentum must be in [0, 1), got {optim.momentum}.")
-  if optim.name == "lars" and not optim.eta > 0:
-    raise ValueError(f"config.optim.eta (LARS trust coefficient) must be > 0, got {optim.eta}.")
-  if optim.name in ("adamw", "lamb"):
-    for key in ("b1", "b2"):
-      if not 0 <= optim[key] < 1:
-        raise ValueError(f"config.optim.{key} must be in [0, 1), got {optim[key]}.")
-    if not optim.adam_eps > 0:
-      raise ValueError(f"config.optim.adam_eps must be > 0, got {optim.adam_eps}.")
+  config_validation.validate_numbers({"optim": optim}, section="optim")
 
 
 def create_schedules(

@@ -50,7 +50,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import device_augment, losses, models, optim
+from barlow_jax import config_validation, device_augment, losses, models, optim
 
 # Side of the C heatmaps written to TensorBoard.
 HEATMAP_SIZE = 64
@@ -427,19 +427,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.batch_size={batch} must be divisible by the {processes} processes of this run."
     )
-  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-    if int(config[key]) < 1:
-      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
-  for key in ("image_every_steps", "eval_every_steps"):
-    if int(config[key]) < 0:
-      raise ValueError(f"config.{key} must be >= 0 (0 = off), got {config[key]}.")
-  if int(config.dataset.image_size) < 1:
-    raise ValueError(f"config.dataset.image_size must be >= 1, got {config.dataset.image_size}.")
   models.parse_projector_sizes(config.model.projector)
   models.backbone_features(config.model)  # Unknown backbone / stem / dtype: ValueError.
   device_augment.validate_config(config)
-  if config.online_probe and not config.online_probe_lr > 0:
-    raise ValueError(f"config.online_probe_lr must be > 0, got {config.online_probe_lr}.")
+  config_validation.validate_numbers(config)  # Every numeric key: its range or its sentinel.
 
 
 def prepare_workdir(workdir: str) -> str:

@@ -156,6 +156,83 @@ def test_two_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
     input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=2)
 
 
+def test_identical_view_configs_with_different_seeds_give_different_views():
+  # The default views differ by their configs (blur, solarize); with the same config only the
+  # per-view seed (config.seed, epoch, index, view) can tell them apart.
+  config = _digits_config(batch=16, size=12)
+  config.augment.view_b = config_lib.view_config(blur_prob=1.0, solarize_prob=0.0)
+  assert config.augment.view_a.to_dict() == config.augment.view_b.to_dict()
+  batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  for a, b in zip(batch["view_a"], batch["view_b"]):
+    assert np.abs(a - b).mean() > 0.05
+
+
+def _sliced_mock_dataset(num_examples):
+  """An `as_dataset_fn` for `tfds.testing.mock_data` that serves sub-splits for real.
+
+  mock_data's own generator yields the same examples for any split, "train[5:10]" included, so
+  it cannot show which part of a split a process read. Here example i of "train" is a flat image
+  of grey level 8 i + 4 (label i % 10), and a sub-split yields exactly its own examples.
+  """
+  from tensorflow_datasets.core import naming
+  from tensorflow_datasets.core import splits as splits_lib
+
+  template = naming.ShardedFileTemplate(
+    data_dir="/mock", dataset_name="mock", split="train", filetype_suffix="tfrecord"
+  )
+  split_dict = splits_lib.SplitDict(
+    [
+      splits_lib.SplitInfo(
+        name="train", shard_lengths=[num_examples], num_bytes=0, filename_template=template
+      )
+    ]
+  )
+  requested = []
+
+  def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+    del read_config, shuffle_files
+    requested.append(split)
+    (instruction,) = split_dict[split].file_instructions
+    skip_decoding = decoders is not None and "image" in decoders
+
+    def example(i):
+      image = tf.fill([32, 32, 3], tf.cast(8 * i + 4, tf.uint8))
+      image = tf.io.encode_png(image) if skip_decoding else image
+      return {"image": image, "label": tf.cast(i % 10, tf.int64)}
+
+    indices = tf.range(instruction.skip, instruction.skip + instruction.take, dtype=tf.int64)
+    return tf.data.Dataset.from_tensor_slices(indices).map(example)
+
+  return as_dataset, requested
+
+
+def test_two_processes_read_disjoint_tfds_shards_that_cover_the_split():
+  config = config_lib.base_config()
+  config.dataset.name = "cifar10"
+  config.dataset.image_size = 32
+  config.dataset.shuffle_buffer = 64
+  config.batch_size = 4
+  _identity_views(config)
+  as_dataset, requested = _sliced_mock_dataset(20)
+  seen, eval_ids = [], []
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    assert input_pipeline.steps_per_epoch(config) == 5
+    for p in range(2):
+      it = input_pipeline.create_pretrain_iterator(config, process_index=p, process_count=2)
+      batches = _take(it, 5)  # One epoch: 5 steps of 2 local examples.
+      ids = np.concatenate([np.round((b["view_a"][:, 0, 0, 0] * 255 - 4) / 8) for b in batches])
+      seen.append(set(ids.astype(int).tolist()))
+      assert len(ids) == len(seen[-1]) == 10  # No repeats within the epoch.
+      for b in input_pipeline.create_eval_iterator(
+        config, "train", batch_size=6, process_index=p, process_count=2
+      ):
+        eval_ids += np.round((b["image"][b["mask"], 0, 0, 0] * 255 - 4) / 8).tolist()
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(range(20))
+  assert sorted(int(i) for i in eval_ids) == list(range(20))
+  assert any(not isinstance(split, str) for split in requested)  # Sub-splits were asked for.
+
+
 def test_folder_with_corrupt_rgba_grayscale_and_16_bit_files(tmp_path, caplog):
   from PIL import Image
 

@@ -5,6 +5,7 @@ Big models are only shape-evaluated (jax.eval_shape); everything that runs uses 
 width 0.125 with the CIFAR stem on 16 px images.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,6 +126,21 @@ def test_initialisation_is_torchvision():
   np.testing.assert_array_equal(params_off["layer1_0"]["bn2"]["scale"], 1.0)
 
 
+def test_every_resnet50_block_starts_with_its_last_bn_scale_at_zero():
+  # Bottleneck blocks: bn3 is the last BN of the residual branch (BasicBlock's is bn2).
+  model = models.ResNet50(width=0.0625, stem="cifar")
+  assert model.zero_init_residual  # The default, as in the reference.
+  x = jnp.zeros((1, 8, 8, 3))
+  params = jax.jit(lambda x: model.init(_key(2), x, train=False))(x)["params"]
+  blocks = [name for name in params if name.startswith("layer")]
+  assert len(blocks) == 3 + 4 + 6 + 3
+  for name in blocks:
+    np.testing.assert_array_equal(params[name]["bn3"]["scale"], 0.0, err_msg=name)
+    for other in ("bn1", "bn2", "downsample_bn"):
+      if other in params[name]:
+        np.testing.assert_array_equal(params[name][other]["scale"], 1.0, err_msg=name)
+
+
 def _np_bn(x, scale, bias, eps):
   mean = x.mean(axis=0)
   var = x.var(axis=0)  # Biased, as torch normalises with.
@@ -173,6 +189,38 @@ def test_projector_train_mode_matches_numpy_float64():
   no_bn = models.Projector(sizes=(16, 8), use_batch_norm=False)
   no_bn_vars = no_bn.init(jax.random.key(0), x, train=False)
   assert "batch_stats" not in no_bn_vars and set(no_bn_vars["params"]) == {"linear0", "linear1"}
+
+
+def test_batch_norm_variance_survives_a_large_mean_to_std_ratio():
+  # The projector's first BN on inputs with |mean| / std = 1e3 (identity first layer): a one-pass
+  # variance E[h^2] - E[h]^2 loses ~40% of it in float32; two passes keep ~3e-5.
+  rng = np.random.default_rng(0)
+  h = (1e3 + rng.normal(size=(64, 16))).astype(np.float32)
+  projector = models.Projector(sizes=(16, 8))
+  variables = projector.init(jax.random.key(0), jnp.asarray(h), train=False)
+  params = dict(variables["params"], linear0={"kernel": jnp.eye(16)})
+  forward = jax.jit(lambda v, h: projector.apply(v, h, train=True, mutable=["batch_stats"]))
+  out, updated = forward({"params": params, "batch_stats": variables["batch_stats"]}, h)
+  hn, _, var = _np_bn(h.astype(np.float64), 1.0, 0.0, 1e-5)
+  expected = np.maximum(hn, 0) @ np.asarray(params["linear1"]["kernel"], np.float64)
+  assert np.abs(out - expected).max() / np.abs(expected).max() < 1e-4
+  running_var = np.asarray(updated["batch_stats"]["bn0"]["var"], np.float64)
+  np.testing.assert_allclose(running_var, 0.9 + 0.1 * var, rtol=1e-4)
+
+
+def test_every_batch_norm_of_the_network_uses_the_two_pass_variance(tiny):
+  model, variables, view_a, view_b = tiny
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      seen.append((context.module.path, context.module.use_fast_variance))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(_train_forward(model), variables, view_a, view_b)
+  assert len(seen) == 2 * (1 + 8 * 2 + 3 + 1)  # Per view: stem, 8 blocks, 3 downsamples, projector.
+  assert all(not fast for _, fast in seen), [path for path, fast in seen if fast]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ projector 64-64-64, global batch 16) so that the whole file compiles the train s
 times.
 """
 
+import functools
 import os
 import signal
 
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import input_pipeline, train
+from barlow_jax import input_pipeline, losses, train
 
 STEPS = 40
 
@@ -122,6 +123,41 @@ def test_eight_devices_give_the_one_device_parameters(devices):
   assert step8.num_traces == 1 and step1.num_traces == 1
 
 
+def _sgd_update_from_jax_grad(config, host, views) -> np.ndarray:
+  """-lr * jax.grad(loss) on the global batch, on one device without sharding, flattened."""
+
+  def loss(params):
+    variables = {"params": params, "batch_stats": host.batch_stats}
+    (_, _, z_a, z_b), _ = host.model.apply(variables, *views, train=True, mutable=["batch_stats"])
+    return losses.barlow_twins_loss(z_a, z_b, lambd=float(config.loss.lambd))
+
+  grads = jax.device_get(jax.jit(jax.grad(loss))(host.params))
+  lr = lambda g: config.optim.lr_biases if g.ndim == 1 else config.optim.lr_weights
+  return _flat(jax.tree.map(lambda g: -lr(g) * g, grads))
+
+
+def test_an_sgd_step_is_the_gradient_of_the_global_batch_loss_on_8_devices_and_on_1(devices):
+  # Plain SGD (no momentum, no decay), not an adaptive or trust-ratio optimizer: those are nearly
+  # blind to a uniform gradient scale (a gradient divided by the device count, say); SGD is not.
+  overrides = {"optim.name": "sgd", "optim.momentum": 0.0, "optim.lr_weights": 0.1}
+  config = tiny_config(**overrides, **{"optim.lr_biases": 0.03, "online_probe": False})
+  rng = np.random.default_rng(1)
+  views = [rng.normal(size=(16, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+  step = jax.jit(functools.partial(train.train_step, config=config))
+  state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  host = jax.device_get(state)
+  expected = _sgd_update_from_jax_grad(config, host, views)
+  assert np.linalg.norm(expected) > 1e-3
+  for num_devices in (8, 1):
+    mesh = train.create_mesh(devices[:num_devices])
+    state = jax.device_put(host, train.state_shardings(host, mesh))
+    batch = train.global_batch({"view_a": views[0], "view_b": views[1]}, mesh)
+    new, _ = step(state, batch, False)
+    update = _flat(jax.device_get(new.params)) - _flat(host.params)
+    error = np.linalg.norm(update - expected) / np.linalg.norm(expected)
+    assert error < 1e-4, (num_devices, error)
+
+
 def test_a_run_compiles_once_logs_everything_and_learns(uninterrupted):
   workdir, result = uninterrupted
   assert result.step == STEPS and not result.preempted
@@ -202,6 +238,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     ({"dataset.name": "no_such_dataset_xyz"}, "no_such_dataset_xyz"),
     ({"model.backbone": "ResNet19"}, "ResNet19"),
     ({"log_every_steps": 0}, "log_every_steps"),
+    ({"num_train_steps": 0}, r"config\.num_train_steps must be -1"),
   ],
 )
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, match):
