@@ -110,6 +110,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 1/W reproduces the reference's W-GPU dynamics (REFERENCE.md §3).
   config.optim.gradient_scale = 1.0
 
+  config.parallel = ml_collections.ConfigDict()
+  # FSDP (barlow_jax.parallel): parameter leaves with at least this many elements, and their
+  # optimizer state, are split over the devices instead of replicated; 0 = off. 2**20 shards the
+  # projector's kernels and ResNet-50's widest convolutions.
+  config.parallel.fsdp_min_size = 0
+
   config.batch_size = 2048  # Global, over all devices and hosts.
   config.num_epochs = 1000.0
   config.num_train_steps = -1  # > 0 overrides num_epochs.

@@ -5,11 +5,11 @@
 Parallelism: one `jax.jit` over a `Mesh` of all devices with a single axis `"data"`. The global
 batch is sharded on its first axis (`NamedSharding(mesh, P("data"))`) and assembled from the
 process-local NumPy batches of the input pipeline with `jax.make_array_from_process_local_data`;
-the train state is replicated (`state_shardings` is the one place to change for an FSDP-style
-sharding of the projector). Under sharded `jit` every batch statistic, in the BatchNorms of the
-network and in the normalisation inside the loss, is over the global batch without an
-`axis_name`, and `jax.grad` of the global loss is the true gradient (REFERENCE.md §3 explains
-why the reference's is 1/W of it: `config.optim.gradient_scale`).
+the train state is replicated, or its wide leaves split over the devices with
+`config.parallel.fsdp_min_size` (FSDP, `barlow_jax.parallel`). Under sharded `jit` every batch
+statistic, in the BatchNorms of the network and in the normalisation inside the loss, is over the
+global batch without an `axis_name`, and `jax.grad` of the global loss is the true gradient
+(REFERENCE.md §3 explains why the reference's is 1/W of it: `config.optim.gradient_scale`).
 
 The workdir is the run:
 
@@ -50,7 +50,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import config_validation, device_augment, losses, models, optim
+from barlow_jax import config_validation, device_augment, losses, models, optim, parallel
 
 # Side of the C heatmaps written to TensorBoard.
 HEATMAP_SIZE = 64
@@ -114,21 +114,16 @@ class TrainResult:
 # Mesh, shardings and global batches.
 
 
-def create_mesh(devices=None) -> Mesh:
-  """A 1-D mesh named `"data"` over `devices` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ("data",))
+create_mesh = parallel.create_mesh
 
 
-def state_shardings(state, mesh: Mesh):
-  """Shardings of a `TrainState` (or its abstract shapes): everything replicated for now.
+def state_shardings(state, mesh: Mesh, *, fsdp_min_size: int = 0):
+  """Shardings of a `TrainState` (or its abstract shapes): `parallel.state_shardings`.
 
-  An FSDP-style sharding of the wide projector (its [8192, 8192] kernels and their optimizer
-  moments over the "data" axis) would return `NamedSharding(mesh, P("data"))` for those leaves
-  here; `train_step` needs no change, jit inserts the gathers.
+  Everything replicated with the default `fsdp_min_size=0`; `train_step` needs no change when
+  leaves are sharded, jit inserts the gathers.
   """
-  replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda _: replicated, state)
+  return parallel.state_shardings(state, mesh, fsdp_min_size=fsdp_min_size)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -180,12 +175,13 @@ def create_train_state(
   Args:
     config: run config (`barlow_jax.config.base_config()` layout).
     rng: PRNG key of the initialisation (e.g. `jax.random.key(config.seed)`).
-    mesh: the state is placed on it with `state_shardings` (default: `create_mesh()`).
+    mesh: the state is placed on it with `state_shardings` (default: `create_mesh()`), its wide
+      leaves sharded when `config.parallel.fsdp_min_size` > 0.
     steps_per_epoch: updates per epoch (for the learning-rate schedule).
     num_classes: classes of the online linear probe; 0 disables it.
 
   Returns:
-    A `TrainState` at step 0, replicated over `mesh`.
+    A `TrainState` at step 0 on `mesh`.
   """
   mesh = create_mesh() if mesh is None else mesh
   model = models.create_model(config.model)
@@ -218,7 +214,8 @@ def create_train_state(
     )
 
   abstract = jax.eval_shape(init, rng)
-  return jax.jit(init, out_shardings=state_shardings(abstract, mesh))(rng)
+  shardings = state_shardings(abstract, mesh, fsdp_min_size=parallel.fsdp_min_size(config))
+  return jax.jit(init, out_shardings=shardings)(rng)
 
 
 def _probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -369,7 +366,7 @@ class _TracedStep:
       self.num_traces += 1
       return train_step(state, batch, monitor, config=config)
 
-    shardings = state_shardings(state, mesh)
+    shardings = state_shardings(state, mesh, fsdp_min_size=parallel.fsdp_min_size(config))
     self._fn = jax.jit(
       step,
       in_shardings=(shardings, batch_sharding(mesh), NamedSharding(mesh, P())),
@@ -428,6 +425,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.batch_size={batch} must be divisible by the {processes} processes of this run."
     )
   models.parse_projector_sizes(config.model.projector)
+  parallel.fsdp_min_size(config)
   models.backbone_features(config.model)  # Unknown backbone / stem / dtype: ValueError.
   device_augment.validate_config(config)
   config_validation.validate_numbers(config)  # Every numeric key: its range or its sentinel.
@@ -476,11 +474,18 @@ def _save(manager, state: TrainState, step: int) -> None:
   manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
 
 
-def restore_state(manager, state: TrainState, mesh: Mesh, step: int) -> TrainState:
-  """Restores checkpoint `step` into the structure and shardings of `state` (onto `mesh`)."""
+def restore_state(
+  manager, state: TrainState, mesh: Mesh, step: int, *, fsdp_min_size: int = 0
+) -> TrainState:
+  """Restores checkpoint `step` into the structure of `state`, laid out by `state_shardings`.
+
+  The checkpoint may come from another device count or another `fsdp_min_size`: orbax reads
+  each device's part of the whole saved arrays.
+  """
   import orbax.checkpoint as ocp
 
-  shardings = flax.serialization.to_state_dict(state_shardings(state, mesh))
+  shardings = state_shardings(state, mesh, fsdp_min_size=fsdp_min_size)
+  shardings = flax.serialization.to_state_dict(shardings)
   target = jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
     flax.serialization.to_state_dict(state),
@@ -497,10 +502,10 @@ def export_backbone(state: TrainState, config: ml_collections.ConfigDict, path: 
   """
   import orbax.checkpoint as ocp
 
-  variables = {
-    "params": state.params["backbone"],
-    "batch_stats": state.batch_stats.get("backbone", {}),
-  }
+  # Whole arrays (gathered when FSDP split them): the export loads on any device count.
+  variables = parallel.replicate(
+    {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
+  )
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.abspath(path), variables, force=True)
   checkpointer.wait_until_finished()
@@ -588,6 +593,7 @@ def _knn_monitor(state: TrainState, config: ml_collections.ConfigDict, mesh: Mes
   from barlow_jax import evaluate, input_pipeline
 
   variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}
+  variables = parallel.replicate(variables, mesh)
   replicated = NamedSharding(mesh, P())
 
   def represent(variables, batch):
@@ -630,7 +636,9 @@ def _final_evaluation(config, workdir: str, state: TrainState, *, seconds: float
     logging.warning("Final evaluation skipped: barlow_jax.evaluate is not importable (%s).", e)
     return None
   variables = jax.device_get(
-    {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
+    parallel.replicate(
+      {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
+    )
   )
   return evaluate.run_final_evaluation(
     config, workdir, variables, pretrain_seconds=seconds, pretrain_steps=steps
@@ -708,7 +716,9 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
   )
   if start_step:
     logging.info("Resuming from %s/checkpoints step %d.", workdir, start_step)
-    state = restore_state(manager, state, mesh, start_step)
+    state = restore_state(
+      manager, state, mesh, start_step, fsdp_min_size=parallel.fsdp_min_size(config)
+    )
     if int(state.step) != start_step:
       raise RuntimeError(f"checkpoint {start_step} holds step {int(state.step)}")
   _, schedules = optim.create_optimizer(config, steps_per_epoch)

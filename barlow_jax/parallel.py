@@ -1,0 +1,149 @@
+"""Where the train state lives on the devices: the mesh, and the FSDP rule for wide leaves.
+
+One `jax.jit` over a 1-D `Mesh` named `"data"` runs every step: the batch is split over the axis,
+and by default every leaf of the state is replicated. With `config.parallel.fsdp_min_size = N > 0`
+every parameter leaf with at least N elements, and the optimizer's copies of it (LARS momentum,
+Adam moments), is split over the same axis along its largest dimension divisible by the device
+count (fully sharded data parallel, FSDP): each device holds 1/devices of it. `jit` inserts the
+all-gather before a sharded kernel is used and reduce-scatters its gradient; the update runs on
+the shards. Nothing else changes: under `jit` every reduction is over the global array, so the
+LARS trust ratio `eta * |p| / |g|` and the logged `grad_norm` / `param_norm` use the norms of
+whole leaves, not of the local shards, and the numbers equal the replicated run's.
+
+The wide leaves are the projector's kernels (three [D, D]-ish matrices: 2.2 billion parameters at
+D = 32768); a threshold of 2**20 elements shards those and ResNet-50's largest convolutions
+([3, 3, 512, 512] = 2.4M) and leaves every bias, BatchNorm vector and small kernel replicated.
+
+Checkpoints hold whole arrays (orbax writes each shard into one array), so a sharded state can
+be restored onto another device count or unsharded: pass the target's shardings
+(`state_shardings` on the new mesh) to the restore.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def create_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named `"data"` over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def fsdp_min_size(config: ml_collections.ConfigDict) -> int:
+  """`config.parallel.fsdp_min_size`, checked: an integer >= 0 (0 = everything replicated).
+
+  Raises:
+    ValueError: a negative or non-integer value.
+  """
+  value = config.parallel.fsdp_min_size
+  if isinstance(value, bool) or int(value) != value or value < 0:
+    raise ValueError(
+      f"config.parallel.fsdp_min_size must be an integer >= 0 (0 = off, e.g. 1048576 to shard "
+      f"every leaf of at least 2**20 elements), got {value!r}."
+    )
+  return int(value)
+
+
+def fsdp_partition_spec(shape: Sequence[int], num_devices: int, min_size: int) -> P:
+  """The FSDP rule for one leaf of `shape` on `num_devices` devices.
+
+  Returns `P()` (replicated) when `min_size` is 0, the leaf has fewer than `min_size` elements,
+  there is one device, or no dimension is divisible by `num_devices`. Otherwise the spec that
+  splits the largest divisible dimension over `"data"` (the last of equal largest ones, as
+  big_vision's `fsdp` sharding rule does), e.g. `P(None, "data")` for an [8192, 8192] kernel.
+  """
+  shape = tuple(int(d) for d in shape)
+  if min_size <= 0 or num_devices <= 1 or math.prod(shape) < min_size:
+    return P()
+  order = sorted(range(len(shape)), key=lambda i: (shape[i], i), reverse=True)
+  for axis in order:
+    if shape[axis] % num_devices == 0:
+      spec: list[str | None] = [None] * len(shape)
+      spec[axis] = DATA_AXIS
+      return P(*spec)
+  return P()
+
+
+def param_shardings(params, mesh: Mesh, *, fsdp_min_size: int = 0):
+  """`NamedSharding`s of a parameter tree (arrays or `jax.ShapeDtypeStruct`s) by the FSDP rule."""
+  size = mesh.shape[DATA_AXIS]
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, fsdp_partition_spec(np.shape(x), size, fsdp_min_size)), params
+  )
+
+
+def optimizer_shardings(tx, opt_state, params_shardings, mesh: Mesh):
+  """Shardings of `tx`'s state: each copy of the parameter tree sharded like the parameters.
+
+  Counters and other non-parameter leaves are replicated. Uses `optax.tree_map_params`, so it
+  follows the structure `tx.init` builds (chains, masks, `multi_transform`).
+  """
+  replicated = NamedSharding(mesh, P())
+  return optax.tree_utils.tree_map_params(
+    tx,
+    lambda _, sharding: sharding,
+    opt_state,
+    params_shardings,
+    transform_non_params=lambda _: replicated,
+  )
+
+
+def state_shardings(state, mesh: Mesh, *, fsdp_min_size: int = 0):
+  """Shardings of a `train.TrainState` (or of its abstract shapes) on `mesh`.
+
+  `params` and `probe_params` follow `fsdp_partition_spec`, `opt_state` and `probe_opt_state`
+  follow their parameters, `step` and `batch_stats` are replicated. With `fsdp_min_size=0`
+  everything is replicated.
+
+  Returns:
+    A `TrainState` of the same structure whose leaves are `NamedSharding`s.
+  """
+  replicated = NamedSharding(mesh, P())
+  params = param_shardings(state.params, mesh, fsdp_min_size=fsdp_min_size)
+  probe_params = param_shardings(state.probe_params, mesh, fsdp_min_size=fsdp_min_size)
+  if state.probe_tx is not None:
+    probe_opt = optimizer_shardings(state.probe_tx, state.probe_opt_state, probe_params, mesh)
+  else:
+    probe_opt = jax.tree.map(lambda _: replicated, state.probe_opt_state)
+  return state.replace(
+    step=replicated,
+    params=params,
+    batch_stats=jax.tree.map(lambda _: replicated, state.batch_stats),
+    opt_state=optimizer_shardings(state.tx, state.opt_state, params, mesh),
+    probe_params=probe_params,
+    probe_opt_state=probe_opt,
+  )
+
+
+def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+  """`tree` with every sharded leaf gathered onto every device (replicated leaves unchanged).
+
+  For what needs whole arrays: the backbone export, evaluation, and `jax.device_get` in a
+  multi-process run (a sharded array is not addressable from one process). `mesh` defaults to
+  the mesh of the first sharded leaf.
+  """
+  sharded = [x for x in jax.tree.leaves(tree) if not x.sharding.is_fully_replicated]
+  if not sharded:
+    return tree
+  mesh = sharded[0].sharding.mesh if mesh is None else mesh
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(lambda t: t, out_shardings=jax.tree.map(lambda _: replicated, tree))(tree)
+
+
+def bytes_per_device(tree, shardings) -> int:
+  """Bytes one device holds of `tree` (arrays or shapes) laid out by `shardings` (same tree)."""
+  total = 0
+  for x, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
+    shard = sharding.shard_shape(tuple(np.shape(x)))
+    total += math.prod(shard) * np.dtype(x.dtype).itemsize
+  return total
