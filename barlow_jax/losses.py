@@ -342,6 +342,18 @@ def _validate_options(variant, method, lambd, eps, temperature, block_size) -> N
     raise ValueError(f"`block_size` must be a positive int or None, got {block_size!r}.")
 
 
+def batch_standardise(z, *, axis_name=None, eps: float = 1e-5) -> jax.Array:
+  """Each feature of z [N, D] at zero mean and unit variance over the batch, as C sees it.
+
+  `(z - mean) / sqrt(var + eps)` with the biased variance (two passes), in float32; under
+  `axis_name` the statistics are over the global batch. `cross_correlation(z_a, z_b)` is
+  `batch_standardise(z_a).T @ batch_standardise(z_b) / N`.
+  """
+  n_global, _ = _check_inputs("z", z, "z", z, axis_name)
+  _check_number("eps", eps, minimum=0.0, strict=False)
+  return _normalise(z, "barlow_twins", n_global, eps, axis_name)
+
+
 def cross_correlation(z_a, z_b, *, axis_name=None, eps: float = 1e-5) -> jax.Array:
   """The Barlow Twins cross-correlation matrix of two views.
 

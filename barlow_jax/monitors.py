@@ -1,0 +1,60 @@
+"""Summaries of the cross-correlation matrix C for logging, without holding C whole.
+
+C is [D, D]: 16 GiB in float32 at D = 65536, replicated on every device under a batch-sharded
+`jit`. The training step only logs its diagonal, the mean |off-diagonal| and two 64 x 64
+pictures, so `correlation_summary` computes C a slab of D/64 rows at a time (256 MiB at
+D = 65536) and keeps only those reductions.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from barlow_jax import losses
+
+
+def correlation_summary(z_a, z_b, *, eps: float, heatmap_size: int = 64) -> dict[str, jax.Array]:
+  """The logged statistics of C = cross_correlation(z_a, z_b), one row slab at a time.
+
+  Args:
+    z_a, z_b: [N, D] embeddings of the two views (any float dtype), N the global batch.
+    eps: the loss's BatchNorm epsilon (`losses.cross_correlation`).
+    heatmap_size: side K of the pictures (K = min(heatmap_size, D)).
+
+  Returns:
+    float32 `diag` [D] (C's diagonal), `offdiag_abs_mean` (mean |C_ij| over i != j),
+    `heatmap_first` [K, K] (C[:K, :K] exactly) and `heatmap_block_rms` [K, K] (the root mean
+    square of each (D // K)^2 tile of C[:K * (D // K), :K * (D // K)]: a block mean would wash
+    the diagonal out, one 1 among D / K near-zeros per tile row).
+  """
+  d = z_a.shape[1]
+  k = min(heatmap_size, d)
+  b = d // k
+
+  n = z_a.shape[0]
+  a = losses.batch_standardise(z_a, eps=eps)
+  b_all = losses.batch_standardise(z_b, eps=eps)
+
+  def slab(start, size):  # Rows [start, start + size) of C: [size, D].
+    rows = lax.dynamic_slice_in_dim(a, start, size, 1)
+    return jnp.einsum("nd,ne->de", rows, b_all, precision=lax.Precision.HIGHEST) / n
+
+  def tile_row(i):
+    c = slab(i * b, b)
+    diag = jnp.diagonal(lax.dynamic_slice_in_dim(c, i * b, b, 1))
+    tiles = jnp.sum(jnp.square(c[:, : k * b].reshape(b, k, b)), axis=(0, 2))
+    return diag, jnp.sum(jnp.abs(c)), tiles
+
+  diags, abs_sums, tiles = lax.map(tile_row, jnp.arange(k))
+  diag, abs_sum = diags.reshape(-1), jnp.sum(abs_sums)
+  if k * b < d:  # The rows left over when K does not divide D.
+    rest = slab(k * b, d - k * b)
+    diag = jnp.concatenate([diag, jnp.diagonal(rest[:, k * b :])])
+    abs_sum = abs_sum + jnp.sum(jnp.abs(rest))
+  offdiag = (abs_sum - jnp.sum(jnp.abs(diag))) / float(max(d * d - d, 1))
+  return {
+    "diag": diag,
+    "offdiag_abs_mean": offdiag,
+    "heatmap_first": slab(0, k)[:, :k],
+    "heatmap_block_rms": jnp.sqrt(tiles / float(b * b)),
+  }
