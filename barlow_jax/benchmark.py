@@ -4,6 +4,7 @@
     python -m barlow_jax.benchmark step  [--help]   # full training step, images/s
     python -m barlow_jax.benchmark input [--help]   # two-view input pipeline, images/s
     python -m barlow_jax.benchmark suite [--help]   # accelerator suite: step, PyTorch peer, loss
+    python -m barlow_jax.benchmark memory [--help]  # per-device memory for N devices, compile only
 
 Each prints a table and writes JSON (see its --help). Times are medians over repeats.
 """
@@ -11,7 +12,7 @@ Each prints a table and writes JSON (see its --help). Times are medians over rep
 import importlib
 import sys
 
-_BENCHMARKS = ("loss", "step", "input", "suite")
+_BENCHMARKS = ("loss", "step", "input", "suite", "memory")
 
 
 def main(argv: list[str]) -> int:

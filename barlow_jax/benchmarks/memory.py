@@ -1,0 +1,277 @@
+r"""Per-device memory of the training step for N devices, from XLA's analysis: compile only.
+
+    python -m barlow_jax.benchmark memory --backbone=ResNet50 --projector=32768-32768-32768 \
+        --batch=2048 --devices=8 [--fsdp_min_size=1048576]
+
+Answers "does it fit?" before a pod is rented. The step is the one `barlow_jax.train` runs (both
+views through backbone and projector, the loss, the backward pass, the optimizer update, the
+online probe) for the chosen device count, global batch and `config.parallel.fsdp_min_size`. It
+is lowered from abstract shapes (`jax.ShapeDtypeStruct`s carrying their shardings) and compiled;
+nothing is allocated, so a 65536-wide projector "on" 256 devices compiles on a laptop.
+
+By default the N devices are emulated CPU devices (a subprocess with
+`--xla_force_host_platform_device_count=N`); `--native` compiles for this machine's own
+accelerators instead (it must have N). Columns, per device:
+
+- parameters, optimizer state: exact, from the shapes and the shardings (what one device holds);
+- other inputs: BatchNorm statistics, the online probe, the step counter and the batch shard;
+- activations + temporaries: XLA's temp buffers for the whole step (the activations kept for
+  the backward pass, the all-gathered kernels under FSDP, gradients before the update, ...);
+  XLA's buffer assignment reports them as one figure;
+- total = arguments + outputs - donated (aliased) outputs + temporaries.
+
+The CPU compiler's temporaries are an estimate of a TPU's or GPU's: their compilers fuse and lay
+out differently (the parameter and optimizer figures are exact on every platform).
+"""
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+
+from barlow_jax import benchmarks
+
+# Accelerator memories the table is read against (bytes).
+TARGETS = {
+  "v3 16 GiB": 16 * 2**30,
+  "v4 32 GiB": 32 * 2**30,
+  "H100 80 GB": 80 * 10**9,
+  "H200 141 GB": 141 * 10**9,
+}
+_CHILD = "BARLOW_JAX_MEMORY_CHILD"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+    prog="python -m barlow_jax.benchmark memory",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument("--backbone", default="ResNet50")
+  parser.add_argument("--projector", default="8192-8192-8192")
+  parser.add_argument("--batch", type=int, default=2048, help="global batch (examples)")
+  parser.add_argument("--devices", type=int, default=8, help="device count to compile for")
+  parser.add_argument(
+    "--fsdp_min_size", type=int, default=0, help="config.parallel.fsdp_min_size (0: replicated)"
+  )
+  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  parser.add_argument("--optimizer", default="lars", choices=("lars", "sgd", "adamw", "lamb"))
+  parser.add_argument("--loss_method", default="auto", help="config.loss.method")
+  parser.add_argument(
+    "--num_classes", type=int, default=1000, help="online probe classes (0: no probe)"
+  )
+  parser.add_argument(
+    "--native", action="store_true", help="compile for this machine's devices, not emulated CPUs"
+  )
+  parser.add_argument("--out", default="", help="JSON output path ('' = print only)")
+  args = parser.parse_args(argv[1:])
+  if args.batch < 1 or args.devices < 1 or args.image_size < 8 or args.fsdp_min_size < 0:
+    parser.error("--batch >= 1, --devices >= 1, --image_size >= 8 and --fsdp_min_size >= 0")
+  if args.batch % args.devices:
+    parser.error(f"--batch={args.batch} must be divisible by --devices={args.devices}")
+  return args
+
+
+def config_for(args):
+  """The run config of the measured step (ImageNet reference values plus the flags)."""
+  from barlow_jax.config import base_config
+
+  config = base_config()
+  config.dataset.image_size = args.image_size
+  config.model.backbone = args.backbone
+  config.model.projector = args.projector
+  config.model.dtype = args.dtype
+  config.loss.method = args.loss_method
+  config.optim.name = args.optimizer
+  config.batch_size = args.batch
+  config.parallel.fsdp_min_size = args.fsdp_min_size
+  config.online_probe = args.num_classes > 0
+  return config
+
+
+def _abstract(tree, shardings):
+  import jax
+
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
+
+
+def step_memory(config, mesh, *, num_classes: int, steps_per_epoch: int = 1) -> dict:
+  """Per-device bytes of `config`'s training step on `mesh`, compiled from abstract shapes.
+
+  Args:
+    config: run config (`config.batch_size` global examples of `config.dataset.image_size` px,
+      `config.parallel.fsdp_min_size`).
+    mesh: the mesh to compile for (`parallel.create_mesh()`).
+    num_classes: online probe classes (0: none).
+    steps_per_epoch: for the schedule only (no effect on memory).
+
+  Returns:
+    `params_bytes`, `opt_state_bytes` (exact, from the shardings), `other_inputs_bytes`,
+    `temp_bytes`, `argument_bytes`, `output_bytes`, `alias_bytes`, `total_bytes` (XLA's
+    `memory_analysis()` of the compiled step), `num_params`, `num_projector_params`,
+    `lower_seconds`, `compile_seconds`.
+  """
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from barlow_jax import parallel, train
+
+  t0 = time.perf_counter()
+  min_size = parallel.fsdp_min_size(config)
+  init = functools.partial(
+    train.create_train_state,
+    config,
+    mesh=mesh,
+    steps_per_epoch=steps_per_epoch,
+    num_classes=num_classes,
+  )
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  shardings = train.state_shardings(shapes, mesh, fsdp_min_size=min_size)
+  state = _abstract(shapes, shardings)
+  batch_sharding = train.batch_sharding(mesh)
+  size = int(config.dataset.image_size)
+  view = jax.ShapeDtypeStruct(
+    (int(config.batch_size), size, size, 3), jnp.float32, sharding=batch_sharding
+  )
+  batch = {"view_a": view, "view_b": view}
+  if num_classes:
+    batch["label"] = jax.ShapeDtypeStruct(
+      (int(config.batch_size),), jnp.int32, sharding=batch_sharding
+    )
+  replicated = NamedSharding(mesh, P())
+  step = jax.jit(
+    functools.partial(train.train_step, config=config),
+    in_shardings=(shardings, batch_sharding, replicated),
+    out_shardings=(shardings, replicated),
+    donate_argnums=(0,),
+  )
+  lowered = step.lower(state, batch, np.bool_(False))
+  lower_seconds = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  analysis = lowered.compile().memory_analysis()
+  compile_seconds = time.perf_counter() - t0
+
+  params = parallel.bytes_per_device(shapes.params, shardings.params)
+  opt_state = parallel.bytes_per_device(shapes.opt_state, shardings.opt_state)
+  arguments = int(analysis.argument_size_in_bytes)
+  outputs, aliased = int(analysis.output_size_in_bytes), int(analysis.alias_size_in_bytes)
+  temp = int(analysis.temp_size_in_bytes)
+  count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+  return {
+    "num_params": count(shapes.params),
+    "num_projector_params": count(shapes.params["projector"]),
+    "params_bytes": params,
+    "opt_state_bytes": opt_state,
+    "other_inputs_bytes": arguments - params - opt_state,
+    "temp_bytes": temp,
+    "argument_bytes": arguments,
+    "output_bytes": outputs,
+    "alias_bytes": aliased,
+    "total_bytes": arguments + outputs - aliased + temp,
+    "lower_seconds": lower_seconds,
+    "compile_seconds": compile_seconds,
+  }
+
+
+def run(args) -> dict:
+  """Compiles the step for `args.devices` devices; returns the per-device figures (bytes)."""
+  import jax
+
+  from barlow_jax import parallel, train
+
+  if jax.device_count() != args.devices:
+    raise ValueError(
+      f"--devices={args.devices} but this process has {jax.device_count()} devices; drop "
+      "--native to compile for emulated CPU devices."
+    )
+  config = config_for(args)
+  train.validate_config(config)
+  # The ImageNet epoch only sets the schedule's length.
+  steps_per_epoch = max(1_281_167 // args.batch, 1)
+  result = {
+    "backbone": args.backbone,
+    "projector": args.projector,
+    "batch": args.batch,
+    "image_size": args.image_size,
+    "dtype": args.dtype,
+    "optimizer": args.optimizer,
+    "devices": args.devices,
+    "platform": jax.devices()[0].platform,
+    "device_kind": jax.devices()[0].device_kind,
+    "jax_version": jax.__version__,
+    "fsdp_min_size": args.fsdp_min_size,
+  }
+  result.update(
+    step_memory(
+      config,
+      parallel.create_mesh(),
+      num_classes=args.num_classes,
+      steps_per_epoch=steps_per_epoch,
+    )
+  )
+  result["fits"] = [name for name, size in TARGETS.items() if result["total_bytes"] <= size]
+  return result
+
+
+def _emulated(argv: list[str], devices: int) -> int:
+  """Reruns this benchmark in a child process that sees `devices` CPU devices."""
+  env = dict(os.environ)
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+  env["JAX_PLATFORMS"] = "cpu"
+  env["CUDA_VISIBLE_DEVICES"] = ""
+  env[_CHILD] = "1"
+  command = [sys.executable, "-m", "barlow_jax.benchmarks.memory", *argv[1:], "--native"]
+  return subprocess.run(command, env=env, check=False).returncode
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2**30:.2f} GiB"
+
+
+def _table(r: dict) -> str:
+  fsdp = f"FSDP, leaves >= {r['fsdp_min_size']:,}" if r["fsdp_min_size"] else "replicated"
+  rows = [
+    ("model", f"{r['backbone']} + {r['projector']} ({r['num_params'] / 1e9:.2f} B parameters)"),
+    ("global batch / image / dtype", f"{r['batch']} / {r['image_size']} px / {r['dtype']}"),
+    ("devices", f"{r['devices']} x {r['device_kind']} ({r['platform']}), {fsdp}"),
+    ("parameters / device", _gib(r["params_bytes"])),
+    (f"optimizer state ({r['optimizer']}) / device", _gib(r["opt_state_bytes"])),
+    ("other inputs (BN stats, probe, batch)", _gib(r["other_inputs_bytes"])),
+    ("activations + temporaries", _gib(r["temp_bytes"])),
+    ("total / device", _gib(r["total_bytes"])),
+    ("fits", ", ".join(r["fits"]) or "none of " + ", ".join(TARGETS)),
+    ("lower + compile", f"{r['lower_seconds']:.0f} s + {r['compile_seconds']:.0f} s"),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str]) -> int:
+  args = _parse(argv)
+  if not args.native and not os.environ.get(_CHILD):
+    return _emulated(argv, args.devices)
+  result = run(args)
+  print(_table(result))
+  if args.out:
+    benchmarks.write_json(result, args.out)
+    print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(["memory", *sys.argv[1:]]))
