@@ -50,7 +50,15 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import config_validation, device_augment, losses, models, optim, parallel
+from barlow_jax import (
+  config_validation,
+  device_augment,
+  losses,
+  models,
+  monitors,
+  optim,
+  parallel,
+)
 
 # Side of the C heatmaps written to TensorBoard.
 HEATMAP_SIZE = 64
@@ -236,36 +244,20 @@ def effective_rank(x: jax.Array) -> jax.Array:
   return jnp.exp(entropy)
 
 
-def _heatmaps(c: jax.Array) -> dict[str, jax.Array]:
-  """Two HEATMAP_SIZE^2 pictures of C [D, D]: its first features exactly, and block RMS.
-
-  A block mean would wash the diagonal out (one 1 among D/64 near-zeros per row of a block), so
-  the whole-matrix view is the root-mean-square of each block instead.
-  """
-  d = c.shape[0]
-  k = min(HEATMAP_SIZE, d)
-  b = d // k
-  blocks = c[: k * b, : k * b].reshape(k, b, k, b)
-  return {
-    "first": c[:k, :k],
-    "block_rms": jnp.sqrt(jnp.mean(jnp.square(blocks), axis=(1, 3))),
-  }
-
-
 def _monitors(config, representation, z_a, z_b) -> dict[str, jax.Array]:
   z_a = z_a.astype(jnp.float32)
-  c = losses.cross_correlation(z_a, z_b.astype(jnp.float32), eps=float(config.loss.eps))
-  d = c.shape[0]
-  diag = jnp.diagonal(c)
-  offdiag_abs = (jnp.sum(jnp.abs(c)) - jnp.sum(jnp.abs(diag))) / max(d * d - d, 1)
-  out = {
+  # C a slab at a time: whole, it is 16 GiB per device at D = 65536.
+  summary = monitors.correlation_summary(
+    z_a, z_b.astype(jnp.float32), eps=float(config.loss.eps), heatmap_size=HEATMAP_SIZE
+  )
+  return {
     "embedding_std": jnp.mean(jnp.std(z_a, axis=0)),
-    "corr_diag_mean": jnp.mean(diag),
-    "corr_offdiag_abs_mean": offdiag_abs,
+    "corr_diag_mean": jnp.mean(summary["diag"]),
+    "corr_offdiag_abs_mean": summary["offdiag_abs_mean"],
     "representation_rank": effective_rank(representation),
+    "heatmap_first": summary["heatmap_first"],
+    "heatmap_block_rms": summary["heatmap_block_rms"],
   }
-  out.update({f"heatmap_{k}": v for k, v in _heatmaps(c).items()})
-  return out
 
 
 def train_step(
