@@ -843,7 +843,7 @@ def _backbone_from_checkpoint(
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise ValueError(f"{workdir} has checkpoints/ but no config.json: not a pretraining workdir")
-  from barlow_jax import convert
+  from barlow_jax import convert, parallel
 
   with open(config_path) as f:
     # Keys added to config.model after the run was written take their defaults.
@@ -861,6 +861,8 @@ def _backbone_from_checkpoint(
     "params": tree["params"]["backbone"],
     "batch_stats": tree.get("batch_stats", {}).get("backbone", {}),
   }
+  # Whole arrays: a run with config.parallel.fsdp_min_size saved some leaves split over devices.
+  variables = parallel.replicate(variables)
   return create_backbone(model_config), variables, model_config
 
 
