@@ -120,9 +120,6 @@ def step_memory(config, mesh, *, num_classes: int, steps_per_epoch: int = 1) -> 
 
   import jax
   import jax.numpy as jnp
-  import numpy as np
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
 
   from barlow_jax import parallel, train
 
@@ -148,14 +145,7 @@ def step_memory(config, mesh, *, num_classes: int, steps_per_epoch: int = 1) -> 
     batch["label"] = jax.ShapeDtypeStruct(
       (int(config.batch_size),), jnp.int32, sharding=batch_sharding
     )
-  replicated = NamedSharding(mesh, P())
-  step = jax.jit(
-    functools.partial(train.train_step, config=config),
-    in_shardings=(shardings, batch_sharding, replicated),
-    out_shardings=(shardings, replicated),
-    donate_argnums=(0,),
-  )
-  lowered = step.lower(state, batch, np.bool_(False))
+  lowered = train.jit_train_step(config, mesh, state).lower(state, batch)
   lower_seconds = time.perf_counter() - t0
   t0 = time.perf_counter()
   analysis = lowered.compile().memory_analysis()
