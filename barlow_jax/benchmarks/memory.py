@@ -59,6 +59,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
   parser.add_argument("--optimizer", default="lars", choices=("lars", "sgd", "adamw", "lamb"))
+  parser.add_argument(
+    "--views_dtype",
+    default="uint8",
+    choices=("uint8", "float32"),
+    help="the batch's views: uint8 crops (the input pipeline's) or host-normalised float32",
+  )
   parser.add_argument("--loss_method", default="auto", help="config.loss.method")
   parser.add_argument(
     "--num_classes", type=int, default=1000, help="online probe classes (0: no probe)"
@@ -100,7 +106,9 @@ def _abstract(tree, shardings):
   )
 
 
-def step_memory(config, mesh, *, num_classes: int, steps_per_epoch: int = 1) -> dict:
+def step_memory(
+  config, mesh, *, num_classes: int, steps_per_epoch: int = 1, views_dtype: str = "uint8"
+) -> dict:
   """Per-device bytes of `config`'s training step on `mesh`, compiled from abstract shapes.
 
   Args:
@@ -108,6 +116,7 @@ def step_memory(config, mesh, *, num_classes: int, steps_per_epoch: int = 1) -> 
       `config.parallel.fsdp_min_size`).
     mesh: the mesh to compile for (`parallel.create_mesh()`).
     num_classes: online probe classes (0: none).
+    views_dtype: dtype of the batch's two views ("uint8" crops, normalised inside the step).
     steps_per_epoch: for the schedule only (no effect on memory).
 
   Returns:
@@ -138,7 +147,7 @@ def step_memory(config, mesh, *, num_classes: int, steps_per_epoch: int = 1) -> 
   batch_sharding = train.batch_sharding(mesh)
   size = int(config.dataset.image_size)
   view = jax.ShapeDtypeStruct(
-    (int(config.batch_size), size, size, 3), jnp.float32, sharding=batch_sharding
+    (int(config.batch_size), size, size, 3), jnp.dtype(views_dtype), sharding=batch_sharding
   )
   batch = {"view_a": view, "view_b": view}
   if num_classes:
@@ -200,6 +209,7 @@ def run(args) -> dict:
     "device_kind": jax.devices()[0].device_kind,
     "jax_version": jax.__version__,
     "fsdp_min_size": args.fsdp_min_size,
+    "views_dtype": args.views_dtype,
   }
   result.update(
     step_memory(
@@ -207,6 +217,7 @@ def run(args) -> dict:
       parallel.create_mesh(),
       num_classes=args.num_classes,
       steps_per_epoch=steps_per_epoch,
+      views_dtype=args.views_dtype,
     )
   )
   result["fits"] = [name for name, size in TARGETS.items() if result["total_bytes"] <= size]
