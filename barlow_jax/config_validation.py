@@ -152,6 +152,7 @@ NUMERIC_KEYS: Mapping[str, Rule] = {
     low_open=True,
     note=" (1.0 = the true gradient; 1/W reproduces the reference's W-GPU run)",
   ),
+  "parallel.fsdp_min_size": Rule(low=0, integer=True, hint="0 = off: every leaf replicated"),
   "batch_size": _COUNT,
   "num_epochs": _NON_NEGATIVE,  # 0 epochs without num_train_steps: optim.total_train_steps.
   "num_train_steps": Rule(

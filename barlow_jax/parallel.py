@@ -30,6 +30,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from barlow_jax import config_validation
+
 DATA_AXIS = "data"
 
 
@@ -43,14 +45,11 @@ def fsdp_min_size(config: ml_collections.ConfigDict) -> int:
   """`config.parallel.fsdp_min_size`, checked: an integer >= 0 (0 = everything replicated).
 
   Raises:
-    ValueError: a negative or non-integer value.
+    ValueError: a negative or non-integer value (`config_validation`'s message).
   """
   value = config.parallel.fsdp_min_size
-  if isinstance(value, bool) or int(value) != value or value < 0:
-    raise ValueError(
-      f"config.parallel.fsdp_min_size must be an integer >= 0 (0 = off, e.g. 1048576 to shard "
-      f"every leaf of at least 2**20 elements), got {value!r}."
-    )
+  if not config_validation.NUMERIC_KEYS["parallel.fsdp_min_size"].accepts(value):
+    raise ValueError(config_validation.error_message("parallel.fsdp_min_size", value))
   return int(value)
 
 
