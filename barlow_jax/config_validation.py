@@ -29,6 +29,7 @@ class Rule:
     sentinel: a value outside the range that is accepted anyway, with its meaning `sentinel_means`.
     hint: said after the range in the error ("0 = off").
     length: the key holds a tuple of this many numbers (each checked); `ordered`: (min, max).
+    any_length: the key holds a non-empty tuple of any length (each number checked).
     label, note: text after the key's name / after the value in the error.
   """
 
@@ -41,6 +42,7 @@ class Rule:
   sentinel_means: str = ""
   hint: str = ""
   length: int | None = None
+  any_length: bool = False
   ordered: bool = False
   label: str = ""
   note: str = ""
@@ -59,6 +61,8 @@ class Rule:
       text += f" ({self.hint})"
     if self.sentinel is not None:
       text = f"{self.sentinel} ({self.sentinel_means}) or {text}"
+    if self.any_length:
+      text = f"a non-empty sequence of numbers, each {text}"
     if self.length is not None:
       what = "(min, max) pair" if self.ordered and self.length == 2 else f"{self.length} numbers"
       text = f"a {what}, each {text}" + (" and min <= max" if self.ordered else "")
@@ -76,6 +80,9 @@ class Rule:
     return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
   def accepts(self, value: Any) -> bool:
+    if self.any_length:
+      ok = isinstance(value, tuple | list) and len(value) > 0
+      return ok and all(self.accepts_number(v) for v in value)
     if self.length is None:
       return self.accepts_number(value)
     if not isinstance(value, tuple | list) or len(value) != self.length:
@@ -185,6 +192,12 @@ NUMERIC_KEYS: Mapping[str, Rule] = {
   "eval.semisup_lr_backbone": _NON_NEGATIVE,
   "eval.semisup_lr_head": _POSITIVE,
   "eval.semisup_weight_decay": _NON_NEGATIVE,
+  "transfer.batch_size": _COUNT,
+  "transfer.svm_costs": Rule(low=0, low_open=True, any_length=True),
+  "transfer.svm_folds": Rule(low=2, integer=True, hint="k-fold cross-validation"),
+  "transfer.svm_positive_weight": _POSITIVE,
+  "transfer.svm_max_iter": _COUNT,
+  "transfer.svm_jobs": Rule(low=1, integer=True, sentinel=-1, sentinel_means="all cores"),
 }
 
 

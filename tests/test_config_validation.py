@@ -74,6 +74,8 @@ def _number_invalid(rule):
 
 
 def _invalid(rule, default):
+  if rule.any_length:
+    return [()] + [(v,) + tuple(default[1:]) for v in _number_invalid(rule)]
   if rule.length is None:
     return _number_invalid(rule)
   out = [tuple(default) + (default[-1],)]  # One entry too many.
