@@ -20,18 +20,23 @@ Per view, in this order (`augment_view`):
   8. additive Gaussian noise of std `noise_std` (an extra op, 0 by default), clipped to [0, 1],
   9. normalisation by `mean` / `std`.
 
-Blur kernel size: the kernel is sized from the largest sigma of the range, radius
-ceil(3 * sigma_max) (13 taps at the default sigma_max = 2), capped at S - 1 for small images
-so reflect padding stays valid. BYOL uses a fixed 23-tap kernel at 224 px (~10% of the image);
-the Gaussian's weight beyond 3 sigma is below 0.3%, so the two agree to that; kernel weights
-are renormalised to sum to 1, so a constant image is left unchanged. Borders are reflected
-(torchvision `GaussianBlur` uses reflect padding too).
+Pixels as the reference's PIL pipeline makes them (torchvision transforms on PIL images):
+  - Every resize antialiases when it downscales, as PIL's do (`resize_image`: the resample
+    kernel widened by the scale factor; without it a 400 px image resized to 224 aliases, e.g.
+    a 2.2 px grating keeps 25x PIL's contrast). The crop resize is
+    `crop_method` (bicubic, the reference's RandomResizedCrop); the evaluation resize is
+    `config.dataset.eval_interpolation` (bilinear, the default of torchvision's `Resize(256)`),
+    with torchvision's output size (short side = resize, long side truncated) and centre crop.
+  - The blur is PIL's `GaussianBlur(radius=sigma)`: three extended box filters per direction
+    composed into one kernel of variance sigma^2 (`barlow_jax.blur`), edge pixels extended.
 """
 
 import math
 from collections.abc import Sequence
 
 import tensorflow as tf
+
+from barlow_jax import blur as blur_lib
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L") and torchvision use.
 NUM_CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 boxes before the fallback.
@@ -118,9 +123,29 @@ def crop_window(height, width, seed, *, area: Sequence[float], aspect: Sequence[
   return tf.where(tf.reduce_any(fits), chosen, fallback)
 
 
+RESIZE_METHODS = ("bilinear", "bicubic")  # PIL's BILINEAR / BICUBIC, antialiased like PIL's.
+
+
+def check_resize_method(method: str, key: str) -> str:
+  """`method` if it is one of `RESIZE_METHODS`, else a ValueError naming the config `key`."""
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"{key}={method!r}: use one of {RESIZE_METHODS}.")
+  return method
+
+
+def resize_image(image: tf.Tensor, size, method: str) -> tf.Tensor:
+  """PIL-like resize of float32 [..., H, W, 3] in [0, 1] to `size` ([h, w]), clipped to [0, 1].
+
+  Antialiased (the kernel widens by the downscale factor, as PIL's resample filters do; a no-op
+  when upscaling). Bicubic overshoots, hence the clip.
+  """
+  method = check_resize_method(method, "resize method")
+  out = tf.image.resize(image, size, method=method, antialias=True)
+  return tf.clip_by_value(out, 0.0, 1.0)
+
+
 def _resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
-  out = tf.image.resize(image, [size, size], method=method)
-  return tf.clip_by_value(out, 0.0, 1.0)  # Bicubic overshoots.
+  return resize_image(image, [size, size], method)
 
 
 def random_resized_crop(
@@ -171,13 +196,46 @@ def decode_and_random_resized_crop(
   return _resize(to_float(crop), size, method)
 
 
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-  """Any JPEG / PNG / GIF / BMP bytes -> float32 [H, W, 3] in [0, 1].
+def decode_image_uint8(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Any format TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) -> uint8 [H, W, 3].
 
-  Grayscale is replicated to RGB, the alpha channel of RGBA / grayscale+alpha is dropped, 16-bit
-  PNGs are scaled by 65535, an animated GIF gives its first frame.
+  The one decoder of non-JPEG training images and of the folder check (WebP decodes only to
+  uint8). Grayscale is replicated to RGB, alpha dropped, 16-bit PNGs rounded to 8 bits (as PIL's
+  convert("RGB")), an animated GIF gives its first frame.
   """
-  image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.float32, expand_animations=False)
+  image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def decode_whole(image_bytes: tf.Tensor) -> tf.Tensor:
+  """uint8 [H, W, 3] through the decoders training uses: what this decodes, training decodes.
+
+  JPEGs through libjpeg's crop decoder (the fused crop's, here over the whole image), every
+  other format through `decode_image_uint8`. The folder start-up check runs this on every file.
+  """
+
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(image_bytes)
+    window = tf.stack([0, 0, shape[0], shape[1]])
+    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: decode_image_uint8(image_bytes))
+  image.set_shape([None, None, 3])
+  return image
+
+
+def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Any JPEG / PNG / GIF / BMP / WebP bytes -> float32 [H, W, 3] in [0, 1].
+
+  As `decode_image_uint8`, except that 16-bit PNGs keep their precision (scaled by 65535).
+  """
+  is_png = tf.equal(tf.strings.substr(image_bytes, 0, 4), b"\x89PNG")
+
+  def png():
+    return to_float(tf.io.decode_png(image_bytes, channels=3, dtype=tf.uint16))
+
+  image = tf.cond(is_png, png, lambda: to_float(decode_image_uint8(image_bytes)))
   image.set_shape([None, None, 3])
   return image
 
@@ -269,28 +327,29 @@ def color_jitter(
   return image
 
 
-def blur_radius(sigma_max: float, size: int) -> int:
-  """Half-width of the blur kernel: ceil(3 * sigma_max), capped at size - 1 (see module doc)."""
-  return int(max(1, min(math.ceil(3.0 * sigma_max), size - 1)))
+def blur_radius(sigma_max: float, size: int | None = None) -> int:
+  """Half-width of the blur kernel: that of PIL's kernel at sigma_max (`blur.kernel_radius`).
+
+  6 at the default sigma_max = 2. Edges are extended, so any image size works (`size` is unused,
+  kept for callers of the earlier signature).
+  """
+  del size
+  return blur_lib.kernel_radius(sigma_max)
 
 
 def gaussian_blur(image: tf.Tensor, sigma, *, radius: int) -> tf.Tensor:
-  """Separable Gaussian blur with reflect padding; kernel weights sum to 1.
+  """PIL's `GaussianBlur(radius=sigma)` (`barlow_jax.blur`): weights sum to 1, variance sigma^2.
 
   Args:
-    image: float32 [H, W, 3] with H, W > radius.
-    sigma: scalar standard deviation in pixels (> 0).
-    radius: static half-width; the kernel has 2 * radius + 1 taps.
+    image: float32 [H, W, 3], or [B, H, W, 3] with one sigma per image.
+    sigma: scalar (or [B]) standard deviation in pixels (> 0).
+    radius: static half-width of the kernel, >= `blur_radius(max sigma)`.
   """
-  x = tf.range(-radius, radius + 1, dtype=tf.float32)
-  kernel = tf.exp(-0.5 * tf.square(x / tf.cast(sigma, tf.float32)))
-  kernel = kernel / tf.reduce_sum(kernel)
-  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
-  k_v = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
-  k_h = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
-  out = tf.nn.depthwise_conv2d(padded, k_v, strides=[1, 1, 1, 1], padding="VALID")
-  out = tf.nn.depthwise_conv2d(out, k_h, strides=[1, 1, 1, 1], padding="VALID")
-  return out[0]
+  image = tf.convert_to_tensor(image, tf.float32)
+  if image.shape.rank == 3:
+    kernel = blur_lib.pil_gaussian_kernel(tf.reshape(sigma, [1]), radius)
+    return blur_lib.blur_batch(image[None], kernel)[0]
+  return blur_lib.blur_batch(image, blur_lib.pil_gaussian_kernel(sigma, radius))
 
 
 def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
@@ -372,9 +431,7 @@ def augment_cropped(image: tf.Tensor, seed, view, *, return_applied: bool = Fals
     lo, hi = (float(s) for s in view.blur_sigma)
     if not 0 < lo <= hi:
       raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {(lo, hi)}.")
-    if None in image.shape[:2]:
-      raise ValueError("augment_cropped needs a statically shaped [S, S, 3] image (blur radius).")
-    radius = blur_radius(hi, min(image.shape[:2]))
+    radius = blur_radius(hi)
     sigma = lo + (hi - lo) * tf.random.stateless_uniform([], seed=seeds[_BLUR])
     image = maybe("blur", lambda x: gaussian_blur(x, sigma, radius=radius), image)
   threshold = float(view.solarize_threshold)
@@ -401,7 +458,7 @@ def crop_view(image, seed, view, *, size: int, is_jpeg_bytes: bool = False) -> t
     size=size,
     area=tuple(float(a) for a in view.crop_area),
     aspect=tuple(float(a) for a in view.crop_aspect),
-    method=str(view.crop_method),
+    method=check_resize_method(str(view.crop_method), "config.augment.view_*.crop_method"),
   )
   if is_jpeg_bytes:
     return decode_and_random_resized_crop(image, crop_seed(seed), **kwargs)
@@ -428,28 +485,36 @@ def augment_view(image, seed, view, *, size: int, mean, std, return_applied: boo
   return normalize(out, mean, std)
 
 
-def eval_resize_crop(image: tf.Tensor, *, size: int, resize: int | None) -> tf.Tensor:
-  """Evaluation preprocessing: float32 [H, W, 3] in [0, 1] -> [size, size, 3].
+def eval_resize_crop(
+  image: tf.Tensor, *, size: int, resize: int | None, method: str = "bilinear"
+) -> tf.Tensor:
+  """Evaluation preprocessing: [H, W, 3] uint8 or float in [0, 1] -> float32 [size, size, 3].
 
-  With `resize`, the short side is resized to `resize` (bicubic) and the centre `size` x `size`
-  is cropped (ImageNet: 256 then 224). Without, the image is resized straight to size x size
-  (bilinear; a no-op for images already that size).
+  With `resize`, torchvision's `Resize(resize)` then `CenterCrop(size)` (ImageNet: 256 then 224):
+  the short side becomes `resize`, the long side int(resize * long / short) (truncated, as
+  torchvision), then the centre crop at offsets round((side - size) / 2) (half to even, as
+  Python's round). Without, the image is resized straight to size x size (a no-op for images
+  already that size). Resizes antialias like PIL's (`resize_image`); `method` is
+  `config.dataset.eval_interpolation` (the reference's bilinear by default).
   """
   image = to_float(image)
+  check_resize_method(method, "config.dataset.eval_interpolation")
   if resize is not None and resize < size:
     raise ValueError(f"eval resize ({resize}) must be >= the crop size ({size}).")
+  shape = tf.shape(image)
   if resize is None:
-    shape = tf.shape(image)
     same = (shape[0] == size) & (shape[1] == size)
     return tf.cond(
       same,
       lambda: tf.ensure_shape(image, [size, size, 3]),
-      lambda: tf.clip_by_value(tf.image.resize(image, [size, size], "bilinear"), 0.0, 1.0),
+      lambda: resize_image(image, [size, size], method),
     )
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = resize / tf.reduce_min(shape)
-  new_hw = tf.cast(tf.round(shape * scale), tf.int32)
-  image = tf.clip_by_value(tf.image.resize(image, new_hw, "bicubic"), 0.0, 1.0)
-  oy = (new_hw[0] - size) // 2
-  ox = (new_hw[1] - size) // 2
+  h, w = shape[0], shape[1]
+  short, long = tf.minimum(h, w), tf.maximum(h, w)
+  new_long = (resize * long) // short  # int(resize * long / short) in exact integers.
+  new_hw = tf.where(h <= w, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
+  same = tf.reduce_all(new_hw == shape[:2])  # torchvision returns the image itself.
+  image = tf.cond(same, lambda: image, lambda: resize_image(image, new_hw, method))
+  offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2.0), tf.int32)
+  oy, ox = offsets[0], offsets[1]
   return tf.ensure_shape(image[oy : oy + size, ox : ox + size], [size, size, 3])

@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.label_key = "label"
   config.dataset.image_size = 224  # Side of the square crops the network sees.
   config.dataset.eval_resize = 256  # Eval: resize the short side to this, then centre crop.
+  # Eval resize filter, antialiased like PIL's: "bilinear" (torchvision Resize's default, the
+  # reference's linear evaluation) or "bicubic".
+  config.dataset.eval_interpolation = "bilinear"
   config.dataset.cache = False  # Cache decoded training examples in memory (small sets only).
   config.dataset.shuffle_buffer = 16_384
   config.dataset.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE.

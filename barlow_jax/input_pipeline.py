@@ -148,7 +148,7 @@ def _verify_images(paths: list[str]) -> np.ndarray:
   """Boolean [N]: which files decode as images (decoded once, in parallel)."""
 
   def check(i, path):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = augment.decode_whole(tf.io.read_file(path))  # Training's own decoders.
     # Returning something computed from the pixels keeps tf.data from pruning the decode.
     return i, tf.reduce_prod(tf.shape(image))
 
@@ -378,7 +378,7 @@ def _two_views(config, image, seed_a, seed_b, is_bytes: bool):
     )
 
   def from_other():  # PNG etc.: decode once, crop twice.
-    decoded = augment.decode_image(image)
+    decoded = augment.decode_image_uint8(image)
     return (
       augment.crop_view(decoded, seed_a, view_a, size=size),
       augment.crop_view(decoded, seed_b, view_b, size=size),
@@ -543,9 +543,12 @@ def _eval_local(config, source: _Source, process_index, process_count):
   size = int(config.dataset.image_size)
   resize = eval_resize(config)
   mean, std = tuple(config.augment.mean), tuple(config.augment.std)
+  method = augment.check_resize_method(
+    str(config.dataset.eval_interpolation), "config.dataset.eval_interpolation"
+  )
 
   def finish(image, label):
-    image = augment.eval_resize_crop(image, size=size, resize=resize)
+    image = augment.eval_resize_crop(image, size=size, resize=resize, method=method)
     return augment.normalize(image, mean, std), tf.cast(label, tf.int32)
 
   if source.kind == "arrays":

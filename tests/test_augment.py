@@ -67,7 +67,7 @@ def test_each_op_keeps_shape_dtype_and_range_inside_tf_data():
     "flip": lambda x: augment.flip_left_right(x),
     "jitter": lambda x: augment.color_jitter(x, seed, hue=0.5),
     "gray": augment.to_grayscale,
-    "blur": lambda x: augment.gaussian_blur(x, 1.5, radius=5),
+    "blur": lambda x: augment.gaussian_blur(x, 1.5, radius=augment.blur_radius(2.0)),
     "solarize": augment.solarize,
     "permute": lambda x: augment.permute_channels(x, seed),
     "crop": lambda x: augment.random_resized_crop(x, seed, size=6),
@@ -91,24 +91,53 @@ def test_flip_solarize_grayscale_exact_on_known_pixels():
   np.testing.assert_allclose(gray, np.repeat(expect[..., None], 3, -1), rtol=1e-6)
 
 
-def _np_blur(image, sigma, radius):
-  x = np.arange(-radius, radius + 1, dtype=np.float64)
-  k = np.exp(-0.5 * (x / sigma) ** 2)
-  k /= k.sum()
-  padded = np.pad(image.astype(np.float64), ((radius, radius), (radius, radius), (0, 0)), "reflect")
-  h, w = image.shape[:2]
-  rows = sum(k[i] * padded[i : i + h] for i in range(2 * radius + 1))
-  return sum(k[j] * rows[:, j : j + w] for j in range(2 * radius + 1))
-
-
-def test_blur_matches_numpy_and_preserves_a_constant_image():
-  image = _image(9, 11)
-  out = augment.gaussian_blur(tf.constant(image), 1.3, radius=4).numpy()
-  np.testing.assert_allclose(out, _np_blur(image, 1.3, 4), rtol=1e-5, atol=1e-6)
+def test_blur_preserves_a_constant_image_and_sizes_its_kernel_from_sigma_max():
+  # The kernel itself is tested against Pillow's box passes in test_blur.py.
   const = np.full((8, 8, 3), 0.37, np.float32)
   blurred = augment.gaussian_blur(tf.constant(const), 2.0, radius=6).numpy()
   np.testing.assert_allclose(blurred, const, rtol=1e-6)
-  assert augment.blur_radius(2.0, 224) == 6 and augment.blur_radius(2.0, 5) == 4
+  assert augment.blur_radius(2.0) == 6 and augment.blur_radius(2.0, 5) == 6  # Edges extend.
+
+
+def _grating(period=2.2, size=400):
+  x = np.arange(size)
+  row = 0.5 + 0.5 * np.cos(2 * np.pi * x / period)
+  return np.repeat(np.repeat(row[None, :, None], size, 0), 3, 2).astype(np.float32)
+
+
+def test_crop_resize_antialiases_like_pil_on_a_grating_and_a_photo():
+  from PIL import Image
+  from sklearn.datasets import load_sample_image
+
+  grating = _grating()  # 2.2 px period: far above 224 px's Nyquist limit once downscaled.
+  whole = dict(size=224, area=(1.0, 1.0), aspect=(1.0, 1.0), method="bicubic")
+  ours = augment.random_resized_crop(grating, [0, 0], **whole).numpy()
+  pil = np.asarray(Image.fromarray(grating[..., 0], mode="F").resize((224, 224), Image.BICUBIC))
+  assert pil.std() < 0.02 and ours.std() < 0.02, (pil.std(), ours.std())  # Aliased: 0.25.
+  photo = load_sample_image("china.jpg")  # 427 x 640.
+  for method, pil_method in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+    ours = augment.resize_image(photo.astype(np.float32) / 255, [224, 224], method).numpy()
+    pil = np.asarray(Image.fromarray(photo).resize((224, 224), pil_method))
+    diff = np.abs(ours * 255 - pil)
+    assert diff.mean() < 0.6 and np.percentile(diff, 99) < 2.0, (method, diff.mean())
+
+
+def test_eval_resize_is_torchvision_resize_then_centre_crop_like_pil():
+  from PIL import Image
+  from sklearn.datasets import load_sample_image
+
+  photo = load_sample_image("flower.jpg")[:, 3:-2]  # 427 x 635: an odd crop offset.
+  for method, pil_method in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
+    ours = augment.eval_resize_crop(photo, size=224, resize=256, method=method).numpy()
+    # torchvision Resize(256): short side 256, long side int(256 * 635 / 427) = 380; then
+    # CenterCrop(224): offsets round(16.0) = 16 and round(78.0) = 78.
+    resized = Image.fromarray(photo).resize((380, 256), pil_method)
+    pil = np.asarray(resized)[16:240, 78:302]
+    diff = np.abs(ours * 255 - pil)
+    assert ours.shape == (224, 224, 3)
+    assert diff.mean() < 0.6 and np.percentile(diff, 99) < 2.0, (method, diff.mean())
+  with pytest.raises(ValueError, match="eval_interpolation"):
+    augment.eval_resize_crop(photo, size=224, resize=256, method="lanczos")
 
 
 def test_jitter_ops_match_torchvision_semantics_in_float64():

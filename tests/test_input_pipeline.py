@@ -271,6 +271,44 @@ def test_folder_with_corrupt_rgba_grayscale_and_16_bit_files(tmp_path, caplog):
   assert images.shape == (7, 8, 8, 3) and sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1]
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP"])
+def test_every_format_the_folder_check_accepts_trains(tmp_path, fmt):
+  # The check decodes with training's own decoders, so a file it accepts must train (a WebP
+  # photo used to pass the check and then stop training at its first batch).
+  from PIL import Image
+
+  root = tmp_path / fmt
+  root.mkdir()
+  rng = np.random.RandomState(0)
+  for i in range(4):
+    array = rng.randint(0, 255, (10 + i, 12, 3), np.uint8)
+    Image.fromarray(array).save(root / f"{i}.{fmt.upper() if i % 2 else fmt.lower()}", fmt)
+  (root / "broken").write_bytes(b"RIFF\x00\x00\x00\x00WEBPnot really")
+  config = config_lib.base_config()
+  config.dataset.name = "folder"
+  config.dataset.folder = str(root)
+  config.dataset.image_size = 8
+  config.dataset.eval_resize = 8
+  config.batch_size = 4
+  assert input_pipeline.num_train_examples(config) == 4
+  batches = _take(
+    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 2
+  )
+  for b in batches:
+    assert b["view_a"].shape == (4, 8, 8, 3) and np.isfinite(b["view_b"]).all()
+  evaluated = list(
+    input_pipeline.create_eval_iterator(
+      config, "train", batch_size=4, process_index=0, process_count=1
+    )
+  )
+  assert evaluated[0]["mask"].sum() == 4
+  config.dataset.eval_interpolation = "lanczos"
+  with pytest.raises(ValueError, match="config.dataset.eval_interpolation"):
+    input_pipeline.create_eval_iterator(
+      config, "train", batch_size=4, process_index=0, process_count=1
+    )
+
+
 def test_empty_folder_unknown_dataset_and_bad_batch_are_clear_errors(tmp_path):
   config = config_lib.base_config()
   config.dataset.name = "folder"
