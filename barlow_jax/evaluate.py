@@ -1305,11 +1305,17 @@ def crop_flip_config(
   return out
 
 
-def _labelled_view_a(iterator):
+def _labelled_view_a(iterator, config):
+  from barlow_jax import input_pipeline
+
   for batch in iterator:
     if "label" not in batch:
       raise ValueError("the training split has no labels (config.dataset.label_key)")
-    yield {"image": batch["view_a"], "label": batch["label"]}
+    # The pretraining stream's views are uint8; the probe's network takes normalised floats.
+    yield {
+      "image": input_pipeline.normalize_views(batch, config)["view_a"],
+      "label": batch["label"],
+    }
 
 
 def reference_linear_probe(
@@ -1367,7 +1373,7 @@ def reference_linear_probe(
     return optax.apply_updates(head, updates), opt_state, loss
 
   t0 = time.perf_counter()
-  batches = _labelled_view_a(input_pipeline.create_pretrain_iterator(train_config))
+  batches = _labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
   for _ in range(total):
     b = next(batches)
     arrays = {
@@ -1539,7 +1545,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     steps = int(ev.semisup_epochs) * input_pipeline.steps_per_epoch(train_config)
     num_classes = _num_classes(config)
-    batches = _labelled_view_a(input_pipeline.create_pretrain_iterator(train_config))
+    batches = _labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
     augment = None
     eval_batches = input_pipeline.create_eval_iterator(
       config, config.dataset.eval_split, batch_size=eval_bs

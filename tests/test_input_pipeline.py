@@ -32,16 +32,83 @@ def test_pretrain_batches_have_the_contract_layout():
   config = _digits_config(batch=32, size=12)
   batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
   assert set(batch) == {"view_a", "view_b", "label"}
-  for key in ("view_a", "view_b"):
-    assert batch[key].shape == (32, 12, 12, 3) and batch[key].dtype == np.float32
+  for key in ("view_a", "view_b"):  # 8-bit pixels leave the host; the step normalises them.
+    assert batch[key].shape == (32, 12, 12, 3) and batch[key].dtype == np.uint8
   assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
+  normalized = input_pipeline.normalize_views(batch, config)
+  assert normalized["view_a"].dtype == np.float32
+  np.testing.assert_array_equal(normalized["label"], batch["label"])
   # Normalised: pixels back on [0, 1] after undoing mean / std.
   mean, std = np.array(config.augment.mean), np.array(config.augment.std)
-  pixels = batch["view_a"] * std + mean
+  pixels = normalized["view_a"] * std + mean
+  np.testing.assert_allclose(pixels, batch["view_a"] / 255, atol=1e-6)
   assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
   assert not np.allclose(batch["view_a"], batch["view_b"])
   assert input_pipeline.steps_per_epoch(config) == 7185 // 32
   assert input_pipeline.num_classes(config) == 10
+
+
+def _jpeg_folder_config(tmp_path, n=8, size=16):
+  root = tmp_path / "jpegs"
+  root.mkdir()
+  rng = np.random.RandomState(1)
+  for i in range(n):
+    smooth = np.kron(rng.randint(0, 255, (5, 6, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    _write_jpeg(str(root / f"{i}.jpg"), smooth)  # 40 x 48: crops downscale to 16.
+  config = config_lib.base_config()
+  config.dataset.name = "folder"
+  config.dataset.folder = str(root)
+  config.dataset.image_size = size
+  config.batch_size = n
+  return config
+
+
+def test_uint8_views_are_the_float_views_rounded(tmp_path):
+  # The views leave the host as 8-bit pixels; normalised, they are the float pipeline's views
+  # (augment_view: crop, colour ops, normalisation in float32) to the rounding.
+  from barlow_jax import augment
+
+  config = _jpeg_folder_config(tmp_path)
+  batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  paths = input_pipeline._list_folder(config.dataset.folder)[0]
+  order = tf.argsort(tf.random.stateless_uniform([8], seed=augment.example_seed(0, 0, -1, -1)))
+  normalized = input_pipeline.normalize_views(batch, config)
+  std = np.array(config.augment.std)
+  for row, index in enumerate(order.numpy()):
+    image = augment.decode_whole(tf.io.read_file(paths[index]))
+    for v, key in enumerate(("view_a", "view_b")):
+      seed = augment.example_seed(0, 0, int(index), v)
+      expect = augment.augment_view(
+        image, seed, config.augment[key], size=16, mean=config.augment.mean, std=std
+      ).numpy()
+      np.testing.assert_allclose(normalized[key][row], expect, atol=0.51 / 255 / std.min())
+
+
+def test_on_device_host_views_are_the_crops_and_flips_alone(tmp_path):
+  config = _jpeg_folder_config(tmp_path)
+  config.augment.on_device = True
+  host_part = _take(
+    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 3
+  )
+  resumed = next(
+    input_pipeline.create_pretrain_iterator(config, start_step=2, process_index=0, process_count=1)
+  )
+  for key in host_part[2]:
+    np.testing.assert_array_equal(host_part[2][key], resumed[key])
+  import ml_collections
+
+  plain = ml_collections.ConfigDict(config.to_dict())  # Same crops and flips, no colour op.
+  plain.augment.on_device = False
+  for view in (plain.augment.view_a, plain.augment.view_b):
+    for key in ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+      view[key] = 0.0
+  crops = next(input_pipeline.create_pretrain_iterator(plain, process_index=0, process_count=1))
+  for key in ("view_a", "view_b"):
+    assert host_part[0][key].dtype == np.uint8
+    np.testing.assert_array_equal(host_part[0][key], crops[key])
+  config.augment.on_device = False  # The colour ops on the host change the pixels.
+  full = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  assert not np.array_equal(full["view_a"], host_part[0]["view_a"])
 
 
 def test_same_seed_same_batches_resume_is_exact_and_epochs_differ():
@@ -132,7 +199,7 @@ def test_two_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
   seen = []
   for p in range(2):
     it = input_pipeline.create_pretrain_iterator(config, process_index=p, process_count=2)
-    batches = _take(it, 6)  # One epoch: 48 // 8 steps.
+    batches = [input_pipeline.normalize_views(b, config) for b in _take(it, 6)]  # One epoch.
     assert all("label" not in b and b["view_a"].shape == (4, 4, 4, 3) for b in batches)
     ids = np.concatenate([np.round(b["view_a"][:, 0, 0, 0] * 255 / 5) for b in batches])
     seen.append(set(ids.astype(int).tolist()))

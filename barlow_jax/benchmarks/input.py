@@ -1,6 +1,10 @@
 """Input pipeline benchmark: two-view examples per second on this host's CPU.
 
     python -m barlow_jax.benchmark input [--seconds 10] [--batch 64] [--out input_benchmark.json]
+    python -m barlow_jax.benchmark input --peer=pil [--seconds 3] [--repeats 3]
+
+With `--peer=pil`: this project's pipeline and a PIL + NumPy restatement of the reference's
+per-view transform side by side on one core, on the same JPEG bytes (`benchmarks/input_peer.py`).
 
 Cases (each the pretraining per-example map of `barlow_jax.input_pipeline`, batched and
 prefetched with the pipeline's tf.data options):
@@ -34,7 +38,7 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _natural_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+def natural_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
   """Smooth random colour fields with edges and fine texture: JPEG sizes like photos'."""
   rng = np.random.RandomState(seed)
   out = np.empty((n, height, width, 3), np.uint8)
@@ -59,16 +63,24 @@ def _natural_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarra
   return out
 
 
-def _bytes_dataset(config, encoded: list[bytes], batch: int):
+def bytes_dataset(config, encoded: list[bytes], batch: int, threads: int | None = None):
+  """The pretraining map over `encoded` images, batched: an iterator of two-view batches.
+
+  `threads` limits tf.data's thread pool (None: the pipeline's own AUTOTUNE settings).
+  """
   import tensorflow as tf
 
   from barlow_jax import input_pipeline
 
   views = input_pipeline.two_view_fn(config, is_bytes=True, with_label=False)
+  parallel = tf.data.AUTOTUNE if threads is None else threads
   ds = tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate()
-  ds = ds.map(lambda i, x: views(i // len(encoded), i, x, 0), num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(input_pipeline.options(config)).as_numpy_iterator()
+  ds = ds.map(lambda i, x: views(i // len(encoded), i, x, 0), num_parallel_calls=parallel)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE if threads is None else 1)
+  options = input_pipeline.options(config)
+  if threads is not None:
+    options.threading.private_threadpool_size = threads
+  return ds.with_options(options).as_numpy_iterator()
 
 
 def _measure(iterator, batch: int, seconds: float, warmup_batches: int = 3) -> dict:
@@ -97,16 +109,16 @@ def run(seconds: float, batch: int, cases: list[str]) -> list[dict]:
     config = config_lib.base_config()
     if case == "imagenet_224_jpeg":
       config.dataset.image_size = 224
-      images = _natural_images(32, 350, 400)
+      images = natural_images(32, 350, 400)
       encoded = [tf.io.encode_jpeg(x, quality=90).numpy() for x in images]
-      iterator = _bytes_dataset(config, encoded, batch)
+      iterator = bytes_dataset(config, encoded, batch)
     elif case == "cifar_32_png":
       config.dataset.image_size = 32
       for view in (config.augment.view_a, config.augment.view_b):
         view.blur_prob = 0.0
-      images = _natural_images(256, 32, 32)
+      images = natural_images(256, 32, 32)
       encoded = [tf.io.encode_png(x).numpy() for x in images]
-      iterator = _bytes_dataset(config, encoded, batch)
+      iterator = bytes_dataset(config, encoded, batch)
     elif case == "cluttered_digits_20":
       config.dataset.name = "cluttered_digits"
       config.dataset.image_size = 20
@@ -142,9 +154,17 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--batch", type=int, default=64, help="Examples per batch.")
   parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
   parser.add_argument("--out", default="input_benchmark.json", help="JSON results path.")
+  parser.add_argument(
+    "--peer",
+    choices=("pil",),
+    help="Measure against the reference's PIL transform, one core each (ignores --cases).",
+  )
+  parser.add_argument("--repeats", type=int, default=3, help="With --peer: interleaved repeats.")
   args = parser.parse_args(argv[1:])
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if args.peer:
+    return _main_peer(args)
   cores = _cores()
   load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
   results = run(args.seconds, args.batch, args.cases)
@@ -158,5 +178,23 @@ def main(argv: list[str]) -> int:
     print(f"{r['case']:<22}{r['image_size']:>6}{r['examples_per_s']:>14.1f}{r['per_core']:>12.1f}")
   with open(args.out, "w") as f:
     json.dump({"cores": cores, "load_average": list(load), "results": results}, f, indent=2)
+  print(f"wrote {args.out}")
+  return 0
+
+
+def _main_peer(args) -> int:
+  from barlow_jax.benchmarks import input_peer
+
+  load = os.getloadavg()
+  core = input_peer.pin_to_one_core()
+  import tensorflow as tf
+
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  result = input_peer.run(args.seconds, args.batch, args.repeats, input_peer.natural_jpegs())
+  print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+  print(input_peer.report(result, core, load))
+  with open(args.out, "w") as f:
+    json.dump({"core": core, "load_average": list(load), **result}, f, indent=2)
   print(f"wrote {args.out}")
   return 0

@@ -45,9 +45,7 @@ def render(config, out: str, *, pairs: int = 32, step: int = 0, columns: int = 4
       config, start_step=step, process_index=0, process_count=1
     )
   )
-  mean = np.asarray(config.augment.mean, np.float32)
-  std = np.asarray(config.augment.std, np.float32)
-  views = [np.clip(batch[k] * std + mean, 0.0, 1.0) for k in ("view_a", "view_b")]
+  views = [batch[k].astype(np.float32) / 255 for k in ("view_a", "view_b")]  # uint8 pixels.
   rows = math.ceil(pairs / columns)
   fig, axes = plt.subplots(
     rows, 2 * columns, figsize=(2 * columns * 1.3, rows * 1.45), squeeze=False
