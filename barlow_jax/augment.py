@@ -5,8 +5,10 @@ so the same (image, seed) always gives the same output, eagerly or inside `tf.da
 pipeline derives one seed per (global seed, epoch, example index, view) with `example_seed`,
 which makes a run reproducible and resumable at any step.
 
-Pixels are float32 in [0, 1] from decoding to the end of `augment_cropped`; `normalize` then
-maps them to the network's input with the configured mean and std (REFERENCE.md §4).
+Pixels are float32 in [0, 1] from the crop's resize to the end of `augment_cropped`; the input
+pipeline then rounds them to uint8 (`to_uint8`: PIL's pixels are 8-bit after every op too), and
+the train step maps them to the network's input with the configured mean and std
+(`normalize`; Barlow Twins reference main.py, torchvision `Normalize`).
 
 Per view, in this order (`augment_view`):
   1. random resized crop to S x S (torchvision semantics, 10 attempts then a centre crop),

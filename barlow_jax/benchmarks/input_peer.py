@@ -40,19 +40,13 @@ def pin_to_one_core() -> int:
 
 def _cpu_rate(make_iterator, batch: int, cpu_seconds: float) -> float:
   """Examples per CPU-second of this process, after two warm-up batches."""
+  from barlow_jax.benchmarks import input as input_benchmark
+
   iterator = make_iterator()
-  for _ in range(2):
-    next(iterator)
-  count, start = 0, time.process_time()
-  while True:
-    next(iterator)
-    count += 1
-    used = time.process_time() - start
-    if used >= cpu_seconds and count >= 3:
-      break
+  result = input_benchmark.measure(iterator, batch, cpu_seconds, 2, clock=time.process_time)
   del iterator
   gc.collect()  # Ends the dataset's threads before the next case runs.
-  return count * batch / used
+  return result["examples_per_s"]
 
 
 def _config(*zero_keys: str, on_device: bool = False, size: int = 224):
