@@ -15,7 +15,7 @@ Datasets (`config.dataset.name`):
     16-bit PNGs are converted to 8-bit-range RGB floats.
   - anything else: a TFDS dataset (`imagenet2012`, `cifar10`, `stl10` with split "unlabelled",
     ...) read from `config.dataset.data_dir`. Encoded images are kept as bytes until the
-    augmentation, so JPEGs are decoded only inside each view's crop window.
+    augmentation, which decodes each once for both views.
 
 Order and resumability: epoch `e` visits the process's shard in an order drawn from
 (config.seed, e) and augments example `i` with seeds drawn from (config.seed, e, i, view), all
@@ -317,7 +317,7 @@ def steps_per_epoch(config) -> int:
 def _tfds_local(config, source: _Source, process_index, process_count, *, decode: bool = False):
   """The process's shard of a TFDS split: dataset of {"index", "image", ["label"]}, and its size.
 
-  Encoded images stay bytes (decoded later, JPEGs only inside the crop) unless `decode`.
+  Encoded images stay bytes (decoded later, once for both views) unless `decode`.
   """
   import tensorflow_datasets as tfds
 
