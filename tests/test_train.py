@@ -222,7 +222,8 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
 ):
   def nan_in_step_13(index, batch):
     if index == 12:  # The 13th update.
-      batch = dict(batch, view_a=np.full_like(batch["view_a"], np.nan))
+      # Float views (taken as normalised by the step): uint8 ones cannot hold a NaN.
+      batch = dict(batch, view_a=np.full(batch["view_a"].shape, np.nan, np.float32))
     return batch
 
   patch_batches(nan_in_step_13)
