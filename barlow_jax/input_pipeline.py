@@ -451,6 +451,10 @@ def create_pretrain_iterator(
   """
   process_index, process_count = _process_defaults(process_index, process_count)
   local_batch = _local_batch(int(config.batch_size), process_count)
+  # The run's evaluation resize too: a bad value fails at the start, not after pretraining.
+  augment.check_resize_method(
+    str(config.dataset.eval_interpolation), "config.dataset.eval_interpolation"
+  )
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   source = _source(config, config.dataset.train_split)

@@ -286,7 +286,8 @@ def test_two_processes_read_disjoint_tfds_shards_that_cover_the_split():
     assert input_pipeline.steps_per_epoch(config) == 5
     for p in range(2):
       it = input_pipeline.create_pretrain_iterator(config, process_index=p, process_count=2)
-      batches = _take(it, 5)  # One epoch: 5 steps of 2 local examples.
+      # One epoch: 5 steps of 2 local examples; views normalised as the step does (identity).
+      batches = [input_pipeline.normalize_views(b, config) for b in _take(it, 5)]
       ids = np.concatenate([np.round((b["view_a"][:, 0, 0, 0] * 255 - 4) / 8) for b in batches])
       seen.append(set(ids.astype(int).tolist()))
       assert len(ids) == len(seen[-1]) == 10  # No repeats within the epoch.
@@ -370,6 +371,8 @@ def test_every_format_the_folder_check_accepts_trains(tmp_path, fmt):
   )
   assert evaluated[0]["mask"].sum() == 4
   config.dataset.eval_interpolation = "lanczos"
+  with pytest.raises(ValueError, match="config.dataset.eval_interpolation"):
+    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1)
   with pytest.raises(ValueError, match="config.dataset.eval_interpolation"):
     input_pipeline.create_eval_iterator(
       config, "train", batch_size=4, process_index=0, process_count=1
