@@ -31,6 +31,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from barlow_jax import models
 
@@ -58,7 +59,8 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   A training checkpoint (a dict with a `"model"` entry) gives that entry's state dict.
   """
   torch = _import_torch()
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  with epath.Path(path).open("rb") as f:  # Local or gs://.
+    obj = torch.load(f, map_location="cpu", weights_only=True)
   if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
     obj = obj["model"]
   if not isinstance(obj, Mapping):
@@ -367,7 +369,7 @@ def torch_file_to_backbone_dir(path: str, directory: str) -> dict:
   """`resnet50.pth` (or a training checkpoint) -> backbone/ directory. Returns the model config."""
   import ml_collections
 
-  if os.path.exists(directory):
+  if epath.Path(directory).exists():
     raise ValueError(f"{directory} already exists: choose a new --to directory or remove it.")
   backbone_sd, projector_sd = split_state_dict(load_torch_state_dict(path))
   model_config = full_model_config(infer_model_config(backbone_sd, projector_sd))
@@ -391,7 +393,8 @@ def backbone_dir_to_torch_file(directory: str, path: str) -> None:
       directory,
       model_config.get("input_epsilon", 0.2),
     )
-  torch.save(backbone_to_torch(variables), path)
+  with epath.Path(path).open("wb") as f:  # Local or gs://.
+    torch.save(backbone_to_torch(variables), f)
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -1269,9 +1270,9 @@ def _num_classes(config: ml_collections.ConfigDict) -> int:
   if name in datasets.IN_MEMORY:
     return int(datasets.IN_MEMORY[name](seed=0)["train"][1].max()) + 1
   if name == "folder":
-    root = os.path.join(config.dataset.folder, config.dataset.probe_split)
-    root = root if os.path.isdir(root) else config.dataset.folder
-    return len([d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))])
+    root = epath.Path(config.dataset.folder) / config.dataset.probe_split
+    root = root if root.is_dir() else epath.Path(config.dataset.folder)
+    return len([d for d in root.iterdir() if d.is_dir()])
   import tensorflow_datasets as tfds
 
   builder = tfds.builder(name, data_dir=config.dataset.data_dir or None)
@@ -1432,7 +1433,7 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[s
   results: dict[str, Any] = {
     "mode": "linear",
     "protocol": protocol,
-    "backbone_path": os.path.abspath(config.eval.backbone),
+    "backbone_path": _location(config.eval.backbone),
     "backbone": str(model_config.backbone),
     "dataset": config.dataset.name,
     **{f"probe_{k}": v for k, v in probe_kwargs_from_config(config).items()},
@@ -1486,7 +1487,7 @@ def knn_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   )
   results = {
     "mode": "knn",
-    "backbone_path": os.path.abspath(config.eval.backbone),
+    "backbone_path": _location(config.eval.backbone),
     "backbone": str(model_config.backbone),
     "dataset": config.dataset.name,
     "knn_k": int(config.eval.knn_k),
@@ -1530,7 +1531,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   results: dict[str, Any] = {
     "mode": "semisup",
-    "backbone_path": os.path.abspath(ev.backbone),
+    "backbone_path": _location(ev.backbone),
     "backbone": str(model_config.backbone),
     "dataset": config.dataset.name,
     **{k: v for k, v in ev.to_dict().items() if k.startswith("semisup_")},
@@ -1593,6 +1594,11 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results.update(steps=info["steps"], seconds=info["seconds"], batch_size=batch_size)
   write_results(workdir, results)
   return results
+
+
+def _location(path: str) -> str:
+  """`path` absolute (local) or as given (gs://...), for the results' `backbone_path`."""
+  return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from etils import epath
 
 from barlow_jax import augment
 from barlow_jax import datasets as datasets_lib
@@ -162,22 +163,29 @@ def _verify_images(paths: list[str]) -> np.ndarray:
 
 
 def _list_folder(directory: str) -> tuple[np.ndarray, np.ndarray | None]:
-  """Paths [N] (and int32 labels [N], or None when unlabelled) of the good images."""
-  directory = os.path.abspath(directory)
+  """Paths [N] (and int32 labels [N], or None when unlabelled) of the good images.
+
+  `directory` is local or a bucket (gs://...): listing goes through etils.epath, reading through
+  tf.io (both speak gs://).
+  """
+  if "://" not in directory:
+    directory = os.path.abspath(os.path.expanduser(directory))
+  root = epath.Path(directory)
   if directory in _FOLDER_CACHE:
     return _FOLDER_CACHE[directory]
-  if not os.path.isdir(directory):
+  if not root.is_dir():
     raise ValueError(f"config.dataset.folder: {directory!r} is not a directory.")
-  entries = sorted(e for e in os.listdir(directory) if not _is_hidden(e))
-  classes = [e for e in entries if os.path.isdir(os.path.join(directory, e))]
+  # Object stores list sub-directories as "name/".
+  entries = sorted(n for n in (p.name.rstrip("/") for p in root.iterdir()) if not _is_hidden(n))
+  classes = [e for e in entries if (root / e).is_dir()]
   paths, labels = [], []
   if classes:
     for label, name in enumerate(classes):
-      for root, dirs, files in os.walk(os.path.join(directory, name)):
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+      for top, dirs, files in (root / name).walk():
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d.rstrip("/")))
         for f in sorted(files):
           if not _is_hidden(f):
-            paths.append(os.path.join(root, f))
+            paths.append(os.fspath(top / f))
             labels.append(label)
     loose = [e for e in entries if e not in classes]
     if loose:
@@ -188,7 +196,7 @@ def _list_folder(directory: str) -> tuple[np.ndarray, np.ndarray | None]:
         loose[:3],
       )
   else:
-    paths = [os.path.join(directory, e) for e in entries]
+    paths = [os.fspath(root / e) for e in entries]
   if not paths:
     raise ValueError(
       f"config.dataset.folder: no files under {directory!r}. Expected root/class/image.jpg "
@@ -257,8 +265,8 @@ def _source(config, split: str) -> _Source:
     root = config.dataset.folder
     if not root:
       raise ValueError("config.dataset.folder must be set when config.dataset.name == 'folder'.")
-    directory = os.path.join(root, split)
-    if not os.path.isdir(directory):
+    directory = os.fspath(epath.Path(root) / split)
+    if not epath.Path(directory).is_dir():
       if split != config.dataset.train_split:
         raise ValueError(
           f"config.dataset.folder: split {split!r} needs a directory {directory!r}; only the "

@@ -47,6 +47,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -424,20 +425,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def prepare_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed and checks it is writable; returns its absolute path."""
+  """Creates `workdir` if needed and checks it is writable; returns it (local: absolute).
+
+  `workdir` is a local directory or a bucket location (gs://bucket/run): every file of the run
+  goes through etils.epath, orbax and TensorFlow's file system, which all speak gs://.
+
+  Raises:
+    ValueError: naming the workdir when it is empty or cannot be written.
+  """
+  import tensorflow as tf
+
   if not workdir:
     raise ValueError("--workdir is empty: give a directory for the run's checkpoints and logs.")
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if "://" not in workdir:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe = epath.Path(workdir) / f".write_test.{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
     raise ValueError(
-      f"--workdir={workdir} is not a writable directory ({e.strerror}); choose another path or "
-      "fix its permissions."
+      f"--workdir={workdir} is not a writable directory ({reason}); choose another path, fix its "
+      "permissions, or (gs://) check the bucket exists and your credentials may write it."
     ) from e
   return workdir
 

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display on servers or in CI.
 import matplotlib.pyplot as plt  # noqa: E402
+from etils import epath  # noqa: E402
 
 _OURS_LINEAR = "#1f77b4"
 _OURS_KNN = "#9ecae1"
@@ -54,7 +55,8 @@ def plot_study(collected: Mapping[str, Any], path: str) -> None:
     fig = _bars(runs)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with epath.Path(path).open("wb") as f:  # Local or gs://.
+    fig.savefig(f, dpi=120, format="png")
   plt.close(fig)
 
 

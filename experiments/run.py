@@ -24,6 +24,7 @@ Hand-written observations in `RESULTS_DIR/STUDY.notes.md`, if present, are appen
 """
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -34,11 +35,13 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
 
 import ml_collections
+from etils import epath
 
 from experiments import studies
 
@@ -241,20 +244,16 @@ def _finished_twin(root: str, planned: Planned, scale: str) -> str | None:
   Compared on the config each recorded (study, run) would get today, not on a digest stored at
   launch, so a key added to the schema later (with a default) does not hide a twin.
   """
-  if "://" in root or not os.path.isdir(root):
+  if not epath.Path(root).is_dir():
     return None
   key = config_key(planned.config)
   base = None
-  for study_dir in sorted(os.listdir(root)):
-    for run_dir in sorted(
-      os.listdir(os.path.join(root, study_dir))
-      if os.path.isdir(os.path.join(root, study_dir))
-      else []
-    ):
-      workdir = os.path.join(root, study_dir, run_dir)
-      if os.path.abspath(workdir) == os.path.abspath(planned.workdir):
+  for study_dir in _subdirs(root):
+    for run_dir in _subdirs(_join(root, study_dir)):
+      workdir = _join(root, study_dir, run_dir)
+      if workdir == planned.workdir:
         continue
-      info = _read_json(os.path.join(workdir, EXPERIMENT_FILE))
+      info = _read_json(_join(workdir, EXPERIMENT_FILE))
       if not info or info.get("scale") != scale or info.get("same_as"):
         continue
       if not _results_path(workdir) or info.get("study") not in studies.STUDIES:
@@ -274,6 +273,11 @@ def _finished_twin(root: str, planned: Planned, scale: str) -> str | None:
   return None
 
 
+def _subdirs(directory: str) -> list[str]:
+  # Object stores list sub-directories as "name/".
+  return sorted(p.name.rstrip("/") for p in epath.Path(directory).iterdir() if p.is_dir())
+
+
 def _display_path(path: str | None) -> str | None:
   # Paths inside the repository are recorded relative to it (the committed JSON has no home dirs).
   if path and "://" not in path and os.path.abspath(path).startswith(REPO_ROOT + os.sep):
@@ -283,21 +287,25 @@ def _display_path(path: str | None) -> str | None:
 
 def _results_path(workdir: str) -> str | None:
   """WORKDIR/results.json (end-of-training table) or WORKDIR/linear_eval/results.json."""
-  for path in (
-    os.path.join(workdir, "results.json"),
-    os.path.join(workdir, EVAL_SUBDIR, "results.json"),
-  ):
-    if os.path.exists(path):
+  for path in (_join(workdir, "results.json"), _join(workdir, EVAL_SUBDIR, "results.json")):
+    if epath.Path(path).exists():
       return path
   return None
 
 
 def _read_json(path: str) -> Any:
+  """The JSON at `path` (local or gs://), or None when it is missing or not JSON."""
+  text = _read_text(path)
   try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
+    return None if text is None else json.loads(text)
+  except ValueError:
     return None
+
+
+def _read_text(path: str) -> str | None:
+  if not epath.Path(path).exists():
+    return None
+  return epath.Path(path).read_bytes().decode(errors="replace")
 
 
 def run_study(
@@ -321,9 +329,9 @@ def run_study(
   outcomes = []
   for planned in plan(study, scale, workdir_root=workdir_root, only=only):
     name, workdir = planned.run.name, planned.workdir
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     key = config_key(planned.config)
-    info_path = os.path.join(workdir, EXPERIMENT_FILE)
+    info_path = _join(workdir, EXPERIMENT_FILE)
     if _results_path(workdir):
       print(f"[{study}] {name}: results.json exists, skipped.", flush=True)
       outcomes.append({"name": name, "status": "skipped"})
@@ -340,7 +348,7 @@ def run_study(
     print(f"[{study}] {name}: {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
     evaluation = eval_command_line(scale, planned, python=python)
-    with open(os.path.join(workdir, RUN_LOG), "a") as log:
+    with _run_log(workdir) as log:
       rc = subprocess.call(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
       if rc == 0 and evaluation is not None:
         rc = subprocess.call(evaluation, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -351,9 +359,29 @@ def run_study(
   return outcomes
 
 
+@contextlib.contextmanager
+def _run_log(workdir: str) -> Iterator[IO[bytes]]:
+  """WORKDIR/run.log opened for appending the subprocesses' output.
+
+  A local log grows as the run goes (`tail -f` it); an object store cannot append, so a bucket's
+  log is written to a local temporary file and uploaded (after the old log) when the run ends.
+  """
+  path = _join(workdir, RUN_LOG)
+  if "://" not in path:
+    with open(path, "ab") as log:
+      yield log
+    return
+  old = _read_text(path) or ""
+  with tempfile.TemporaryFile() as log:
+    try:
+      yield log
+    finally:
+      log.seek(0)
+      epath.Path(path).write_bytes(old.encode() + log.read())
+
+
 def _write_json(path: str, value: Any) -> None:
-  with open(path, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
+  epath.Path(path).write_text(json.dumps(value, indent=2, sort_keys=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,11 +400,10 @@ def parse_log(path: str) -> dict[str, Any]:
     log is missing or has none).
   """
   out: dict[str, Any] = {"step": 0, "scalars": {}, "error": None}
-  try:
-    with open(path, errors="replace") as f:
-      lines = f.read().splitlines()
-  except OSError:
+  text = _read_text(path)
+  if text is None:
     return out
+  lines = text.splitlines()
   for line in lines:
     m = _SCALARS_LINE.search(line)
     if m:
@@ -431,12 +458,12 @@ def collect(
   runs = []
   for p in planned:
     source = p.workdir
-    info = _read_json(os.path.join(p.workdir, EXPERIMENT_FILE)) or {}
+    info = _read_json(_join(p.workdir, EXPERIMENT_FILE)) or {}
     if info.get("same_as"):
       source = info["same_as"]
     found = _results_path(source)
     results = _read_json(found) if found else None
-    log = parse_log(os.path.join(source, RUN_LOG))
+    log = parse_log(_join(source, RUN_LOG))
     entry: dict[str, Any] = {
       "name": p.run.name,
       "overrides": _jsonable(dict(p.run.overrides)),
@@ -592,18 +619,12 @@ def write_report(
   """Writes STUDY.json, STUDY.md (with STUDY.notes.md appended if present) and STUDY.png."""
   from experiments import plots
 
-  os.makedirs(results_dir, exist_ok=True)
+  epath.Path(results_dir).mkdir(parents=True, exist_ok=True)
   study = collected["study"]
-  paths = {
-    "json": os.path.join(results_dir, f"{study}.json"),
-    "md": os.path.join(results_dir, f"{study}.md"),
-    "png": os.path.join(results_dir, f"{study}.png"),
-  }
-  notes_path = os.path.join(results_dir, f"{study}.notes.md")
-  notes = open(notes_path).read() if os.path.exists(notes_path) else ""
+  paths = {kind: _join(results_dir, f"{study}.{kind}") for kind in ("json", "md", "png")}
+  notes = _read_text(_join(results_dir, f"{study}.notes.md")) or ""
   _write_json(paths["json"], collected)
-  with open(paths["md"], "w") as f:
-    f.write(results_markdown(collected, notes))
+  epath.Path(paths["md"]).write_text(results_markdown(collected, notes))
   plots.plot_study(collected, paths["png"])
   return paths
 

@@ -127,7 +127,7 @@ class _Requests:
 
 
 def _pipe(client: ssl.SSLSocket, upstream: socket.socket) -> None:
-  requests = _Requests("%s:%d" % upstream.getpeername())
+  requests = _Requests("{}:{}".format(*upstream.getpeername()))
   peers = {client: upstream, upstream: client}
   while True:
     ready, _, _ = select.select(list(peers), [], [], 60)
@@ -171,7 +171,7 @@ class Emulator:
     self.proxy = TlsProxy(("127.0.0.1", self.port), cert, key)
     self._proxy_thread = threading.Thread(target=self.proxy.serve_forever, daemon=True)
     self._proxy_thread.start()
-    proxy_url = "http://127.0.0.1:%d" % self.proxy.server_address[1]
+    proxy_url = f"http://127.0.0.1:{self.proxy.server_address[1]}"
     self.environ = {
       "TENSORSTORE_GCS_HTTP_URL": self.url,
       "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
@@ -203,9 +203,8 @@ class Emulator:
     """Object names in `bucket`, from the emulator's JSON API (no client library)."""
     names, token = [], ""
     while True:
-      page = self._json(
-        "GET", f"/storage/v1/b/{bucket}/o?maxResults=1000" + (f"&pageToken={token}" if token else "")
-      )
+      query = f"maxResults=1000&pageToken={token}" if token else "maxResults=1000"
+      page = self._json("GET", f"/storage/v1/b/{bucket}/o?{query}")
       names += [o["name"] for o in page.get("items", [])]
       token = page.get("nextPageToken")
       if not token:
