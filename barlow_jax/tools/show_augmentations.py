@@ -12,6 +12,7 @@ import math
 import os
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -63,8 +64,10 @@ def render(config, out: str, *, pairs: int = 32, step: int = 0, columns: int = 4
       ax.set_title(name, fontsize=7)
   fig.suptitle(f"{config.dataset.name}: view pairs, batch {step}", fontsize=9)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=100)
+  target = epath.Path(out if "://" in out else os.path.abspath(out))  # Local or gs://.
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with target.open("wb") as f:
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)
   return out
 
