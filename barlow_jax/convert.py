@@ -21,6 +21,7 @@ torch is an optional dependency (`pip install .[torch]`), imported only inside t
 """
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -59,8 +60,9 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   A training checkpoint (a dict with a `"model"` entry) gives that entry's state dict.
   """
   torch = _import_torch()
-  with epath.Path(path).open("rb") as f:  # Local or gs://.
-    obj = torch.load(f, map_location="cpu", weights_only=True)
+  # Local or gs://, read whole (torch.load wants a seekable file).
+  data = io.BytesIO(epath.Path(path).read_bytes())
+  obj = torch.load(data, map_location="cpu", weights_only=True)
   if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
     obj = obj["model"]
   if not isinstance(obj, Mapping):
@@ -393,8 +395,10 @@ def backbone_dir_to_torch_file(directory: str, path: str) -> None:
       directory,
       model_config.get("input_epsilon", 0.2),
     )
-  with epath.Path(path).open("wb") as f:  # Local or gs://.
-    torch.save(backbone_to_torch(variables), f)
+  # Local or gs://; torch.save writes memoryviews, which TensorFlow's gs:// files refuse.
+  data = io.BytesIO()
+  torch.save(backbone_to_torch(variables), data)
+  epath.Path(path).write_bytes(data.getvalue())
 
 
 def main(argv=None) -> int:

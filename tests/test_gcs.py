@@ -18,6 +18,7 @@ import gcs_emulator
 import jax
 import numpy as np
 import pytest
+from test_train import compilation_cache  # noqa: F401  (autouse: the three runs compile once)
 
 from barlow_jax import input_pipeline, train
 
