@@ -36,6 +36,7 @@ def test_colab_keeps_its_tensorflow_and_jax():
     "jax-cuda12-plugin": "0.7.2",
     "jax_cuda12_pjrt": "0.7.2",
     "tensorboard": "2.19.0",
+    "tensorflow-datasets": "4.9.2",  # Older than required: may be upgraded.
     "numpy": "2.0.2",
   }
   requirements, pins = install_deps.plan(DECLARED, colab)
@@ -50,7 +51,6 @@ def test_colab_keeps_its_tensorflow_and_jax():
     "jax-cuda12-pjrt==0.7.2",
     "jax-cuda12-plugin==0.7.2",
     "jaxlib==0.7.2",
-    "tensorboard==2.19.0",
     "tensorflow==2.19.0",
   ]
 
@@ -76,6 +76,11 @@ def test_the_notebook_installs_around_a_preinstalled_tensorflow_and_jax(tmp_path
   pip("nbclient", "nbformat", "ipykernel", "matplotlib")
   before = _freeze(python)
   assert "tensorflow-cpu" not in before
+  # What the cell must not do: a plain install of the package would add tensorflow-cpu.
+  naive = subprocess.run(
+    [python, "-m", "pip", "install", "--dry-run", "-e", _ROOT], capture_output=True, text=True
+  )
+  assert "tensorflow-cpu" in naive.stdout, naive.stdout[-2000:] + naive.stderr[-2000:]
 
   workdir = tmp_path / "demo"
   env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "XLA_"))}

@@ -11,7 +11,7 @@ a requirement asks for another version. This installs the requirements barlow_ja
 
 - `tensorflow-cpu` is asked for as `tensorflow` (same version range) when a `tensorflow`
   distribution is installed;
-- every installed jax / jaxlib / jax plugin / libtpu / TensorFlow / TensorBoard distribution is
+- every installed jax / jaxlib / jax CUDA or ROCm plugin / libtpu / TensorFlow distribution is
   pinned to its installed version (a pip constraints file), so pip either keeps it or stops with
   a conflict naming it (then upgrade that runtime package yourself, e.g. `pip install -U
   "jax[cuda12]"`); it never replaces it silently.
@@ -28,7 +28,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 
 # Distributions a runtime provides and barlow_jax must not replace.
-_KEEP = re.compile(r"^(jax|jaxlib|jax[-_].*|libtpu.*|tensorflow|tensorflow[-_].*|tensorboard)$")
+_KEEP = re.compile(
+  r"^(jax|jaxlib|jax-(cuda|rocm)\d*-(plugin|pjrt)|libtpu(-nightly)?|tensorflow"
+  r"|tensorflow-(cpu|gpu|tpu|intel|macos))$"
+)
 
 
 def _name(requirement: str) -> str:
@@ -89,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
   print(" ".join(command))
   if args.dry_run:
     return 0
+  if any(p.startswith("tensorflow==") for p in pins):
+    print(
+      "pip's notice that barlow-jax requires tensorflow-cpu, which is not installed, is expected: "
+      "the installed `tensorflow` distribution provides the same package."
+    )
   return subprocess.call(command)
 
 
