@@ -59,10 +59,12 @@ def _objects(gcs, prefix: str) -> list[str]:
   return [n[len(prefix) :] for n in gcs.list(BUCKET) if n.startswith(prefix)]
 
 
-@pytest.fixture(scope="module")
-def bucket_run(gcs, tmp_path_factory):
-  """(local uninterrupted result, the bucket run's two results, its workdir URL)."""
-  local = train.train_and_evaluate(_config(), str(tmp_path_factory.mktemp("local")))
+def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
+  # One test, not a module fixture shared by several: under pytest-xdist each worker would
+  # train it again.
+  from barlow_jax import convert, evaluate
+
+  local = train.train_and_evaluate(_config(), str(tmp_path / "local"))
   workdir = f"gs://{BUCKET}/runs/tiny"
   original = input_pipeline.create_pretrain_iterator
 
@@ -75,13 +77,8 @@ def bucket_run(gcs, tmp_path_factory):
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(input_pipeline, "create_pretrain_iterator", sigterm_at_3)
     first = train.train_and_evaluate(_config(), workdir)
-  second = train.train_and_evaluate(_config(), workdir)
-  return local, first, second, workdir
-
-
-def test_a_bucket_workdir_resumes_to_the_uninterrupted_local_parameters(gcs, bucket_run):
-  local, first, second, _ = bucket_run
   assert first.preempted and 0 < first.step < STEPS
+  second = train.train_and_evaluate(_config(), workdir)
   assert second.step == STEPS and not second.preempted
   for name in ("params", "batch_stats", "opt_state", "probe_params"):
     a, b = _flat(getattr(second.state, name)), _flat(getattr(local.state, name))
@@ -94,11 +91,7 @@ def test_a_bucket_workdir_resumes_to_the_uninterrupted_local_parameters(gcs, buc
   assert any("events.out.tfevents" in f for f in files), "no TensorBoard events in the bucket"
   assert not any(".write_test" in f for f in files)
 
-
-def test_evaluate_and_export_read_the_bucket_and_write_there(gcs, bucket_run):
-  from barlow_jax import convert, evaluate
-
-  _, _, second, workdir = bucket_run
+  # Evaluation: the backbone read from the bucket, the tables written there.
   config = _config()
   config.eval.mode = "knn"
   config.eval.backbone = workdir
@@ -106,6 +99,7 @@ def test_evaluate_and_export_read_the_bucket_and_write_there(gcs, bucket_run):
   assert results["backbone_path"] == workdir and 0.0 <= results["knn_top1"] <= 1.0
   assert {"results.json", "results.md"} <= set(_objects(gcs, "eval/knn/"))
 
+  # Export: the backbone directory in the bucket, to a PyTorch file in the bucket.
   model_config, variables = train.load_exported_backbone(f"{workdir}/backbone")
   assert model_config.width == 0.125
   np.testing.assert_array_equal(
@@ -116,6 +110,7 @@ def test_evaluate_and_export_read_the_bucket_and_write_there(gcs, bucket_run):
   pth = f"gs://{BUCKET}/export/tiny.pth"
   assert convert.main(["--export", "--from", f"{workdir}/backbone", "--to", pth]) == 0
   assert "export/tiny.pth" in gcs.list(BUCKET)
+  assert convert.load_torch_state_dict(pth)["conv1.weight"].shape[0] == 8
 
 
 def test_a_folder_dataset_in_the_bucket_is_listed_and_read(gcs):
