@@ -440,7 +440,18 @@ def prepare_workdir(workdir: str) -> str:
   if "://" not in workdir:
     workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    if "://" in workdir:
+      # Checked first: TensorFlow's gs:// file system hangs making directories in, or closing
+      # a file of, a missing bucket. Buckets have no directories to make.
+      scheme, rest = workdir.split("://", 1)
+      bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+      if not epath.Path(bucket).exists():
+        raise ValueError(
+          f"--workdir={workdir}: the bucket {bucket} does not exist or these credentials cannot "
+          "see it; create it (gcloud storage buckets create) or fix the name."
+        )
+    else:
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     probe = epath.Path(workdir) / f".write_test.{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()

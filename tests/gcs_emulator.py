@@ -146,6 +146,14 @@ def _pipe(client: ssl.SSLSocket, upstream: socket.socket) -> None:
       peers[sock].sendall(requests.feed(data) if sock is client else data)
 
 
+def _die_with_parent() -> None:
+  # SIGTERM to the emulator when the test process dies without tearing down (a killed run).
+  import ctypes
+  import signal
+
+  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Emulator:
   """fake-gcs-server, the proxy, and the environment that points every client at them."""
 
@@ -169,6 +177,7 @@ class Emulator:
         + ["-port", str(self.port), "-external-url", self.url, "-log-level", "info"],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
       )
     self._wait_until_ready()
     cert, key = make_certificate(directory)

@@ -62,6 +62,9 @@ def _objects(gcs, prefix: str) -> list[str]:
 def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
   # One test, not a module fixture shared by several: under pytest-xdist each worker would
   # train it again.
+  # The workdir's own files (config, checkpoints, backbone export) are written by
+  # barlow_jax.checkpointing through etils.epath; before it, train.py wrote them with open().
+  pytest.importorskip("barlow_jax.checkpointing")
   from barlow_jax import convert, evaluate
 
   local = train.train_and_evaluate(_config(), str(tmp_path / "local"))
@@ -160,3 +163,9 @@ def test_experiments_run_keeps_workdirs_logs_and_reports_in_the_bucket(gcs, tmp_
   assert {"batch_size.json", "batch_size.md", "batch_size.png"} <= set(listed)
   report = json.loads(run._read_text(paths["json"]))
   assert [r["status"] for r in report["runs"]][0] == "done", report["runs"][0]
+
+
+def test_a_missing_bucket_is_a_clear_error_before_anything_runs(gcs):
+  with pytest.raises(ValueError, match=r"--workdir=gs://no-such-bucket/run: the bucket gs://no-"):
+    train.prepare_workdir("gs://no-such-bucket/run")
+  assert train.prepare_workdir(f"gs://{BUCKET}/fresh/run") == f"gs://{BUCKET}/fresh/run"
