@@ -119,7 +119,10 @@ def checkpoint_manager(
     enable_async_checkpointing=asynchronous,
     read_only=not create,
   )
-  return ocp.CheckpointManager(directory, options=options)
+  # The handler named up front lets `item_metadata` read a checkpoint's tree (host restores).
+  return ocp.CheckpointManager(
+    directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+  )
 
 
 def save_checkpoint(manager, step: int, tree: Any) -> None:

@@ -11,15 +11,11 @@ statistic, in the BatchNorms of the network and in the normalisation inside the 
 global batch without an `axis_name`, and `jax.grad` of the global loss is the true gradient
 (REFERENCE.md §3 explains why the reference's is 1/W of it: `config.optim.gradient_scale`).
 
-The workdir is the run:
-
-    config.txt, config.json   the resolved config (human / machine readable)
-    checkpoints/<step>/       orbax CheckpointManager: the whole `TrainState`, async, the last
-                              `config.keep_checkpoints`, every `config.checkpoint_every_steps`,
-                              at the end and on SIGTERM
-    events.out.tfevents.*     TensorBoard scalars and images (clu metric writers)
-    backbone/                 at the end: orbax checkpoint of {"params", "batch_stats"} of the
-                              backbone alone, plus backbone/model_config.json (`config.model`)
+The workdir is the run (layout and formats: `barlow_jax.checkpointing`): config.txt/json,
+checkpoints/<step>/ (the whole `TrainState`, async, the last `config.keep_checkpoints`, every
+`config.checkpoint_every_steps`, at the end and on SIGTERM), pretraining.json (its wall time),
+TensorBoard events, and at the end backbone/ and the results table (`barlow_jax.finish`). All of
+it reads back on any device count.
 
 Running the same command again resumes from the latest checkpoint. The data position is the step
 (the input pipeline's `start_step` replays exactly the batches k, k+1, ...) and nothing else in a
