@@ -90,6 +90,8 @@ def get_config(arg: str | None = None):
   config.eval_every_steps = 350  # kNN monitor (a few seconds).
   config.online_probe = True
   config.online_probe_lr = 0.1
+  # Context, not a target, and as long as the pretraining: a second command (README).
+  config.eval.supervised = False
 
   if arg == "runlocal":
     config.num_train_steps = 30
