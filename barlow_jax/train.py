@@ -558,7 +558,7 @@ class _PreemptionFlag:
 
   def _handler(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary.")
+    logging.warning("SIGTERM received: stopping at the next step (saved) or evaluation phase.")
     self.received = True
 
   def should_stop(self, step: int) -> bool:
