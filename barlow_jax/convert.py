@@ -22,9 +22,7 @@ torch is an optional dependency (`pip install .[torch]`), imported only inside t
 
 import argparse
 import io
-import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Mapping
@@ -34,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from barlow_jax import models
+from barlow_jax import checkpointing, models
 
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -314,57 +312,25 @@ def _numpy(value):
 # ------------------------------------------------------------------------------------------------
 # The backbone/ directory: orbax checkpoint + model_config.json.
 
-MODEL_CONFIG_FILE = "model_config.json"
-
-
-def full_model_config(overrides: Mapping) -> dict:
-  """`config.model` as a plain dict: the base config's values updated with `overrides`."""
-  from barlow_jax import config as config_lib
-
-  model_config = config_lib.base_config().model.to_dict()
-  unknown = set(overrides) - set(model_config)
-  if unknown:
-    raise ValueError(f"unknown config.model keys {sorted(unknown)}")
-  model_config.update(overrides)
-  return model_config
+# The format is `barlow_jax.checkpointing`'s; these names are kept for existing callers.
+MODEL_CONFIG_FILE = checkpointing.MODEL_CONFIG_FILE
+full_model_config = checkpointing.full_model_config
 
 
 def save_backbone(directory: str, variables: Mapping, model_config: Mapping) -> None:
-  """Writes `{"params", "batch_stats"}` as an orbax checkpoint at `directory` (which must not
-  exist yet) and `directory/model_config.json` (the `config.model` keys)."""
-  import orbax.checkpoint as ocp
-
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory):
-    raise ValueError(f"{directory} already exists: choose a new --to directory or remove it.")
-  tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory, tree)
-  checkpointer.wait_until_finished()
-  with open(os.path.join(directory, MODEL_CONFIG_FILE), "w") as f:
-    json.dump(dict(model_config), f, indent=2, sort_keys=True)
+  """Writes a backbone directory at `directory` (which must not exist yet):
+  `checkpointing.save_backbone`."""
+  checkpointing.save_backbone(directory, variables, model_config)
 
 
 def load_backbone(directory: str) -> tuple[dict, dict]:
-  """Reads a `backbone/` directory -> (variables {"params", "batch_stats"}, model_config dict).
+  """Reads a `backbone/` directory -> (variables {"params", "batch_stats"}, model_config dict),
+  host NumPy arrays whatever device count wrote it (`checkpointing.load_backbone`).
 
   Build the flax module with `models.create_model(ml_collections.ConfigDict(model_config))
   .backbone` or apply `BarlowTwins.represent` with `{"params": {"backbone": ...}, ...}`.
   """
-  import ml_collections
-  import orbax.checkpoint as ocp
-
-  directory = os.path.abspath(directory)
-  config_path = os.path.join(directory, MODEL_CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise ValueError(f"{directory} has no {MODEL_CONFIG_FILE}: not a barlow_jax backbone export.")
-  with open(config_path) as f:
-    model_config = json.load(f)
-  backbone = models.create_model(ml_collections.ConfigDict(model_config)).backbone
-  shapes = _variable_shapes(backbone, (1, 32, 32, 3))
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes)
-  variables = ocp.StandardCheckpointer().restore(directory, abstract)
-  return dict(variables), model_config
+  return checkpointing.load_backbone(directory)
 
 
 def torch_file_to_backbone_dir(path: str, directory: str) -> dict:

@@ -23,7 +23,6 @@ Command line (results.json + results.md in the workdir):
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -36,11 +35,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import config_validation
+from barlow_jax import checkpointing, config_validation, progress
 
 # Datasets `input_pipeline.load_labelled_arrays` holds in memory: the fast paths apply to them.
 IN_MEMORY_DATASETS = ("cluttered_digits", "digits", "cifar10", "cifar100", "cifar")
@@ -622,6 +622,7 @@ def finetune(
   time_budget_s: float | None = None,
   seed: int = 0,
   mesh: Mesh | None = None,
+  on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
   """Trains backbone + a new linear head with cross-entropy, train-mode BatchNorm.
 
@@ -639,6 +640,7 @@ def finetune(
       `random_crop_flip` applied on the devices.
     time_budget_s: if set, `num_steps` is replaced by the number of steps that fit this many
       seconds, measured on a few steps after compilation (the schedule then spans those steps).
+    on_step: called as `on_step(done, num_steps)` after each step (progress, stop requests).
 
   Returns:
     (Classifier variables {"params": {"backbone", "head"}, "batch_stats": {"backbone"}},
@@ -705,6 +707,11 @@ def finetune(
 
   key = jax.random.PRNGKey(seed + 1)
   if time_budget_s is not None:
+    logging.info(
+      "Fine-tuning: compiling and timing %d steps to fit the %.0f s budget.",
+      _TIMED_STEPS,
+      time_budget_s,
+    )
     # Time steps of a throwaway run to size the real one. Two warm-up calls: the first compiles
     # for host inputs, the second for the device-resident outputs it feeds back.
     tx = make_tx(max(num_steps, 1))
@@ -736,6 +743,8 @@ def finetune(
     params, stats, opt_state, loss = step(
       params, stats, opt_state, batch_arrays(batch), jax.random.fold_in(key, i)
     )
+    if on_step is not None:
+      on_step(i + 1, num_steps)
   loss = float(loss)
   info = {"steps": num_steps, "seconds": time.perf_counter() - t0, "final_loss": loss}
   return {"params": params, "batch_stats": stats}, info
@@ -813,58 +822,31 @@ def load_backbone(
     (backbone module, its variables {"params", "batch_stats"}, the `config.model` it was built
     from).
   """
-  from barlow_jax import convert
+  from barlow_jax import checkpointing
 
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  location = checkpointing.path(path)
+  path = os.fspath(location)
+  if not location.is_dir():
     raise ValueError(f"config.eval.backbone={path!r} is not a directory")
-  export = os.path.join(path, "backbone")
-  if os.path.exists(os.path.join(path, convert.MODEL_CONFIG_FILE)):
+  export = os.fspath(location / checkpointing.BACKBONE)
+  if checkpointing.is_backbone_dir(path):
     directory = path
-  elif checkpoint_step < 0 and os.path.exists(os.path.join(export, convert.MODEL_CONFIG_FILE)):
+  elif checkpoint_step < 0 and checkpointing.is_backbone_dir(export):
     directory = export
-  elif os.path.isdir(os.path.join(path, "checkpoints")):
-    return _backbone_from_checkpoint(path, checkpoint_step)
+  elif (location / checkpointing.CHECKPOINTS).is_dir():
+    variables, model_config, _ = checkpointing.backbone_from_checkpoint(path, checkpoint_step)
+    model_config = ml_collections.ConfigDict(model_config)
+    return create_backbone(model_config), variables, model_config
   else:
     raise ValueError(
-      f"config.eval.backbone={path!r} holds neither {convert.MODEL_CONFIG_FILE} (a backbone "
+      f"config.eval.backbone={path!r} holds neither {checkpointing.MODEL_CONFIG_FILE} (a backbone "
       "export or converted PyTorch checkpoint), nor backbone/ or checkpoints/ (a pretraining "
       "workdir). Convert PyTorch weights with `python -m barlow_jax.convert --from X.pth --to DIR`."
     )
-  variables, model_config = convert.load_backbone(directory)
+  # Host arrays: whatever device count wrote the directory, the callers place them on theirs.
+  variables, model_config = checkpointing.load_backbone(directory)
   model_config = ml_collections.ConfigDict(model_config)
   return create_backbone(model_config), backbone_variables(variables), model_config
-
-
-def _backbone_from_checkpoint(
-  workdir: str, checkpoint_step: int
-) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict]:
-  import orbax.checkpoint as ocp
-
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"{workdir} has checkpoints/ but no config.json: not a pretraining workdir")
-  from barlow_jax import convert, parallel
-
-  with open(config_path) as f:
-    # Keys added to config.model after the run was written take their defaults.
-    model_config = ml_collections.ConfigDict(convert.full_model_config(json.load(f)["model"]))
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step() if checkpoint_step < 0 else int(checkpoint_step)
-  if step is None or step not in manager.all_steps():
-    raise ValueError(
-      f"config.eval.checkpoint_step={checkpoint_step}: {workdir}/checkpoints holds steps "
-      f"{sorted(manager.all_steps())}"
-    )
-  # The saved TrainState as plain nested dicts (no target needed for the backbone's leaves).
-  tree = manager.restore(step, args=ocp.args.StandardRestore())
-  variables = {
-    "params": tree["params"]["backbone"],
-    "batch_stats": tree.get("batch_stats", {}).get("backbone", {}),
-  }
-  # Whole arrays: a run with config.parallel.fsdp_min_size saved some leaves split over devices.
-  variables = parallel.replicate(variables)
-  return create_backbone(model_config), variables, model_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,6 +891,8 @@ def run_final_evaluation(
   pretrain_seconds: float | None = None,
   pretrain_steps: int | None = None,
   mesh: Mesh | None = None,
+  should_stop: Callable[[], bool] | None = None,
+  settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """The end-of-pretraining results table for a labelled in-memory dataset; writes it to workdir.
 
@@ -935,10 +919,20 @@ def run_final_evaluation(
     pretrain_seconds: wall time of pretraining (sizes (d) when matching time; recorded).
     pretrain_steps: steps of pretraining (sizes (d) when matching steps; recorded). Default: the
       config's total steps.
-    mesh: default one "data" axis over this process's devices (every process computes the same).
+    mesh: default one "data" axis over this process's devices.
+    should_stop: polled between rows and between the supervised reference's steps; when it
+      returns True, `progress.Stopped` is raised and nothing is written.
+    settings: recorded as results["evaluation_settings"] (what the table was computed with;
+      `barlow_jax.finish` compares it on a rerun).
+
+  Each row is logged as it starts (with the ETA of the rest) and ends; the supervised reference
+  logs its steps' progress.
 
   Returns:
     {"rows": [...], "targets": {...}, ...} as written to results.json.
+
+  Raises:
+    progress.Stopped: `should_stop()` became true (SIGTERM).
   """
   from barlow_jax import input_pipeline
 
@@ -963,77 +957,82 @@ def run_final_evaluation(
     fte, _ = extract_features(backbone, vars_, array_batches(test_x, test_y, eval_bs), mesh=mesh)
     return ftr, fte
 
-  rows = []
-  rows.append(
-    _evaluate_features(
-      "Barlow Twins", *_with_labels(features(variables), train_y, test_y), **common
-    )
+  standardised = bool(config.eval.baselines and config.model.get("standardize_input", False))
+  supervised = bool(config.eval.baselines and config.eval.supervised)
+  phases = progress.Phases(
+    "Final evaluation",
+    1 + (3 + standardised + supervised) * bool(config.eval.baselines),
+    should_stop,
   )
-  if config.eval.baselines:
-    random_vars = init_backbone(backbone, int(train_x.shape[1]), int(config.seed))
-    rows.append(
-      _evaluate_features(
-        "random init (initial BN statistics)",
-        *_with_labels(features(random_vars), train_y, test_y),
-        **common,
-      )
+
+  def row(name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    phases.begin(name)
+    out = compute()
+    phases.end()
+    logging.info(
+      "Final evaluation: %s: linear top-1 %.1f%%, kNN top-1 %.1f%%",
+      name,
+      100 * out["linear_top1"],
+      100 * out["knn_top1"],
     )
+    return out
+
+  def of_features(name: str, vars_fn: Callable[[], Mapping[str, Any]]):
+    return lambda: _evaluate_features(
+      name, *_with_labels(features(vars_fn()), train_y, test_y), **common
+    )
+
+  rows = [row("Barlow Twins", of_features("Barlow Twins", lambda: variables))]
+  if config.eval.baselines:
+    # Built inside the first row that needs it, so its compilation is part of a logged phase.
+    random_vars = functools.cache(
+      lambda: init_backbone(backbone, int(train_x.shape[1]), int(config.seed))
+    )
+    name = "random init (initial BN statistics)"
+    rows.append(row(name, of_features(name, random_vars)))
     recal_bs = _round_to(min(int(config.batch_size), len(train_x)), mesh.size)
-    recalibrated = recalibrate_batch_stats(
+    name = "random init (BN recalibrated on train images)"
+    recalibrate = lambda: recalibrate_batch_stats(
       backbone,
-      random_vars,
+      random_vars(),
       train_x,
       num_batches=int(config.eval.bn_recalibration_batches),
       batch_size=recal_bs,
       seed=int(config.seed),
       mesh=mesh,
     )
-    rows.append(
-      _evaluate_features(
-        "random init (BN recalibrated on train images)",
-        *_with_labels(features(recalibrated), train_y, test_y),
-        **common,
+    rows.append(row(name, of_features(name, recalibrate)))
+    flat = lambda x: np.asarray(x).reshape(len(x), -1)
+    pixels = lambda name, fn: (
+      lambda: _evaluate_features(
+        name, flat(fn(train_x)), train_y, flat(fn(test_x)), test_y, **common
       )
     )
-    rows.append(
-      _evaluate_features(
-        "raw pixels",
-        train_x.reshape(len(train_x), -1),
-        train_y,
-        test_x.reshape(len(test_x), -1),
-        test_y,
-        **common,
-      )
-    )
-    if config.model.get("standardize_input", False):
+    rows.append(row("raw pixels", pixels("raw pixels", lambda x: x)))
+    if standardised:
       # What the backbone's fixed first step makes of the pixels: a stricter floor, reported
       # beside the targets (which follow the issue's raw pixels).
       from barlow_jax import models
 
       standardise = jax.jit(lambda x: models.standardize_images(x, config.model.input_epsilon))
+      rows.append(row(STANDARDISED_PIXELS, pixels(STANDARDISED_PIXELS, standardise)))
+    if supervised:
       rows.append(
-        _evaluate_features(
-          STANDARDISED_PIXELS,
-          np.asarray(standardise(train_x)).reshape(len(train_x), -1),
-          train_y,
-          np.asarray(standardise(test_x)).reshape(len(test_x), -1),
-          test_y,
-          **common,
-        )
-      )
-    if config.eval.supervised:
-      rows.append(
-        _supervised_row(
-          config,
-          backbone,
-          random_vars,
-          (train_x, train_y),
-          (test_x, test_y),
-          num_classes,
-          pretrain_seconds=pretrain_seconds,
-          pretrain_steps=pretrain_steps,
-          mesh=mesh,
-          features=features,
+        row(
+          "supervised reference, same backbone",
+          lambda: _supervised_row(
+            config,
+            backbone,
+            random_vars(),
+            (train_x, train_y),
+            (test_x, test_y),
+            num_classes,
+            pretrain_seconds=pretrain_seconds,
+            pretrain_steps=pretrain_steps,
+            mesh=mesh,
+            features=features,
+            should_stop=should_stop,
+          ),
         )
       )
   results = {
@@ -1053,6 +1052,8 @@ def run_final_evaluation(
     "targets": _targets(rows),
     "eval_seconds": time.perf_counter() - total_t0,
   }
+  if settings is not None:
+    results["evaluation_settings"] = dict(settings)
   write_results(workdir, results)
   return results
 
@@ -1073,6 +1074,7 @@ def _supervised_row(
   pretrain_steps,
   mesh,
   features,
+  should_stop=None,
 ):
   from barlow_jax import input_pipeline, optim
 
@@ -1102,6 +1104,7 @@ def _supervised_row(
     time_budget_s=budget,
     seed=int(config.seed),
     mesh=mesh,
+    on_step=_progress_callback("Supervised reference", should_stop),
   )
   model = Classifier(backbone=backbone, num_classes=num_classes)
   eval_bs = _eval_batch_size(len(test_x), mesh.size)
@@ -1118,6 +1121,17 @@ def _supervised_row(
     supervised_seconds=info["seconds"],
     supervised_matched=match if budget or match == "steps" else "steps",
   )
+
+
+def _progress_callback(name: str, should_stop) -> Callable[[int, int], None]:
+  meter = []
+
+  def on_step(done: int, total: int) -> None:
+    if not meter:
+      meter.append(progress.Progress(name, total, should_stop=should_stop))
+    meter[0].update(done)
+
+  return on_step
 
 
 def _pretrain_optimizer(config, steps_per_epoch: int, num_steps: int):
@@ -1208,24 +1222,20 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
 
 def write_results(workdir: str, results: Mapping[str, Any], *, text: str | None = None) -> None:
-  """Prints the Markdown table (`text`, or one made from `results`) and writes results.json +
-  results.md into workdir (process 0)."""
+  """Process 0 prints the Markdown table (`text`, or one made from `results`) and writes
+  results.json + results.md into workdir.
+
+  Each file is written whole or not at all (a temporary file renamed over it); the JSON first,
+  the Markdown view of it last.
+  """
+  if jax.process_index() != 0:
+    return
   if text is None:
     text = results_markdown(results) if "rows" in results else _generic_markdown(results)
   print(text, flush=True)
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=_json_default)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text)
-
-
-def _json_default(value):
-  if isinstance(value, np.generic | jax.Array):
-    return np.asarray(value).item()
-  raise TypeError(f"not JSON serialisable: {type(value)}")
+  checkpointing.path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpointing.write_json(os.path.join(workdir, checkpointing.RESULTS_JSON), results)
+  checkpointing.write_text(os.path.join(workdir, checkpointing.RESULTS_MD), text)
 
 
 def _generic_markdown(results: Mapping[str, Any]) -> str:

@@ -70,11 +70,19 @@ def main(argv: list[str]) -> None:
     jax.devices()[0].device_kind,
   )
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  if result.preempted:
+  if result.preempted and result.step < result.total_steps:
     logging.info(
       "Stopped at step %d/%d on SIGTERM; rerun to resume.", result.step, result.total_steps
     )
+  elif result.preempted:
+    logging.info("Stopped during the final evaluation on SIGTERM; rerun to finish it.")
+
+
+def run() -> None:
+  """The `barlow-jax` console script (setup.py's entry point): the same as `python -m
+  barlow_jax.main`."""
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -11,15 +11,11 @@ statistic, in the BatchNorms of the network and in the normalisation inside the 
 global batch without an `axis_name`, and `jax.grad` of the global loss is the true gradient
 (REFERENCE.md §3 explains why the reference's is 1/W of it: `config.optim.gradient_scale`).
 
-The workdir is the run:
-
-    config.txt, config.json   the resolved config (human / machine readable)
-    checkpoints/<step>/       orbax CheckpointManager: the whole `TrainState`, async, the last
-                              `config.keep_checkpoints`, every `config.checkpoint_every_steps`,
-                              at the end and on SIGTERM
-    events.out.tfevents.*     TensorBoard scalars and images (clu metric writers)
-    backbone/                 at the end: orbax checkpoint of {"params", "batch_stats"} of the
-                              backbone alone, plus backbone/model_config.json (`config.model`)
+The workdir is the run (layout and formats: `barlow_jax.checkpointing`): config.txt/json,
+checkpoints/<step>/ (the whole `TrainState`, async, the last `config.keep_checkpoints`, every
+`config.checkpoint_every_steps`, at the end and on SIGTERM), pretraining.json (its wall time),
+TensorBoard events, and at the end backbone/ and the results table (`barlow_jax.finish`). All of
+it reads back on any device count.
 
 Running the same command again resumes from the latest checkpoint. The data position is the step
 (the input pipeline's `start_step` replays exactly the batches k, k+1, ...) and nothing else in a
@@ -52,13 +48,16 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from barlow_jax import (
+  checkpointing,
   config_validation,
   device_augment,
+  finish,
   losses,
   models,
   monitors,
   optim,
   parallel,
+  progress,
 )
 
 # Side of the C heatmaps written to TensorBoard.
@@ -104,7 +103,8 @@ class TrainResult:
     state: the final `TrainState` (on the devices).
     step: updates done (== total steps unless preempted).
     total_steps: the run's length.
-    preempted: True when SIGTERM stopped the run (a checkpoint at `step` was saved).
+    preempted: True when SIGTERM stopped the run: in pretraining (a checkpoint at `step` was
+      saved) or in the final evaluation (`step == total_steps`; nothing of it was written).
     num_compiles: how many times the train step was traced (1 in a healthy run).
     history: `[(step, scalars)]` of every logged step of this invocation.
     evaluation: the end-of-run evaluation's results (None when not run).
@@ -465,78 +465,99 @@ def prepare_workdir(workdir: str) -> str:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The run's config, written once: a rerun with other settings keeps the original record."""
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, "config.txt"), "w") as f:
-    f.write(str(config))
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  json_path = os.path.join(workdir, checkpointing.CONFIG_JSON)
+  before = checkpointing.read_json(json_path)
+  if before is not None:
+    changed = _changed_keys(before, json.loads(text))
+    if changed:
+      logging.warning(
+        "This invocation's config differs from %s in %s; the file keeps the settings the run "
+        "started with.",
+        json_path,
+        ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else ""),
+      )
+    return
+  checkpointing.write_text(os.path.join(workdir, checkpointing.CONFIG_TEXT), str(config))
+  checkpointing.write_text(json_path, text)
+
+
+def _changed_keys(before, after, prefix: str = "") -> list[str]:
+  if isinstance(before, dict) and isinstance(after, dict):
+    out = []
+    for key in sorted(set(before) | set(after)):
+      out += _changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")
+    return out
+  return [] if before == after else [prefix.rstrip(".")]
 
 
 def _checkpoint_manager(workdir: str, config: ml_collections.ConfigDict):
-  import orbax.checkpoint as ocp
-
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=int(config.keep_checkpoints), create=True, enable_async_checkpointing=True
-  )
-  return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+  return checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
 
 
 def _save(manager, state: TrainState, step: int) -> None:
-  import orbax.checkpoint as ocp
-
-  manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+  checkpointing.save_checkpoint(manager, step, flax.serialization.to_state_dict(state))
 
 
 def restore_state(
-  manager, state: TrainState, mesh: Mesh, step: int, *, fsdp_min_size: int = 0
+  manager,
+  state: TrainState,
+  mesh: Mesh,
+  step: int,
+  shardings: Any = None,
+  *,
+  fsdp_min_size: int = 0,
 ) -> TrainState:
-  """Restores checkpoint `step` into the structure of `state`, laid out by `state_shardings`.
+  """Restores checkpoint `step` into the structure of `state`, onto `mesh`'s devices.
 
   The checkpoint may come from another device count or another `fsdp_min_size`: orbax reads
   each device's part of the whole saved arrays.
-  """
-  import orbax.checkpoint as ocp
 
-  shardings = state_shardings(state, mesh, fsdp_min_size=fsdp_min_size)
-  shardings = flax.serialization.to_state_dict(shardings)
-  target = jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+  Args:
+    manager: `checkpointing.checkpoint_manager` of the workdir.
+    state: a `TrainState` (or its `jax.eval_shape`) giving the structure.
+    mesh: the devices to restore onto (any count, whatever count wrote the checkpoint).
+    step: the checkpoint's step.
+    shardings: the state's shardings (default: `state_shardings(state, mesh, fsdp_min_size)`).
+    fsdp_min_size: see `state_shardings`.
+  """
+  if shardings is None:
+    shardings = state_shardings(state, mesh, fsdp_min_size=fsdp_min_size)
+  restored = checkpointing.restore_checkpoint(
+    manager,
+    step,
     flax.serialization.to_state_dict(state),
-    shardings,
+    flax.serialization.to_state_dict(shardings),
   )
-  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   return flax.serialization.from_state_dict(state, restored)
 
 
+def backbone_of(state: TrainState) -> dict[str, Any]:
+  """`{"params", "batch_stats"}` of the backbone in `state` (the arrays, not copies)."""
+  return {
+    "params": state.params["backbone"],
+    "batch_stats": state.batch_stats.get("backbone", {}),
+  }
+
+
 def export_backbone(state: TrainState, config: ml_collections.ConfigDict, path: str) -> None:
-  """Writes the backbone's `{"params", "batch_stats"}` (orbax) and `model_config.json` to `path`.
+  """Writes the backbone of `state` as a backbone directory at `path` (replacing one there).
 
-  Load with `load_exported_backbone(path)`.
+  The format is `barlow_jax.checkpointing`'s; read it with `load_exported_backbone(path)` or
+  `checkpointing.load_backbone` on any device count. Every process calls it.
   """
-  import orbax.checkpoint as ocp
-
-  # Whole arrays (gathered when FSDP split them): the export loads on any device count.
-  variables = parallel.replicate(
-    {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
-  )
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), variables, force=True)
-  checkpointer.wait_until_finished()
-  if jax.process_index() == 0:
-    with open(os.path.join(path, "model_config.json"), "w") as f:
-      f.write(config.model.to_json_best_effort(indent=2, sort_keys=True))
+  # Whole arrays (gathered when FSDP split them).
+  variables = parallel.replicate(backbone_of(state))
+  checkpointing.save_backbone(path, variables, config.model.to_dict(), overwrite=True)
 
 
 def load_exported_backbone(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """(model config, `{"params", "batch_stats"}` as host arrays) of an `export_backbone` dir."""
-  import orbax.checkpoint as ocp
-
-  path = os.path.abspath(path)
-  with open(os.path.join(path, "model_config.json")) as f:
-    model_config = ml_collections.ConfigDict(json.load(f))
-  variables = ocp.StandardCheckpointer().restore(path)
-  return model_config, variables
+  variables, model_config = checkpointing.load_backbone(path)
+  return ml_collections.ConfigDict(model_config), variables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +579,7 @@ class _PreemptionFlag:
 
   def _handler(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary.")
+    logging.warning("SIGTERM received: stopping at the next step (saved) or evaluation phase.")
     self.received = True
 
   def should_stop(self, step: int) -> bool:
@@ -589,13 +610,6 @@ def _heatmap_image(c: np.ndarray, *, vmax: float = 1.0) -> np.ndarray:
   scale = max(1, 256 // rgb.shape[0])
   rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
   return rgb[None]
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 def _knn_monitor(state: TrainState, config: ml_collections.ConfigDict, mesh: Mesh) -> float:
@@ -642,23 +656,6 @@ def _knn_monitor(state: TrainState, config: ml_collections.ConfigDict, mesh: Mes
   )
 
 
-def _final_evaluation(config, workdir: str, state: TrainState, *, seconds: float, steps: int):
-  """The evaluation issue's end-of-run table (`barlow_jax.evaluate.run_final_evaluation`)."""
-  try:
-    from barlow_jax import evaluate
-  except ImportError as e:
-    logging.warning("Final evaluation skipped: barlow_jax.evaluate is not importable (%s).", e)
-    return None
-  variables = jax.device_get(
-    parallel.replicate(
-      {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
-    )
-  )
-  return evaluate.run_final_evaluation(
-    config, workdir, variables, pretrain_seconds=seconds, pretrain_steps=steps
-  )
-
-
 # ---------------------------------------------------------------------------------------------
 # The run.
 
@@ -702,6 +699,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
 
   manager = _checkpoint_manager(workdir, config)
   start_step = int(manager.latest_step() or 0)
+  clock = finish.PretrainingClock(workdir, start_step)
   if start_step > total_steps:
     raise ValueError(
       f"{workdir}/checkpoints holds step {start_step}, past this config's {total_steps} steps: "
@@ -740,7 +738,8 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
 
   is_main = jax.process_index() == 0
   # Metrics come from process 0 alone (the values are global: every process holds the same).
-  if is_main:
+  # A rerun of a finished run writes no new events file.
+  if is_main and start_step < total_steps:
     writer = metric_writers.create_default_writer(workdir, asynchronous=True)
   else:
     writer = metric_writers.MultiWriter([])
@@ -772,6 +771,10 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
   run_start, run_start_step = window_start, start_step
   monitor_seconds = 0.0
 
+  def save(step: int) -> None:
+    _save(manager, state, step)
+    clock.saved(step, time.perf_counter() - run_start - monitor_seconds, total_steps=total_steps)
+
   def check_finite(step: int, metrics) -> None:
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -792,7 +795,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
           check_finite(*pending)
           pending = None
         if step != last_saved:
-          _save(manager, state, step)
+          save(step)
           last_saved = step
         preempted = True
         logging.warning("Preempted: saved step %d in %s/checkpoints; exiting.", step, workdir)
@@ -838,7 +841,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
               images_per_s,
               scalars["images_per_second_per_device"],
               100.0 * scalars["input_wait_fraction"],
-              _format_duration((total_steps - done) / max(rate, 1e-9)),
+              progress.format_duration((total_steps - done) / max(rate, 1e-9)),
             )
         if is_image:
           writer.write_images(
@@ -854,7 +857,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
         if pending is not None:
           check_finite(*pending)
           pending = None
-        _save(manager, state, done)
+        save(done)
         last_saved = done
 
       if eval_every and (done % eval_every == 0 or done == total_steps):
@@ -889,17 +892,22 @@ def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> Tr
     manager.close()
     writer.close()
     return result
-  if last_saved != total_steps:  # A rerun of a finished run: nothing new to save.
+  if last_saved != total_steps:
     _save(manager, state, total_steps)
   manager.wait_until_finished()
   manager.close()
-  export_backbone(state, config, os.path.join(workdir, "backbone"))
-  logging.info("Exported the backbone to %s/backbone.", workdir)
+  # Written once, when the last checkpoint is committed; a rerun keeps the original record.
+  clock.saved(total_steps, train_seconds, total_steps=total_steps, finished=True)
+  export = os.path.join(workdir, checkpointing.BACKBONE)
+  if start_step < total_steps or not checkpointing.is_backbone_dir(export):
+    logging.info("Exporting the backbone to %s.", export)
+    export_backbone(state, config, export)
   writer.close()
   if config.eval.final:
-    result.evaluation = _final_evaluation(
-      config, workdir, state, seconds=train_seconds, steps=total_steps
+    result.evaluation, stopped = finish.final_evaluation(
+      config, workdir, backbone_of(state), should_stop=lambda: preemption.received
     )
+    result.preempted = stopped
   return result
 
 

@@ -177,6 +177,7 @@ def _tiny_cluttered_config():
   config.eval.final = True
   config.eval.probe_epochs = 2
   config.eval.bn_recalibration_batches = 2
+  config.eval.supervised = True  # Off in the default job; the table's every row is tested here.
   config.eval.supervised_match = "steps"  # 2 steps, as many as pretraining.
   return config
 

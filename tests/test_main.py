@@ -52,3 +52,28 @@ def test_a_run_then_the_same_command_resumes_and_exports(tmp_path):
   again = _main(*args, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resuming from" in again.stderr and "step 20" in again.stderr
+
+
+def _console_script() -> str:
+  script = os.path.join(os.path.dirname(sys.executable), "barlow-jax")
+  if not os.path.exists(script):
+    pytest.skip(
+      f"no barlow-jax console script next to {sys.executable}: the package is not installed in "
+      "this environment (pip install -e . installs it; CI's install does)"
+    )
+  return script
+
+
+def test_the_installed_console_script_starts_a_run(tmp_path):
+  """`barlow-jax` (setup.py's entry point) parses the flags and reaches the trainer."""
+  # An empty --workdir is refused by the trainer itself: the script parsed the flags and ran
+  # main() through to it.
+  result = subprocess.run(
+    [_console_script(), "--config=configs/digits.py:runlocal", "--workdir="],
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode != 0
+  assert "--workdir is empty" in result.stderr, result.stderr[-3000:]

@@ -231,7 +231,7 @@ def test_the_backbone_export_of_a_sharded_state_is_whole(sharded_and_replicated_
   train.export_backbone(sharded, fsdp_config(), str(tmp_path / "backbone"))
   _, variables = train.load_exported_backbone(str(tmp_path / "backbone"))
   assert _relative_error(variables["params"], sharded.params["backbone"]) == 0.0
-  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(variables["params"]))
+  assert all(_whole(x) for x in jax.tree.leaves(variables["params"]))
 
 
 def test_evaluation_reads_the_backbone_of_a_sharded_checkpoint(
@@ -249,7 +249,7 @@ def test_evaluation_reads_the_backbone_of_a_sharded_checkpoint(
   finally:
     manager.close()
   _, variables, _ = evaluate.load_backbone(str(tmp_path), checkpoint_step=3)
-  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(variables))
+  assert all(_whole(x) for x in jax.tree.leaves(variables))
   assert _relative_error(variables["params"], sharded.params["backbone"]) == 0.0
 
 
@@ -280,3 +280,8 @@ def test_the_memory_benchmark_command_compiles_for_another_device_count(tmp_path
   # ResNet-18's [3, 3, 512, 512] kernels and the two 1024 x 1024 ones are halved.
   assert state(sharded) < 0.75 * state(replicated)
   assert sharded["total_bytes"] < replicated["total_bytes"]
+
+
+def _whole(x) -> bool:
+  # The loaders give host NumPy arrays (whole by construction; barlow_jax.checkpointing).
+  return isinstance(x, np.ndarray) or x.sharding.is_fully_replicated

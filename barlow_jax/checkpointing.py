@@ -1,0 +1,325 @@
+"""The workdir and backbone-directory format: the one module that writes and reads them.
+
+A pretraining workdir:
+
+    config.txt, config.json   the run's resolved config, written by its first invocation
+    checkpoints/<step>/       orbax CheckpointManager of the `TrainState` as a state dict
+    pretraining.json          the pretraining's own record: steps done, wall seconds summed over
+                              every invocation (compilation included, kNN monitor excluded);
+                              `finished` once the last step is saved
+    backbone/                 the backbone export (below), at the end
+    results.json, results.md  the end-of-run evaluation table
+    events.out.tfevents.*     TensorBoard scalars and images (clu metric writers)
+
+A backbone directory (`backbone/` of a workdir, or `python -m barlow_jax.convert --to DIR`):
+an orbax checkpoint of `{"params": ..., "batch_stats": ...}` of the backbone alone plus
+`model_config.json` (the `config.model` keys that rebuild the architecture). The JSON is written
+after orbax has committed the arrays, so its presence marks a complete export.
+
+Every restore here names the devices it restores onto: orbax, left to itself, places each array
+on the devices recorded at save time, which fails with "Topology mismatch" on any other device
+count (a run trained on a pod, evaluated on one GPU). Callers give shardings on their current
+devices (`restore_checkpoint(..., shardings=...)`, which is how a caller with sharded parameters
+keeps its layout), or read host NumPy arrays (`shardings=None`), whose structure, shapes and
+dtypes come from the checkpoint's own metadata.
+
+Paths are `etils.epath.Path`s, so the same calls work on local disks and on remote stores
+(gs://); local paths are made absolute (orbax requires it).
+"""
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+CHECKPOINTS = "checkpoints"
+BACKBONE = "backbone"
+MODEL_CONFIG_FILE = "model_config.json"
+CONFIG_TEXT = "config.txt"
+CONFIG_JSON = "config.json"
+PRETRAINING_JSON = "pretraining.json"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+# A sharding for every leaf, a tree of them, or None for host NumPy arrays.
+Shardings = jax.sharding.Sharding | Any | None
+
+
+def path(location: str | os.PathLike) -> epath.Path:
+  """`location` as an `epath.Path`; local paths absolute with `~` expanded."""
+  text = os.fspath(location)
+  if not text:
+    raise ValueError("empty path: give a directory")
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Small files of the workdir.
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+  """Writes `text` to `target` whole or not at all (a temporary file renamed over it)."""
+  target = path(target)
+  tmp = target.parent / f".{target.name}.tmp.{os.getpid()}"
+  tmp.write_text(text)
+  tmp.replace(target)
+
+
+def write_json(target: str | os.PathLike, value: Any) -> None:
+  """`value` as indented JSON with sorted keys (NumPy / jax scalars as numbers), atomically."""
+  write_text(target, json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(source: str | os.PathLike) -> Any:
+  """The JSON at `source`, or None when there is no such file."""
+  source = path(source)
+  if not source.exists():
+    return None
+  return json.loads(source.read_text())
+
+
+def _json_default(value):
+  if isinstance(value, np.generic | np.ndarray | jax.Array):
+    return np.asarray(value).tolist()
+  if isinstance(value, tuple | set):
+    return list(value)
+  raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints.
+
+
+def checkpoint_manager(
+  workdir: str | os.PathLike,
+  *,
+  max_to_keep: int | None = None,
+  create: bool = True,
+  asynchronous: bool = True,
+):
+  """The orbax `CheckpointManager` of `workdir/checkpoints` (create=False: read an existing one).
+
+  Raises:
+    ValueError: `create` is False and `workdir/checkpoints` does not exist.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = path(workdir) / CHECKPOINTS
+  if not create and not directory.is_dir():
+    raise ValueError(f"{directory} does not exist: not a pretraining workdir")
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep,
+    create=create,
+    enable_async_checkpointing=asynchronous,
+    read_only=not create,
+  )
+  # The handler named up front lets `item_metadata` read a checkpoint's tree (host restores).
+  return ocp.CheckpointManager(
+    directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+  )
+
+
+def save_checkpoint(manager, step: int, tree: Any) -> None:
+  """Saves `tree` (nested dicts of arrays, e.g. a flax state dict) as checkpoint `step`.
+
+  Every process calls it (orbax writes each process's shards and commits once).
+  """
+  import orbax.checkpoint as ocp
+
+  manager.save(int(step), args=ocp.args.StandardSave(tree))
+
+
+def restore_checkpoint(manager, step: int, target: Any = None, shardings: Shardings = None) -> Any:
+  """Checkpoint `step` as arrays on the current devices or as host NumPy arrays.
+
+  Args:
+    manager: from `checkpoint_manager`.
+    step: a step in `manager.all_steps()`.
+    target: the tree to restore into (arrays or `jax.ShapeDtypeStruct`s; its structure, shapes
+      and dtypes), e.g. `flax.serialization.to_state_dict(abstract_state)`. None: the
+      checkpoint's own structure (read from its metadata).
+    shardings: a `jax.sharding.Sharding` for every leaf or a tree of them matching `target`,
+      over the devices of THIS run (any count: 8 at save time, 1 now, or the reverse); None:
+      host NumPy arrays.
+
+  Returns:
+    The restored tree (nested dicts).
+
+  Raises:
+    ValueError: `step` is not in the checkpoint directory.
+  """
+  import orbax.checkpoint as ocp
+
+  steps = sorted(manager.all_steps())
+  if int(step) not in steps:
+    raise ValueError(f"{manager.directory} holds checkpoint steps {steps}, not {step}")
+  if target is None:
+    target = _metadata_tree(manager.item_metadata(int(step)))
+  abstract = _abstract(target, shardings)
+  return manager.restore(int(step), args=ocp.args.StandardRestore(abstract))
+
+
+def _metadata_tree(metadata) -> Any:
+  tree = getattr(metadata, "tree", metadata)
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+
+
+def _abstract(target: Any, shardings: Shardings) -> Any:
+  """`target`'s leaves as NumPy placeholders (host restore) or sharded `ShapeDtypeStruct`s."""
+  if shardings is None:
+    # An np.ndarray leaf makes orbax restore a NumPy array whatever devices wrote it.
+    return jax.tree.map(lambda x: np.empty(np.shape(x), np.dtype(x.dtype)), target)
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, target)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), target, shardings
+  )
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+  """The latest checkpoint step of `workdir` (None: none saved)."""
+  manager = checkpoint_manager(workdir, create=False, asynchronous=False)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone directories.
+
+
+def full_model_config(overrides: Mapping) -> dict:
+  """`config.model` as a plain dict: the base config's values updated with `overrides`.
+
+  Keys added to `config.model` after a directory was written take their defaults.
+
+  Raises:
+    ValueError: `overrides` names a key `config.model` does not have.
+  """
+  from barlow_jax import config as config_lib
+
+  model_config = config_lib.base_config().model.to_dict()
+  unknown = set(overrides) - set(model_config)
+  if unknown:
+    raise ValueError(f"unknown config.model keys {sorted(unknown)}")
+  model_config.update(overrides)
+  return model_config
+
+
+def is_backbone_dir(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds a complete backbone export (its `model_config.json`)."""
+  return (path(directory) / MODEL_CONFIG_FILE).exists()
+
+
+def save_backbone(
+  directory: str | os.PathLike,
+  variables: Mapping[str, Any],
+  model_config: Mapping[str, Any],
+  *,
+  overwrite: bool = False,
+) -> None:
+  """Writes a backbone directory: orbax `{"params", "batch_stats"}`, then `model_config.json`.
+
+  Every process calls it (orbax writes collectively); process 0 writes the JSON.
+
+  Args:
+    directory: where to write.
+    variables: `{"params": ..., "batch_stats": ...}` of the backbone (jax or NumPy arrays).
+    model_config: the `config.model` keys (plain values) that rebuild the architecture.
+    overwrite: replace an existing directory (default: refuse).
+
+  Raises:
+    ValueError: `directory` exists and `overwrite` is False.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = path(directory)
+  if directory.exists() and not overwrite:
+    raise ValueError(f"{directory} already exists: choose a new --to directory or remove it.")
+  tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory, tree, force=overwrite)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  if jax.process_index() == 0:
+    write_json(directory / MODEL_CONFIG_FILE, dict(model_config))
+
+
+def load_backbone(
+  directory: str | os.PathLike, *, shardings: Shardings = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads a backbone directory written on any number of devices.
+
+  Args:
+    directory: a backbone directory (see the module docstring).
+    shardings: a sharding for every leaf, or a tree of them shaped like the variables, on the
+      current devices; None (default): host NumPy arrays.
+
+  Returns:
+    (variables `{"params", "batch_stats"}`, model config dict as written).
+
+  Raises:
+    ValueError: `directory` has no `model_config.json`.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = path(directory)
+  config_file = directory / MODEL_CONFIG_FILE
+  if not config_file.exists():
+    raise ValueError(f"{directory} has no {MODEL_CONFIG_FILE}: not a barlow_jax backbone export.")
+  model_config = json.loads(config_file.read_text())
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    target = _metadata_tree(checkpointer.metadata(directory).item_metadata)
+    variables = checkpointer.restore(directory, _abstract(target, shardings))
+  finally:
+    checkpointer.close()
+  return dict(variables), model_config
+
+
+def backbone_from_checkpoint(
+  workdir: str | os.PathLike, step: int = -1
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+  """The backbone's variables in a training checkpoint of `workdir`, as host NumPy arrays.
+
+  Args:
+    workdir: a pretraining workdir (`config.json` and `checkpoints/`).
+    step: the checkpoint's step; -1: the latest.
+
+  Returns:
+    (variables `{"params", "batch_stats"}`, full model config dict (`full_model_config` of the
+    run's `config.model`), the step read).
+
+  Raises:
+    ValueError: no `config.json`, or no checkpoint `step` (the message lists the steps).
+  """
+  workdir = path(workdir)
+  config = read_json(workdir / CONFIG_JSON)
+  if config is None:
+    raise ValueError(
+      f"{workdir} has {CHECKPOINTS}/ but no {CONFIG_JSON}: not a pretraining workdir"
+    )
+  model_config = full_model_config(config["model"])
+  manager = checkpoint_manager(workdir, create=False, asynchronous=False)
+  try:
+    steps = sorted(manager.all_steps())
+    chosen = steps[-1] if step < 0 and steps else int(step)
+    if chosen not in steps:
+      raise ValueError(
+        f"config.eval.checkpoint_step={step}: {workdir}/{CHECKPOINTS} holds steps {steps}"
+      )
+    tree = restore_checkpoint(manager, chosen)
+  finally:
+    manager.close()
+  variables = {
+    "params": tree["params"]["backbone"],
+    "batch_stats": (tree.get("batch_stats") or {}).get("backbone", {}),
+  }
+  return variables, model_config, chosen

@@ -1,0 +1,203 @@
+"""The end of a pretraining run: done once per run, by process 0, stoppable, never redone worse.
+
+- The pretraining's wall time is kept in the workdir (`pretraining.json`, summed over every
+  invocation of a resumed run), so an evaluation computed later (a rerun with other evaluation
+  settings, or one that SIGTERM interrupted) matches the supervised reference to the real
+  pretraining time, not to the seconds of a rerun that trained nothing.
+- The final evaluation runs on process 0's devices while the other processes wait for it at a
+  barrier; only process 0 writes and prints. (Its data are small in-memory arrays, so process 0
+  alone is the simple and complete way; a run of several hosts would gain little from spreading
+  a few minutes of evaluation.)
+- SIGTERM during the evaluation stops it at the next row or step boundary; nothing is written
+  (results files are replaced whole, atomically, only at the end) and the same command computes
+  it again.
+- A workdir whose results were computed with the same evaluation settings reports them and
+  leaves every file as it is; other settings recompute them with the recorded pretraining time.
+"""
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from barlow_jax import checkpointing, evaluate, progress
+
+# How long the other processes wait for process 0's evaluation (the coordination service's
+# heartbeats still stop them at once if process 0 dies).
+WAIT_TIMEOUT_S = 24 * 3600
+# The config sections that determine the final table (the supervised reference uses the
+# pretraining's optimizer, batch size and view-A crop).
+_EVALUATION_KEYS = ("dataset", "model", "augment", "optim", "eval", "batch_size", "seed")
+# Checkpoint steps whose cumulative pretraining time the record keeps (resume points).
+_KEEP_STEPS = 8
+
+
+class PretrainingClock:
+  """Pretraining wall time summed over the invocations of a run, kept in `pretraining.json`.
+
+  Args:
+    workdir: the run's directory.
+    start_step: the step this invocation starts from (0, or the checkpoint it resumed).
+  """
+
+  def __init__(self, workdir: str, start_step: int):
+    self.path = os.path.join(workdir, checkpointing.PRETRAINING_JSON)
+    self.record = checkpointing.read_json(self.path) or {}
+    at = self.record.get("seconds_at_step", {})
+    # Unknown for a run resumed from a checkpoint the record does not cover (written by an older
+    # version, or saved after the record's last update): then the total stays unknown.
+    self.base = 0.0 if start_step == 0 else at.get(str(start_step))
+    if start_step and self.base is None:
+      logging.warning(
+        "%s does not cover step %d: the pretraining time of this run will be unknown.",
+        self.path,
+        start_step,
+      )
+
+  @property
+  def finished(self) -> bool:
+    return bool(self.record.get("finished"))
+
+  def total(self, seconds: float) -> float | None:
+    """Pretraining seconds up to now, given this invocation's `seconds` (None: unknown)."""
+    return None if self.base is None else self.base + seconds
+
+  def saved(self, step: int, seconds: float, *, total_steps: int, finished: bool = False) -> None:
+    """Records checkpoint `step`, reached after `seconds` of this invocation (process 0)."""
+    if jax.process_index() != 0 or self.finished:
+      return
+    total = self.total(seconds)
+    at = dict(self.record.get("seconds_at_step", {}))
+    if total is not None:
+      at[str(step)] = round(total, 3)
+    keep = sorted(at, key=int)[-_KEEP_STEPS:]
+    self.record = {
+      "step": int(step),
+      "total_steps": int(total_steps),
+      "seconds": None if total is None else round(total, 3),
+      "seconds_at_step": {k: at[k] for k in keep},
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "finished": bool(finished),
+      "what": "pretraining wall seconds over every invocation (compilation included, kNN "
+      "monitor excluded)",
+    }
+    checkpointing.write_json(self.path, self.record)
+
+
+def evaluation_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config sections the final table depends on, as JSON-comparable plain values."""
+  import json
+
+  plain = json.loads(config.to_json_best_effort(sort_keys=True))
+  return {key: plain[key] for key in _EVALUATION_KEYS if key in plain}
+
+
+def final_evaluation(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  backbone: Mapping[str, Any],
+  *,
+  should_stop: Callable[[], bool],
+) -> tuple[dict[str, Any] | None, bool]:
+  """The run's results table, computed once (on process 0) or reported from the workdir.
+
+  Every process calls it.
+
+  Args:
+    config: the run config. workdir: the run's directory (shared by every process).
+    backbone: `{"params", "batch_stats"}` of the trained backbone (jax arrays of the run, any
+      sharding: they are gathered to host NumPy only when the table is computed).
+    should_stop: true once SIGTERM arrived (polled by process 0 between rows and steps).
+
+  Returns:
+    (results as in results.json, or None when stopped; whether SIGTERM stopped it).
+  """
+  settings = evaluation_settings(config)
+  existing = checkpointing.read_json(os.path.join(workdir, checkpointing.RESULTS_JSON))
+  record = checkpointing.read_json(os.path.join(workdir, checkpointing.PRETRAINING_JSON)) or {}
+  seconds = record.get("seconds")
+  if existing is not None:
+    reason = _keep_reason(existing, settings, seconds, config)
+    if reason:
+      if jax.process_index() == 0:
+        logging.info("Final evaluation: %s: reporting %s/results.md.", reason, workdir)
+        md = checkpointing.path(workdir) / checkpointing.RESULTS_MD
+        if md.exists():
+          print(md.read_text(), flush=True)
+      return existing, False
+    logging.info(
+      "Final evaluation: the settings changed since %s/results.json was written: recomputing it "
+      "with the recorded pretraining time (%s s).",
+      workdir,
+      seconds,
+    )
+  variables = jax.tree.map(_to_host, dict(backbone))
+  results, stopped = None, False
+  if jax.process_index() == 0:
+    try:
+      results = evaluate.run_final_evaluation(
+        config,
+        workdir,
+        variables,
+        pretrain_seconds=seconds,
+        pretrain_steps=record.get("step"),
+        should_stop=should_stop,
+        settings=settings,
+      )
+    except progress.Stopped as e:
+      logging.warning("%s; nothing was written. Rerun the same command to finish it.", e)
+      stopped = True
+    finally:
+      _wait_for_process_0("final_evaluation")
+  else:
+    logging.info("Waiting for process 0's final evaluation.")
+    _wait_for_process_0("final_evaluation")
+    results = checkpointing.read_json(os.path.join(workdir, checkpointing.RESULTS_JSON))
+    stopped = results is None or results.get("evaluation_settings") != settings
+    results = None if stopped else results
+  return results, stopped
+
+
+def _to_host(x):
+  """A host copy of a run's array: any process reads a replicated one from its own shard; a
+  sharded one is gathered (a collective: every process makes the same call)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x)
+
+
+def _keep_reason(existing, settings, seconds, config) -> str:
+  """Why the results in the workdir stand as they are ("" when they should be recomputed)."""
+  if "evaluation_settings" not in existing:
+    return "the workdir's results predate the record of their settings; they are kept"
+  if existing["evaluation_settings"] == settings:
+    return "this run's results were computed with these settings"
+  needs_time = (
+    config.eval.baselines and config.eval.supervised and config.eval.supervised_match == "time"
+  )
+  if needs_time and seconds is None:
+    return (
+      "the settings changed, but the pretraining time is not recorded (the time-matched "
+      "supervised reference needs it); the results computed with the original settings are kept"
+    )
+  return ""
+
+
+def _wait_for_process_0(name: str) -> None:
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
+
+  t0 = time.perf_counter()
+  multihost.get_barrier_sync_fn()(key=f"barlow_jax_{name}", timeout_ms=WAIT_TIMEOUT_S * 1000)
+  logging.info("%s: processes joined after %.0f s.", name, time.perf_counter() - t0)

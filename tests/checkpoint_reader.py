@@ -1,0 +1,98 @@
+"""Reads a pretraining workdir through every loader of the project (tests/test_checkpointing.py).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=N python tests/checkpoint_reader.py W OUT.npz
+
+Writes each loader's values, flattened, under `<loader>/<leaf path>` into OUT.npz: the backbone
+export through `checkpointing`, `evaluate`, `train` and `convert` (host and sharded onto all N
+devices), the latest training checkpoint through the evaluation loader and through
+`train.restore_state` onto all N devices, and the `.pth` that the `python -m barlow_jax.convert
+--export` command line writes. Run in a process of its own so that N is its own device count.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+
+def _flat(prefix: str, tree, out: dict) -> None:
+  import jax
+
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    out[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
+
+
+def knn_config(workdir: str):
+  """The issue's `configs/eval_linear.py:digits --config.eval.mode=knn` of `workdir`."""
+  from configs import eval_linear
+
+  config = eval_linear.get_config("digits")
+  config.eval.mode = "knn"
+  config.eval.backbone = workdir
+  return config
+
+
+def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
+  """{loader/leaf: value} of `workdir` read on this process's devices, and the kNN top-1 of
+  the evaluation command's code path (`evaluate.evaluate`) under "knn_top1"."""
+  import flax
+  import jax
+  import ml_collections
+  import torch
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from barlow_jax import checkpointing, convert, evaluate, input_pipeline, train
+
+  out: dict[str, np.ndarray] = {}
+  export = os.path.join(workdir, "backbone")
+  mesh = train.create_mesh()
+  replicated = NamedSharding(mesh, P())
+
+  _flat("checkpointing.load_backbone", checkpointing.load_backbone(export)[0], out)
+  sharded, _ = checkpointing.load_backbone(export, shardings=replicated)
+  for leaf in jax.tree.leaves(sharded):
+    assert leaf.sharding.device_set == set(jax.devices()), leaf.sharding
+  _flat("checkpointing.load_backbone(sharded)", sharded, out)
+  _flat("train.load_exported_backbone", train.load_exported_backbone(export)[1], out)
+  _flat("convert.load_backbone", convert.load_backbone(export)[0], out)
+  _flat("evaluate.load_backbone(export)", evaluate.load_backbone(workdir)[1], out)
+  step = checkpointing.latest_step(workdir)
+  _, from_checkpoint, _ = evaluate.load_backbone(workdir, checkpoint_step=step)
+  _flat("evaluate.load_backbone(checkpoint)", from_checkpoint, out)
+
+  config = ml_collections.ConfigDict(checkpointing.read_json(os.path.join(workdir, "config.json")))
+  target = jax.eval_shape(
+    lambda rng: train.create_train_state(
+      config,
+      rng,
+      mesh=mesh,
+      steps_per_epoch=input_pipeline.steps_per_epoch(config),
+      num_classes=input_pipeline.num_classes(config),
+    ),
+    jax.random.key(0),
+  )
+  manager = train._checkpoint_manager(workdir, config)
+  try:
+    state = train.restore_state(manager, target, mesh, step)
+  finally:
+    manager.close()
+  assert state.params["backbone"]["conv1"]["kernel"].sharding.device_set == set(jax.devices())
+  _flat("train.restore_state", flax.serialization.to_state_dict(state), out)
+
+  pth = os.path.join(scratch, "backbone.pth")
+  assert convert.main(["--export", "--from", export, "--to", pth]) == 0
+  for key, value in torch.load(pth, weights_only=True).items():
+    out[f"convert --export/{key}"] = value.numpy()
+  out["knn_top1"] = np.asarray(evaluate.evaluate(knn_config(workdir), scratch)["knn_top1"])
+  return out
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  workdir, target = sys.argv[1], sys.argv[2]
+  values = read_all(workdir, os.path.dirname(os.path.abspath(target)))
+  import jax
+
+  values["device_count"] = np.asarray(jax.device_count())
+  np.savez(target, **values)
