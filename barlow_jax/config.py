@@ -4,7 +4,7 @@ Experiment files in `configs/` start from `base_config()` and change what differ
 is misspelt in an experiment file or on the command line (`--config.optim.lr_weight=...`) fails
 instead of being silently ignored (`lock_config=True` in `main.py`).
 
-Defaults are REFERENCE.md's released-code values (ImageNet, ResNet-50, global batch 2048).
+Defaults are the reference code's released values (docs/reference.md §3, §4) (ImageNet, ResNet-50, global batch 2048).
 """
 
 import ml_collections
@@ -13,7 +13,7 @@ from barlow_jax.evaluation import voc07
 
 
 def view_config(*, blur_prob: float, solarize_prob: float) -> ml_collections.ConfigDict:
-  """Augmentation settings of one view (REFERENCE.md §4, BYOL parameters)."""
+  """Augmentation settings of one view (docs/reference.md §4, BYOL parameters)."""
   view = ml_collections.ConfigDict()
   view.crop_area = (0.08, 1.0)  # Random resized crop: fraction of the image area.
   view.crop_aspect = (3 / 4, 4 / 3)
@@ -110,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.warmup_epochs = 10.0
   config.optim.end_lr_factor = 0.001
   # Multiplies every gradient before the optimizer. 1.0 = the true gradient of the global loss;
-  # 1/W reproduces the reference's W-GPU dynamics (REFERENCE.md §3).
+  # 1/W reproduces the reference's W-GPU dynamics (docs/reference.md §3).
   config.optim.gradient_scale = 1.0
 
   config.parallel = ml_collections.ConfigDict()
@@ -137,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
   config.eval.final = True  # Run the end-of-training evaluation (results table).
-  # Linear probe (REFERENCE.md §5). lr is per 256 examples (lr * batch / 256).
+  # Linear probe (docs/reference.md §5). lr is per 256 examples (lr * batch / 256).
   config.eval.probe_epochs = 100
   config.eval.probe_batch_size = 256
   config.eval.probe_lr = 0.3
@@ -157,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.mode = "linear"  # "linear", "semisup", "knn" or "transfer".
   config.eval.backbone = ""  # Pretraining workdir, exported backbone dir, or converted PyTorch dir.
   config.eval.checkpoint_step = -1  # Workdir: -1 = backbone/ export if any, else latest ckpt.
-  # Semi-supervised fine-tuning (REFERENCE.md §5): labelled subset of the probe split.
+  # Semi-supervised fine-tuning (docs/reference.md §5): labelled subset of the probe split.
   config.eval.semisup_subset = ""  # "1pct" / "10pct": TFDS imagenet2012_subset; "" = fraction.
   config.eval.semisup_fraction = 0.1  # Fixed-seed fraction of the probe split (in-memory sets).
   config.eval.semisup_balanced = True  # Same count per class.

@@ -1,6 +1,6 @@
 """Evaluation: kNN monitor, linear probe, semi-supervised fine-tuning and the default job's table.
 
-REFERENCE.md §5 gives the protocols. Everything here reads a frozen backbone as a flax module plus
+docs/reference.md §5 gives the protocols. Everything here reads a frozen backbone as a flax module plus
 its variables `{"params", "batch_stats"}` (eval-mode BatchNorm), from wherever it comes from: a
 pretraining workdir, a `backbone/` export, or a converted PyTorch checkpoint (`load_backbone`).
 
@@ -1011,7 +1011,7 @@ def run_final_evaluation(
     rows.append(row("raw pixels", pixels("raw pixels", lambda x: x)))
     if standardised:
       # What the backbone's fixed first step makes of the pixels: a stricter floor, reported
-      # beside the targets (which follow the issue's raw pixels).
+      # beside the targets (which compare against the raw pixels).
       from barlow_jax import models
 
       standardise = jax.jit(lambda x: models.standardize_images(x, config.model.input_epsilon))

@@ -26,7 +26,7 @@ read in file order (TFDS shuffles examples across files when it prepares them) t
 `config.dataset.shuffle_buffer` shuffle seeded per epoch; `config.dataset.cache` keeps a TFDS
 shard's encoded examples in memory after the first epoch (in-memory datasets need no cache; folders
 are re-read each epoch). Each epoch has exactly
-`steps_per_epoch(config)` batches on every process (remainders dropped, REFERENCE.md §3).
+`steps_per_epoch(config)` batches on every process (remainders dropped, docs/reference.md §3).
 
 Multi-host: process p of P reads its own shard (an even split of the examples, or
 `tfds.split_for_jax_process`) and yields config.batch_size // P examples per step; the trainer

@@ -1,4 +1,4 @@
-"""The Barlow Twins loss (REFERENCE.md §1), its paper ablations, and three ways to compute it.
+"""The Barlow Twins loss (docs/reference.md §1), its paper ablations, and three ways to compute it.
 
     loss = barlow_twins_loss(z_a, z_b)                       # whole batch on one device, or
     loss = barlow_twins_loss(z_a, z_b, axis_name="data")     # per-device shard in shard_map/pmap
@@ -14,7 +14,7 @@ Distributed semantics. Under `jax.jit` with batch-sharded inputs, pass `axis_nam
 are the global batch and XLA inserts the collectives. Inside `jax.shard_map` (or `pmap`) pass the
 mesh axis: the arrays are this device's rows, statistics and `C` are summed over the axis, every
 device returns the same global loss, and the gradient with respect to a shard is that shard's slice
-of the gradient of the global loss. (The PyTorch reference gets 1/W of it; REFERENCE.md §3.)
+of the gradient of the global loss. (The PyTorch reference gets 1/W of it; docs/reference.md §3.)
 This holds for `jax.grad` taken inside `shard_map` (default `check_vma=True`) or inside `pmap`, and
 for `jax.grad` of a `shard_map` with `out_specs=P()`. The one combination to avoid is `jax.grad`
 outside a `shard_map(..., check_vma=False)`, which yields 1/W of the gradient: with
@@ -458,7 +458,7 @@ def barlow_twins_loss(
   temperature: float = 0.1,
   block_size: int | None = None,
 ) -> jax.Array:
-  """The Barlow Twins loss of two views (REFERENCE.md §1), a float32 scalar.
+  """The Barlow Twins loss of two views (docs/reference.md §1), a float32 scalar.
 
   Args:
     z_a: [N, D] embeddings of view A, any float dtype (computed in float32). Under `axis_name`,

@@ -9,7 +9,7 @@ the train state is replicated, or its wide leaves split over the devices with
 `config.parallel.fsdp_min_size` (FSDP, `barlow_jax.parallel`). Under sharded `jit` every batch
 statistic, in the BatchNorms of the network and in the normalisation inside the loss, is over the
 global batch without an `axis_name`, and `jax.grad` of the global loss is the true gradient
-(REFERENCE.md §3 explains why the reference's is 1/W of it: `config.optim.gradient_scale`).
+(docs/reference.md §3 explains why the reference's is 1/W of it: `config.optim.gradient_scale`).
 
 The workdir is the run (layout and formats: `barlow_jax.checkpointing`): config.txt/json,
 checkpoints/<step>/ (the whole `TrainState`, async, the last `config.keep_checkpoints`, every
@@ -204,7 +204,7 @@ def create_train_state(
     params = variables["params"]
     features = model.apply(variables, x, method=models.BarlowTwins.represent).shape[-1]
     if probe_tx is not None:
-      # REFERENCE.md §5's linear-probe initialisation: weights N(0, 0.01), bias 0.
+      # docs/reference.md §5's linear-probe initialisation: weights N(0, 0.01), bias 0.
       kernel = 0.01 * jax.random.normal(jax.random.fold_in(rng, 1), (features, num_classes))
       probe_params = {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}
       probe_opt_state = probe_tx.init(probe_params)
@@ -292,7 +292,7 @@ def train_step(
     (rep_a, _, z_a, z_b), updates = model.apply(
       variables, view_a, view_b, train=True, mutable=["batch_stats"]
     )
-    # The loss and C in float32 whatever the compute dtype (REFERENCE.md §3).
+    # The loss and C in float32 whatever the compute dtype (docs/reference.md §3).
     terms = losses.barlow_twins_loss_terms(
       z_a.astype(jnp.float32),
       z_b.astype(jnp.float32),

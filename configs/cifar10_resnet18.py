@@ -1,8 +1,8 @@
 r"""CIFAR-10, ResNet-18 (CIFAR stem), 1000 epochs: the small-image recipe.
 
-REFERENCE.md §4's small-image settings (32 px crops of area (0.08, 1), no blur, solarize 0 / 0.2,
+docs/reference.md §4's small-image settings (32 px crops of area (0.08, 1), no blur, solarize 0 / 0.2,
 a ResNet-18 with a 3x3 stride-1 stem and no max-pool) with the optimisation of solo-learn's
-public CIFAR-10 Barlow Twins recipe, which REFERENCE.md §6 quotes at about 92% linear top-1 after
+public CIFAR-10 Barlow Twins recipe, which docs/reference.md §6 quotes at about 92% linear top-1 after
 1000 epochs: global batch 256, LARS with lr 0.3 per 256 for weights and for biases / BN (solo-
 learn excludes them from the trust ratio and decay but gives them the same lr), trust coefficient
 eta 0.02, weight decay 1e-4, warmup 10 epochs then cosine, lambda 0.0051, projector

@@ -1,4 +1,4 @@
-r"""ImageNet, ResNet-50, 1000 epochs: the reference run (REFERENCE.md §3), 73.5% linear top-1.
+r"""ImageNet, ResNet-50, 1000 epochs: the reference run (docs/reference.md §3), 73.5% linear top-1.
 
 Global batch 2048 over every device of every host; LARS (eta 0.001, momentum 0.9) with the two
 learning rates 0.2 (weights) and 0.0048 (biases and BN) per 256 examples, warmup 10 epochs then
@@ -11,7 +11,7 @@ about 7 days on 16 V100s.
 
 `gradient_scale` stays 1.0 (the true gradient of the global loss). The reference's applied
 gradient is 1/W of it (W = 16 GPUs); add `--config.optim.gradient_scale=0.0625` to reproduce
-its dynamics exactly (REFERENCE.md §3).
+its dynamics exactly (docs/reference.md §3).
 
 Local variant (`:runlocal`): the same network and optimizer on 2 steps of batch 16 at 64 px, to
 check a machine and the data path:

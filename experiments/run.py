@@ -559,7 +559,7 @@ def results_markdown(collected: Mapping[str, Any], notes: str = "") -> str:
       "",
       "**These are honest small-scale results**: a 2-CPU-core budget on a toy dataset, a short "
       "schedule and one seed, so differences of a few points are within noise. The paper's "
-      "column is ImageNet, ResNet-50, 300 epochs, linear top-1 (REFERENCE.md §1, §6): compare "
+      "column is ImageNet, ResNet-50, 300 epochs, linear top-1 (docs/reference.md §1, §6): compare "
       "the ordering, not the values.",
     ]
   refs = collected.get("references") or []

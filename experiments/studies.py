@@ -6,7 +6,7 @@ or the ImageNet reference run (`imagenet`); only the sizes that must fit the sca
 projector widths) differ, and `SCALES` says how.
 
 `paper` holds what the paper reports for the same setting (ImageNet, ResNet-50, 300 epochs, linear
-top-1 %, REFERENCE.md), so every results table can show ours next to theirs.
+top-1 %, docs/reference.md §6), so every results table can show ours next to theirs.
 """
 
 import dataclasses

@@ -23,7 +23,7 @@ def _flat(prefix: str, tree, out: dict) -> None:
 
 
 def knn_config(workdir: str):
-  """The issue's `configs/eval_linear.py:digits --config.eval.mode=knn` of `workdir`."""
+  """The user-facing `configs/eval_linear.py:digits --config.eval.mode=knn` of `workdir`."""
   from configs import eval_linear
 
   config = eval_linear.get_config("digits")

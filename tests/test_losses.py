@@ -1,4 +1,4 @@
-"""barlow_jax.losses against an independent float64 NumPy restatement of REFERENCE.md §1.
+"""barlow_jax.losses against an independent float64 NumPy restatement of docs/reference.md §1.
 
 The reference below is written from the formulas (and the module docstring's variant definitions),
 not from the JAX code; its gradient is a float64 central finite difference, so it shares nothing
@@ -33,7 +33,7 @@ def _logsumexp(x):
 
 
 def ref_terms(z_a, z_b, variant, lambd=LAMBD, eps=EPS, tau=TAU):
-  """REFERENCE.md §1 and the documented variants, in float64."""
+  """docs/reference.md §1 and the documented variants, in float64."""
   z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
   n, d = z_a.shape
 

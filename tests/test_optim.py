@@ -1,4 +1,4 @@
-"""LARS and the schedule against a plain float64 NumPy restatement of REFERENCE.md §3.
+"""LARS and the schedule against a plain float64 NumPy restatement of docs/reference.md §3.
 
 The NumPy side below is written from the released code's `LARS.step` and `adjust_learning_rate`,
 not from barlow_jax.optim, so a change of order (lr before the momentum, as in `optax.lars`) or of
@@ -139,7 +139,7 @@ def test_lars_matches_the_reference_step_for_step_in_float64():
     actual = jax.tree.map(np.asarray, run_optax(tx, params, grads, jnp.float64))
 
   for leaf_actual, leaf_expected in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-    # The issue asks < 1e-6 relative; in float64 the two agree to rounding.
+    # The bar is < 1e-6 relative; in float64 the two agree to rounding.
     np.testing.assert_allclose(leaf_actual, leaf_expected, rtol=1e-9, atol=1e-12)
 
   # Not vacuous: every leaf moved well beyond the tolerance, through warmup and cosine.
