@@ -4,7 +4,8 @@ Experiment files in `configs/` start from `base_config()` and change what differ
 is misspelt in an experiment file or on the command line (`--config.optim.lr_weight=...`) fails
 instead of being silently ignored (`lock_config=True` in `main.py`).
 
-Defaults are the reference code's released values (docs/reference.md §3, §4) (ImageNet, ResNet-50, global batch 2048).
+Defaults are the reference code's released values for ImageNet, ResNet-50 and global batch 2048
+(docs/reference.md §3, §4).
 """
 
 import ml_collections

@@ -1,7 +1,7 @@
 """Evaluation: kNN monitor, linear probe, semi-supervised fine-tuning and the default job's table.
 
-docs/reference.md §5 gives the protocols. Everything here reads a frozen backbone as a flax module plus
-its variables `{"params", "batch_stats"}` (eval-mode BatchNorm), from wherever it comes from: a
+docs/reference.md §5 gives the protocols. Everything here reads a frozen backbone as a flax module
+plus its variables `{"params", "batch_stats"}` (eval-mode BatchNorm), from wherever it comes from: a
 pretraining workdir, a `backbone/` export, or a converted PyTorch checkpoint (`load_backbone`).
 
 Two linear-probe protocols:

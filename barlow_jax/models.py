@@ -1,7 +1,7 @@
 """The Barlow Twins network: a torchvision-layout ResNet backbone and the projector (flax linen).
 
-Everything here matches the reference (docs/reference.md §2): ResNet v1.5 (stride on the 3x3 conv of a
-bottleneck), convolutions without bias, torchvision's initialisation (convolutions Kaiming-normal
+Everything here matches the reference (docs/reference.md §2): ResNet v1.5 (stride on the 3x3 conv of
+a bottleneck), convolutions without bias, torchvision's initialisation (convolutions Kaiming-normal
 with fan-out, BN scale 1 and offset 0, the last BN of every residual block zero-initialised),
 BatchNorm momentum 0.9 in flax's convention (torch 0.1) and epsilon 1e-5, no classifier.
 Submodules carry torchvision's names (`conv1`, `bn1`, `layer1_0/conv1`, `layer1_0/downsample_conv`,
@@ -306,9 +306,9 @@ class BarlowTwins(nn.Module):
   view B's. One pass over the concatenated views would be cheaper to launch but would normalise
   with statistics mixed over both views, which changes what the network computes in training.
 
-  The paper's asymmetry ablations (docs/reference.md §1: stop-gradient 70.5, predictor 70.2, both 61.3)
-  are options: `predictor`, an MLP applied to branch A's embedding only (BYOL/SimSiam style), and
-  `stop_gradient_b`, no gradient through branch B. Both are off in the reference method.
+  The paper's asymmetry ablations (docs/reference.md §1: stop-gradient 70.5, predictor 70.2, both
+  61.3) are options: `predictor`, an MLP applied to branch A's embedding only (BYOL/SimSiam style),
+  and `stop_gradient_b`, no gradient through branch B. Both are off in the reference method.
   """
 
   backbone: nn.Module

@@ -1,6 +1,7 @@
 """The reference's LARS and learning-rate schedule, as composable optax transforms.
 
-The released Barlow Twins code (docs/reference.md §3) updates every parameter `p` with gradient `g` as
+The released Barlow Twins code (docs/reference.md §3) updates every parameter `p` with its gradient
+`g` as
 
     g += wd * p                        # weights only (ndim != 1)
     q = eta * |p| / |g|  (1 if |p| or |g| is 0)

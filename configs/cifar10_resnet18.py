@@ -1,9 +1,9 @@
 r"""CIFAR-10, ResNet-18 (CIFAR stem), 1000 epochs: the small-image recipe.
 
-docs/reference.md §4's small-image settings (32 px crops of area (0.08, 1), no blur, solarize 0 / 0.2,
-a ResNet-18 with a 3x3 stride-1 stem and no max-pool) with the optimisation of solo-learn's
-public CIFAR-10 Barlow Twins recipe, which docs/reference.md §6 quotes at about 92% linear top-1 after
-1000 epochs: global batch 256, LARS with lr 0.3 per 256 for weights and for biases / BN (solo-
+docs/reference.md §4's small-image settings (32 px crops of area (0.08, 1), no blur, solarize 0 /
+0.2, a ResNet-18 with a 3x3 stride-1 stem and no max-pool) with the optimisation of solo-learn's
+public CIFAR-10 Barlow Twins recipe, which docs/reference.md §6 quotes at about 92% linear top-1
+after 1000 epochs: global batch 256, LARS with lr 0.3 per 256 for weights and for biases / BN (solo-
 learn excludes them from the trust ratio and decay but gives them the same lr), trust coefficient
 eta 0.02, weight decay 1e-4, warmup 10 epochs then cosine, lambda 0.0051, projector
 2048-2048-2048, and its loss scale 0.1, which is `gradient_scale = 0.1` here (it matters for the

@@ -1,7 +1,7 @@
 r"""Semi-supervised fine-tuning of a saved backbone + linear head on a labelled subset.
 
-The reference protocol (docs/reference.md §5): SGD momentum 0.9, two learning rates per 256 examples,
-backbone 0.005 (paper 0.002) and head 0.5, weight decay 0, cosine, 20 epochs, batch 256,
+The reference protocol (docs/reference.md §5): SGD momentum 0.9, two learning rates per 256
+examples, backbone 0.005 (paper 0.002) and head 0.5, weight decay 0, cosine, 20 epochs, batch 256,
 train-mode BatchNorm; top-1 / top-5 on the evaluation split.
 
 `get_config("PRESET[,1pct|10pct][,runlocal]")` starts from `configs/PRESET.py` (default

@@ -1,5 +1,6 @@
-"""The network against docs/reference.md §2: parameter counts, torchvision's initialisation, BatchNorm
-numerics in train mode (float64 NumPy), per-view statistics, and 8-device data parallelism.
+"""The network against docs/reference.md §2: parameter counts, torchvision's initialisation,
+BatchNorm numerics in train mode (float64 NumPy), per-view statistics, and 8-device data
+parallelism.
 
 Big models are only shape-evaluated (jax.eval_shape); everything that runs uses a ResNet-18 at
 width 0.125 with the CIFAR stem on 16 px images.
