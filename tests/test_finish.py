@@ -18,6 +18,7 @@ import configs_tiny
 import pytest
 
 from barlow_jax import checkpointing, evaluate, finish, progress, train
+from barlow_jax.evaluation import baselines
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,7 @@ def _snapshot(workdir: str) -> dict[str, tuple[bytes, int]]:
 def three_runs(tmp_path_factory):
   """(workdir, [result, snapshot] of: SIGTERM in the final evaluation, the rerun, the rerun)."""
   workdir = str(tmp_path_factory.mktemp("finish") / "wd")
-  original = evaluate._evaluate_features
+  original = baselines.evaluate_features
   calls = []
 
   def sigterm_in_second_row(name, *args, **kwargs):
@@ -58,11 +59,11 @@ def three_runs(tmp_path_factory):
     return original(name, *args, **kwargs)
 
   runs = []
-  evaluate._evaluate_features = sigterm_in_second_row
+  baselines.evaluate_features = sigterm_in_second_row
   try:
     runs.append(train.train_and_evaluate(_config(), workdir))
   finally:
-    evaluate._evaluate_features = original
+    baselines.evaluate_features = original
   runs[-1] = (runs[-1], _snapshot(workdir))
   for _ in range(2):
     result = train.train_and_evaluate(_config(), workdir)

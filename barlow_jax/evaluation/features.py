@@ -1,0 +1,203 @@
+"""Frozen backbones: building, reading (through `barlow_jax.checkpointing`), features.
+
+A backbone is a flax module plus its variables `{"params", "batch_stats"}` (eval-mode BatchNorm);
+`load_backbone` reads one from a pretraining workdir, a `backbone/` export or a converted PyTorch
+checkpoint. The mesh helpers place process-local NumPy batches on the devices.
+"""
+
+import functools
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from barlow_jax import checkpointing
+
+
+def default_mesh() -> Mesh:
+  """One "data" axis over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def local_mesh() -> Mesh:
+  """One "data" axis over this process's devices."""
+  # In-memory arrays are whole on every process: each process computes the same numbers on its
+  # own devices (process 0 writes them) instead of treating its copy as a slice of a global batch.
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def shard_batch(mesh: Mesh | None, tree):
+  """Process-local NumPy batch -> global arrays sharded on axis 0 over the mesh's "data" axis."""
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, tree)
+  sharding = NamedSharding(mesh, P("data"))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def replicate(mesh: Mesh | None, tree):
+  """Places `tree` on every device of `mesh` (unchanged when mesh is None)."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) array as one NumPy array, gathered from every process."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def backbone_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+  """`{"params", "batch_stats"}` of the backbone, from full BarlowTwins or backbone variables."""
+  params = variables["params"]
+  stats = variables.get("batch_stats", {})
+  if "backbone" in params:
+    params = params["backbone"]
+    stats = stats.get("backbone", {}) if stats else {}
+  return {"params": params, "batch_stats": stats}
+
+
+def create_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """The backbone module (ResNet) of `config.model`, without the projector."""
+  from barlow_jax import models
+
+  return models.create_model(model_config).backbone
+
+
+def init_backbone(backbone: nn.Module, image_size: int, seed: int) -> dict[str, Any]:
+  """Random-init variables of `backbone` (the model's own initialisers; BN stats 0 / 1)."""
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  # Jitted: eager init of a ResNet dispatches op by op and takes seconds on a CPU.
+  variables = jax.jit(functools.partial(backbone.init, train=False))(jax.random.PRNGKey(seed), x)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+@functools.lru_cache(maxsize=8)
+def _apply_features(backbone: nn.Module):
+  # Cached per (hashable) module so repeated extractions reuse one compiled function.
+  @jax.jit
+  def fn(variables, images):
+    return backbone.apply(variables, images, train=False).astype(jnp.float32)
+
+  return fn
+
+
+def extract_features(
+  backbone: nn.Module,
+  variables: Mapping[str, Any],
+  batches: Iterable[Mapping[str, np.ndarray]],
+  *,
+  mesh: Mesh | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Representations of every example of a one-pass iterator, with eval-mode BatchNorm.
+
+  Args:
+    backbone: a module whose `apply(variables, images, train=False)` gives [B, F] features (the
+      ResNet backbone; for a full BarlowTwins model pass `model.backbone` and
+      `backbone_variables(vars)`).
+    variables: its `{"params", "batch_stats"}`.
+    batches: dicts with "image" [B, S, S, 3] float, "label" [B] int and optionally "mask" [B]
+      bool (False on padding, dropped from the output).
+    mesh: batches are sharded over its "data" axis when B divides by its size (default: all
+      devices); variables are replicated.
+
+  Returns:
+    (features float32 [N, F], labels int32 [N]) as NumPy arrays.
+  """
+  mesh = default_mesh() if mesh is None else mesh
+  variables = replicate(mesh, backbone_variables(variables))
+  fn = _apply_features(backbone)
+  feats, labels = [], []
+  for batch in batches:
+    images = np.asarray(batch["image"], np.float32)
+    shard = mesh if len(images) % mesh.size == 0 else None
+    out = to_host(fn(variables, shard_batch(shard, images)))
+    mask = np.asarray(batch.get("mask", np.ones(len(images), bool)), bool)
+    feats.append(out[mask])
+    labels.append(np.asarray(batch["label"]).astype(np.int32)[mask])
+  if not feats:
+    raise ValueError("extract_features got an empty iterator")
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def array_batches(
+  images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over in-memory arrays in eval batches, the last padded (mask False on padding)."""
+  n = len(images)
+  for start in range(0, n, batch_size):
+    img = images[start : start + batch_size]
+    lab = labels[start : start + batch_size]
+    mask = np.ones(len(img), bool)
+    if len(img) < batch_size:
+      pad = batch_size - len(img)
+      img = np.concatenate([img, np.zeros((pad, *img.shape[1:]), img.dtype)])
+      lab = np.concatenate([lab, np.zeros((pad,), lab.dtype)])
+      mask = np.concatenate([mask, np.zeros((pad,), bool)])
+    yield {"image": img, "label": lab, "mask": mask}
+
+
+def eval_batch_size(n: int, num_devices: int, preferred: int = 256) -> int:
+  """Eval batch for `n` examples: at most `preferred`, a multiple of `num_devices`."""
+  size = min(preferred, max(n, 1))
+  return max(num_devices, int(math.ceil(size / num_devices)) * num_devices)
+
+
+def round_to(n: int, multiple: int) -> int:
+  """`n` rounded down to a multiple of `multiple`, at least `multiple`."""
+  return max(multiple, (n // multiple) * multiple)
+
+
+def load_backbone(
+  path: str, *, checkpoint_step: int = -1
+) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict]:
+  """Reads a frozen backbone from any of the places a run or a conversion leaves one.
+
+  Args:
+    path: one of
+      - a backbone directory (`model_config.json` + orbax `{"params", "batch_stats"}`): a
+        workdir's `backbone/` export or the output of
+        `python -m barlow_jax.convert --from resnet50.pth --to DIR`;
+      - a pretraining workdir: its `backbone/` export when `checkpoint_step` is -1 and the export
+        exists, else the training checkpoint of `checkpoint_step` (-1: the latest).
+    checkpoint_step: see above.
+
+  Returns:
+    (backbone module, its variables {"params", "batch_stats"}, the `config.model` it was built
+    from).
+  """
+
+  location = checkpointing.path(path)
+  path = os.fspath(location)
+  if not location.is_dir():
+    raise ValueError(f"config.eval.backbone={path!r} is not a directory")
+  export = os.fspath(location / checkpointing.BACKBONE)
+  if checkpointing.is_backbone_dir(path):
+    directory = path
+  elif checkpoint_step < 0 and checkpointing.is_backbone_dir(export):
+    directory = export
+  elif (location / checkpointing.CHECKPOINTS).is_dir():
+    variables, model_config, _ = checkpointing.backbone_from_checkpoint(path, checkpoint_step)
+    model_config = ml_collections.ConfigDict(model_config)
+    return create_backbone(model_config), variables, model_config
+  else:
+    raise ValueError(
+      f"config.eval.backbone={path!r} holds neither {checkpointing.MODEL_CONFIG_FILE} (a backbone "
+      "export or converted PyTorch checkpoint), nor backbone/ or checkpoints/ (a pretraining "
+      "workdir). Convert PyTorch weights with `python -m barlow_jax.convert --from X.pth --to DIR`."
+    )
+  # Host arrays: whatever device count wrote the directory, the callers place them on theirs.
+  variables, model_config = checkpointing.load_backbone(directory)
+  model_config = ml_collections.ConfigDict(model_config)
+  return create_backbone(model_config), backbone_variables(variables), model_config

@@ -1,0 +1,307 @@
+"""The default job's final table: Barlow Twins against random init, raw pixels and a supervised
+reference; its targets, its Markdown, and the results files of every evaluation.
+"""
+
+import functools
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from barlow_jax import checkpointing, progress
+from barlow_jax.evaluation import baselines
+from barlow_jax.evaluation.baselines import recalibrate_batch_stats, supervised_row, with_labels
+from barlow_jax.evaluation.features import (
+  array_batches,
+  create_backbone,
+  eval_batch_size,
+  extract_features,
+  init_backbone,
+  local_mesh,
+  round_to,
+)
+from barlow_jax.evaluation.linear_probe import (
+  probe_kwargs_from_config,
+)
+
+STANDARDISED_PIXELS = "raw pixels, per-image standardised (the backbone's input step)"
+
+
+def run_final_evaluation(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  variables: Mapping[str, Any],
+  *,
+  pretrain_seconds: float | None = None,
+  pretrain_steps: int | None = None,
+  mesh: Mesh | None = None,
+  should_stop: Callable[[], bool] | None = None,
+  settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """The end-of-pretraining results table for a labelled in-memory dataset; writes it to workdir.
+
+  Linear probe ("features" protocol: standardised features, SGD momentum 0.9, lr 0.3 per 256,
+  wd 1e-6, cosine, `config.eval.probe_epochs`) and weighted kNN (`config.eval.knn_k`,
+  `knn_temperature`) on `config.dataset.eval_split`, trained on `config.dataset.probe_split`, for
+    (a) the pretrained backbone;
+    (b) the same architecture at random init (seed `config.seed`), with its initial BN statistics
+        and with BN statistics recalibrated on the training images;
+    (c) raw pixels (the normalised images, flattened); with `config.model.standardize_input`, also
+        those pixels after the backbone's per-image standardisation, a stricter floor reported
+        beside the targets (`margin_over_standardised_pixels`) but not part of them;
+    (d) the same architecture trained with labels (cross-entropy, the pretraining's optimizer,
+        learning rates and schedule from `config.optim`, the pretraining's crop + flip settings of
+        view A, batch `config.batch_size`) for the same wall time
+        (`config.eval.supervised_match="time"`, needs `pretrain_seconds`) or number of steps
+        ("steps") as pretraining; its probe, kNN and own-head accuracy.
+  (b)-(d) only when `config.eval.baselines` (and `config.eval.supervised` for (d)). The targets
+  compare (a)'s linear top-1 with the stronger of linear / kNN over both (b) variants and over (c).
+
+  Args:
+    config: the pretraining config. workdir: where results.json / results.md go.
+    variables: the trained BarlowTwins variables (or the backbone's), `{"params", "batch_stats"}`.
+    pretrain_seconds: wall time of pretraining (sizes (d) when matching time; recorded).
+    pretrain_steps: steps of pretraining (sizes (d) when matching steps; recorded). Default: the
+      config's total steps.
+    mesh: default one "data" axis over this process's devices.
+    should_stop: polled between rows and between the supervised reference's steps; when it
+      returns True, `progress.Stopped` is raised and nothing is written.
+    settings: recorded as results["evaluation_settings"] (what the table was computed with;
+      `barlow_jax.finish` compares it on a rerun).
+
+  Each row is logged as it starts (with the ETA of the rest) and ends; the supervised reference
+  logs its steps' progress.
+
+  Returns:
+    {"rows": [...], "targets": {...}, ...} as written to results.json.
+
+  Raises:
+    progress.Stopped: `should_stop()` became true (SIGTERM).
+  """
+  from barlow_jax import input_pipeline
+
+  mesh = local_mesh() if mesh is None else mesh
+  total_t0 = time.perf_counter()
+  probe_split, eval_split = config.dataset.probe_split, config.dataset.eval_split
+  if not probe_split or not eval_split:
+    raise ValueError(
+      "the final evaluation needs labelled data: set config.dataset.probe_split and "
+      "config.dataset.eval_split, or config.eval.final=False"
+    )
+  train_x, train_y = input_pipeline.load_labelled_arrays(config, probe_split)
+  test_x, test_y = input_pipeline.load_labelled_arrays(config, eval_split)
+  train_y, test_y = np.asarray(train_y, np.int32), np.asarray(test_y, np.int32)
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  backbone = create_backbone(config.model)
+  eval_bs = eval_batch_size(len(train_x), mesh.size)
+  common = dict(num_classes=num_classes, config=config)
+
+  def features(vars_):
+    ftr, _ = extract_features(backbone, vars_, array_batches(train_x, train_y, eval_bs), mesh=mesh)
+    fte, _ = extract_features(backbone, vars_, array_batches(test_x, test_y, eval_bs), mesh=mesh)
+    return ftr, fte
+
+  standardised = bool(config.eval.baselines and config.model.get("standardize_input", False))
+  supervised = bool(config.eval.baselines and config.eval.supervised)
+  phases = progress.Phases(
+    "Final evaluation",
+    1 + (3 + standardised + supervised) * bool(config.eval.baselines),
+    should_stop,
+  )
+
+  def row(name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    phases.begin(name)
+    out = compute()
+    phases.end()
+    logging.info(
+      "Final evaluation: %s: linear top-1 %.1f%%, kNN top-1 %.1f%%",
+      name,
+      100 * out["linear_top1"],
+      100 * out["knn_top1"],
+    )
+    return out
+
+  def of_features(name: str, vars_fn: Callable[[], Mapping[str, Any]]):
+    return lambda: baselines.evaluate_features(
+      name, *with_labels(features(vars_fn()), train_y, test_y), **common
+    )
+
+  rows = [row("Barlow Twins", of_features("Barlow Twins", lambda: variables))]
+  if config.eval.baselines:
+    # Built inside the first row that needs it, so its compilation is part of a logged phase.
+    random_vars = functools.cache(
+      lambda: init_backbone(backbone, int(train_x.shape[1]), int(config.seed))
+    )
+    name = "random init (initial BN statistics)"
+    rows.append(row(name, of_features(name, random_vars)))
+    recal_bs = round_to(min(int(config.batch_size), len(train_x)), mesh.size)
+    name = "random init (BN recalibrated on train images)"
+    recalibrate = lambda: recalibrate_batch_stats(
+      backbone,
+      random_vars(),
+      train_x,
+      num_batches=int(config.eval.bn_recalibration_batches),
+      batch_size=recal_bs,
+      seed=int(config.seed),
+      mesh=mesh,
+    )
+    rows.append(row(name, of_features(name, recalibrate)))
+    flat = lambda x: np.asarray(x).reshape(len(x), -1)
+    pixels = lambda name, fn: (
+      lambda: baselines.evaluate_features(
+        name, flat(fn(train_x)), train_y, flat(fn(test_x)), test_y, **common
+      )
+    )
+    rows.append(row("raw pixels", pixels("raw pixels", lambda x: x)))
+    if standardised:
+      # What the backbone's fixed first step makes of the pixels: a stricter floor, reported
+      # beside the targets (which compare against the raw pixels).
+      from barlow_jax import models
+
+      standardise = jax.jit(lambda x: models.standardize_images(x, config.model.input_epsilon))
+      rows.append(row(STANDARDISED_PIXELS, pixels(STANDARDISED_PIXELS, standardise)))
+    if supervised:
+      rows.append(
+        row(
+          "supervised reference, same backbone",
+          lambda: supervised_row(
+            config,
+            backbone,
+            random_vars(),
+            (train_x, train_y),
+            (test_x, test_y),
+            num_classes,
+            pretrain_seconds=pretrain_seconds,
+            pretrain_steps=pretrain_steps,
+            mesh=mesh,
+            features=features,
+            should_stop=should_stop,
+          ),
+        )
+      )
+  results = {
+    "dataset": config.dataset.name,
+    "probe_split": probe_split,
+    "eval_split": eval_split,
+    "num_train": len(train_x),
+    "num_eval": len(test_x),
+    "num_classes": num_classes,
+    "seed": int(config.seed),
+    "backbone": f"{config.model.backbone} width {config.model.width} stem {config.model.stem}",
+    "pretrain_seconds": pretrain_seconds,
+    "pretrain_steps": pretrain_steps,
+    "probe": {"protocol": "features", **probe_kwargs_from_config(config)},
+    "knn": {"k": int(config.eval.knn_k), "temperature": float(config.eval.knn_temperature)},
+    "rows": rows,
+    "targets": table_targets(rows),
+    "eval_seconds": time.perf_counter() - total_t0,
+  }
+  if settings is not None:
+    results["evaluation_settings"] = dict(settings)
+  write_results(workdir, results)
+  return results
+
+
+def table_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """Targets of the table `rows` (the first is Barlow Twins): margins and whether they are met."""
+  bt = rows[0]["linear_top1"]
+  best = lambda r: max(r["linear_top1"], r["knn_top1"])
+  random_rows = [r for r in rows if r["name"].startswith("random init")]
+  raw_rows = [r for r in rows if r["name"] == "raw pixels"]
+  out: dict[str, Any] = {"barlow_twins_linear_top1": bt, "linear_at_least_45": bt >= 0.45}
+  if random_rows:
+    out["best_random_init"] = max(best(r) for r in random_rows)
+    out["margin_over_random_init"] = bt - out["best_random_init"]
+  if raw_rows:
+    out["best_raw_pixels"] = best(raw_rows[0])
+    out["margin_over_raw_pixels"] = bt - out["best_raw_pixels"]
+  margins = [out[k] for k in ("margin_over_random_init", "margin_over_raw_pixels") if k in out]
+  out["met"] = bool(out["linear_at_least_45"] and margins and min(margins) >= 0.15)
+  standardised = [r for r in rows if r["name"] == STANDARDISED_PIXELS]
+  if standardised:
+    out["best_standardised_pixels"] = best(standardised[0])
+    out["margin_over_standardised_pixels"] = bt - out["best_standardised_pixels"]
+  return out
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+  """The results table (percentages) with its settings, as Markdown."""
+  lines = [
+    f"Dataset {results['dataset']} ({results['num_train']} train / {results['num_eval']} "
+    f"held-out, {results['num_classes']} classes), backbone {results['backbone']}, "
+    f"seed {results['seed']}.",
+    "",
+    "| representation | linear top-1 | linear top-5 | kNN top-1 | dim |",
+    "|---|---|---|---|---|",
+  ]
+  for r in results["rows"]:
+    lines.append(
+      f"| {r['name']} | {100 * r['linear_top1']:.1f} | {100 * r['linear_top5']:.1f} | "
+      f"{100 * r['knn_top1']:.1f} | {r['feature_dim']} |"
+    )
+  for r in results["rows"]:
+    if "supervised_head_top1" in r:
+      lines += ["", f"Supervised model's own head: top-1 {100 * r['supervised_head_top1']:.1f}%."]
+  t = results.get("targets", {})
+  if "margin_over_random_init" in t:
+    lines += [
+      "",
+      f"Targets: Barlow Twins linear top-1 {100 * t['barlow_twins_linear_top1']:.1f}% "
+      f"(>= 45: {'yes' if t['linear_at_least_45'] else 'no'}); margin over the best random-init "
+      f"score {100 * t['margin_over_random_init']:+.1f} points, over the best raw-pixel score "
+      f"{100 * t.get('margin_over_raw_pixels', float('nan')):+.1f} points (>= 15 both: "
+      f"{'yes' if t['met'] else 'no'}).",
+    ]
+  if "margin_over_standardised_pixels" in t:
+    lines += [
+      "",
+      "Stricter floor, not part of the targets: over the best score of the per-image standardised "
+      f"pixels {100 * t['margin_over_standardised_pixels']:+.1f} points.",
+    ]
+  p = results.get("probe", {})
+  extra = []
+  if results.get("pretrain_seconds") is not None:
+    extra.append(f"pretraining {results['pretrain_seconds']:.0f} s")
+  if results.get("pretrain_steps") is not None:
+    extra.append(f"{results['pretrain_steps']} steps")
+  lines += [
+    "",
+    f"Linear probe: {p.get('protocol')} protocol, {p.get('epochs')} epochs, batch "
+    f"{p.get('batch_size')}, lr {p.get('lr')} per 256, wd {p.get('weight_decay')}; kNN k "
+    f"{results['knn']['k']}, T {results['knn']['temperature']}"
+    + (f"; {', '.join(extra)}." if extra else "."),
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: str, results: Mapping[str, Any], *, text: str | None = None) -> None:
+  """Process 0 prints the Markdown table (`text`, or one made from `results`) and writes
+  results.json + results.md into workdir.
+
+  Each file is written whole or not at all (a temporary file renamed over it); the JSON first,
+  the Markdown view of it last.
+  """
+  if jax.process_index() != 0:
+    return
+  if text is None:
+    text = results_markdown(results) if "rows" in results else _generic_markdown(results)
+  print(text, flush=True)
+  checkpointing.path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpointing.write_json(os.path.join(workdir, checkpointing.RESULTS_JSON), results)
+  checkpointing.write_text(os.path.join(workdir, checkpointing.RESULTS_MD), text)
+
+
+def _generic_markdown(results: Mapping[str, Any]) -> str:
+  lines = ["| metric | value |", "|---|---|"]
+  for key, value in results.items():
+    if isinstance(value, float):
+      lines.append(f"| {key} | {value:.4f} |")
+    elif isinstance(value, int | str):
+      lines.append(f"| {key} | {value} |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,312 @@
+"""Linear probe of a frozen backbone, both protocols (see `barlow_jax.evaluate`).
+
+- "features": `train_linear_probe` / `linear_probe_accuracy` on pre-extracted, standardised
+  features (the backbone runs once).
+- "reference": `reference_linear_probe`, the published protocol, streaming re-augmented images
+  through the frozen backbone every epoch.
+"""
+
+import dataclasses
+import functools
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from barlow_jax.evaluation.features import (
+  backbone_variables,
+  default_mesh,
+  replicate,
+  shard_batch,
+  to_host,
+)
+from barlow_jax.evaluation.metrics import topk_accuracy
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbe:
+  """A trained linear classifier on (optionally standardised) features.
+
+  kernel: [D, C], bias: [C], mean / std: [D] (zeros / ones when not standardised).
+  """
+
+  kernel: jax.Array
+  bias: jax.Array
+  mean: jax.Array
+  std: jax.Array
+
+  def logits(self, features) -> jax.Array:
+    """[N, D] features -> [N, C] logits."""
+    x = (jnp.asarray(features, jnp.float32) - self.mean) / self.std
+    return x @ self.kernel + self.bias
+
+
+def torch_sgd(lr_schedule, momentum: float, weight_decay) -> optax.GradientTransformation:
+  """torch.optim.SGD (momentum, L2 weight decay on every parameter) in optax."""
+  # torch.optim.SGD: g += wd * p (every parameter), buf = m * buf + g, p -= lr * buf.
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr_schedule, momentum))
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
+def _fit_linear(
+  features, labels, key, lr, momentum, weight_decay, *, num_classes, epochs, batch_size
+):
+  n, d = features.shape
+  steps_per_epoch = n // batch_size
+  total = epochs * steps_per_epoch
+  schedule = lambda step: lr * 0.5 * (1.0 + jnp.cos(jnp.pi * step / total))
+  tx = torch_sgd(schedule, momentum, weight_decay)
+  init_key, key = jax.random.split(key)
+  params = {
+    "kernel": 0.01 * jax.random.normal(init_key, (d, num_classes), jnp.float32),
+    "bias": jnp.zeros((num_classes,), jnp.float32),
+  }
+
+  def loss_fn(p, x, y):
+    logits = x @ p["kernel"] + p["bias"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(carry, idx):
+    p, s = carry
+    grads = jax.grad(loss_fn)(p, features[idx], labels[idx])
+    updates, s = tx.update(grads, s, p)
+    return (optax.apply_updates(p, updates), s), None
+
+  def epoch(e, carry):
+    perm = jax.random.permutation(jax.random.fold_in(key, e), n)
+    idx = perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+    return jax.lax.scan(step, carry, idx)[0]
+
+  params, _ = jax.lax.fori_loop(0, epochs, epoch, (params, tx.init(params)))
+  return params
+
+
+def train_linear_probe(
+  train_features,
+  train_labels,
+  *,
+  num_classes: int,
+  epochs: int = 100,
+  batch_size: int = 256,
+  lr: float = 0.3,
+  momentum: float = 0.9,
+  weight_decay: float = 1e-6,
+  standardize: bool = True,
+  seed: int = 0,
+) -> LinearProbe:
+  """Trains one linear layer on fixed features with the reference probe's optimizer.
+
+  SGD with momentum (torch semantics), weight decay on weights and bias, lr `lr * batch / 256`
+  with a per-step cosine to 0, weights N(0, 0.01), bias 0, softmax cross-entropy, reshuffled
+  every epoch (remainder dropped; the batch shrinks to N when N < batch_size).
+
+  Args:
+    train_features: [N, D] float. train_labels: [N] int in [0, num_classes).
+    standardize: subtract the training mean and divide by the training std per feature (the
+      "features" protocol; puts raw pixels and ReLU features on one scale for one lr).
+
+  Returns:
+    The LinearProbe (its `logits` applies the same standardisation).
+  """
+  x = np.asarray(train_features, np.float32)
+  y = np.asarray(train_labels).astype(np.int32)
+  if x.ndim != 2 or y.shape != (x.shape[0],):
+    raise ValueError(
+      f"train_features must be [N, D] and train_labels [N], got {x.shape}, {y.shape}"
+    )
+  if epochs < 1 or batch_size < 1:
+    raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+  if y.min() < 0 or y.max() >= num_classes:
+    raise ValueError(
+      f"labels must lie in [0, num_classes={num_classes}), got [{y.min()}, {y.max()}]"
+    )
+  if standardize:
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-6
+  else:
+    mean = np.zeros(x.shape[1], np.float32)
+    std = np.ones(x.shape[1], np.float32)
+  batch_size = min(batch_size, len(x))
+  params = _fit_linear(
+    jnp.asarray((x - mean) / std),
+    jnp.asarray(y),
+    jax.random.PRNGKey(seed),
+    jnp.float32(lr * batch_size / 256),
+    jnp.float32(momentum),
+    jnp.float32(weight_decay),
+    num_classes=num_classes,
+    epochs=epochs,
+    batch_size=batch_size,
+  )
+  return LinearProbe(params["kernel"], params["bias"], jnp.asarray(mean), jnp.asarray(std))
+
+
+def linear_probe_accuracy(
+  train_features, train_labels, test_features, test_labels, *, num_classes: int, **probe_kwargs
+) -> dict[str, float]:
+  """Trains `train_linear_probe` and returns {"top1", "top5", "train_top1"} in [0, 1]."""
+  probe = train_linear_probe(train_features, train_labels, num_classes=num_classes, **probe_kwargs)
+  test_logits = probe.logits(test_features)
+  test_labels = jnp.asarray(np.asarray(test_labels).astype(np.int32))
+  return {
+    "top1": float(topk_accuracy(test_logits, test_labels, 1)),
+    "top5": float(topk_accuracy(test_logits, test_labels, min(5, num_classes))),
+    "train_top1": float(
+      topk_accuracy(probe.logits(train_features), jnp.asarray(np.asarray(train_labels)), 1)
+    ),
+  }
+
+
+def probe_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The linear-probe settings of `config.eval` as keyword arguments of `train_linear_probe`."""
+  return dict(
+    epochs=int(config.eval.probe_epochs),
+    batch_size=int(config.eval.probe_batch_size),
+    lr=float(config.eval.probe_lr),
+    momentum=float(config.eval.probe_momentum),
+    weight_decay=float(config.eval.probe_weight_decay),
+    seed=int(config.seed),
+  )
+
+
+def crop_flip_config(
+  config: ml_collections.ConfigDict, *, split: str, batch_size: int, name: str | None = None
+) -> ml_collections.ConfigDict:
+  """`config` whose pretraining stream yields the probe's training augmentation in view A.
+
+  Random resized crop (the configured area / aspect / method) + flip, nothing else: colour
+  jitter, grayscale, blur, solarize, channel permutation and noise are switched off.
+  """
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.dataset.train_split = split
+  if name is not None:
+    out.dataset.name = name
+  out.batch_size = int(batch_size)
+  out.num_train_examples = -1
+  for view in (out.augment.view_a, out.augment.view_b):
+    view.jitter_prob = 0.0
+    view.grayscale_prob = 0.0
+    view.blur_prob = 0.0
+    view.solarize_prob = 0.0
+    view.channel_permute_prob = 0.0
+    view.noise_std = 0.0
+  return out
+
+
+def labelled_view_a(iterator, config):
+  """Pretraining batches -> {"image": normalised view A, "label"}; raises without labels."""
+  from barlow_jax import input_pipeline
+
+  for batch in iterator:
+    if "label" not in batch:
+      raise ValueError("the training split has no labels (config.dataset.label_key)")
+    # The pretraining stream's views are uint8; the probe's network takes normalised floats.
+    yield {
+      "image": input_pipeline.normalize_views(batch, config)["view_a"],
+      "label": batch["label"],
+    }
+
+
+def reference_linear_probe(
+  config: ml_collections.ConfigDict,
+  backbone: nn.Module,
+  variables: Mapping[str, Any],
+  *,
+  num_classes: int,
+  mesh: Mesh | None = None,
+) -> dict[str, float]:
+  """The published linear protocol on a frozen backbone (eval-mode BN), streaming the data.
+
+  Each epoch re-augments `config.dataset.probe_split` (random resized crop + flip), the frozen
+  backbone gives features, one linear layer (N(0, 0.01) weights, bias 0) trains with SGD
+  momentum `config.eval.probe_momentum`, lr `probe_lr * batch / 256`, wd `probe_weight_decay`,
+  per-step cosine, for `probe_epochs`; top-1 / top-5 on `config.dataset.eval_split` (resize +
+  centre crop). The backbone's variables are never updated.
+
+  Returns:
+    {"top1", "top5", "steps", "seconds"}.
+  """
+  from barlow_jax import input_pipeline
+
+  mesh = default_mesh() if mesh is None else mesh
+  batch_size = int(config.eval.probe_batch_size)
+  train_config = crop_flip_config(config, split=config.dataset.probe_split, batch_size=batch_size)
+  total = int(config.eval.probe_epochs) * input_pipeline.steps_per_epoch(train_config)
+  rate = float(config.eval.probe_lr) * batch_size / 256
+  tx = torch_sgd(
+    lambda t: rate * 0.5 * (1.0 + jnp.cos(jnp.pi * t / total)),
+    float(config.eval.probe_momentum),
+    float(config.eval.probe_weight_decay),
+  )
+  frozen = replicate(mesh, backbone_variables(variables))
+  size = int(config.dataset.image_size)
+  dim = backbone.apply(frozen, jnp.zeros((1, size, size, 3)), train=False).shape[-1]
+  head = {
+    "kernel": 0.01 * jax.random.normal(jax.random.PRNGKey(config.seed), (dim, num_classes)),
+    "bias": jnp.zeros((num_classes,)),
+  }
+  head = replicate(mesh, head)
+  opt_state = tx.init(head)
+
+  @jax.jit
+  def step(head, opt_state, frozen, batch):
+    feats = jax.lax.stop_gradient(backbone.apply(frozen, batch["image"], train=False))
+    feats = feats.astype(jnp.float32)
+
+    def loss_fn(h):
+      logits = feats @ h["kernel"] + h["bias"]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(head)
+    updates, opt_state = tx.update(grads, opt_state, head)
+    return optax.apply_updates(head, updates), opt_state, loss
+
+  t0 = time.perf_counter()
+  batches = labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
+  for _ in range(total):
+    b = next(batches)
+    arrays = {
+      "image": np.asarray(b["image"], np.float32),
+      "label": np.asarray(b["label"], np.int32),
+    }
+    head, opt_state, _ = step(head, opt_state, frozen, shard_batch(mesh, arrays))
+  seconds = time.perf_counter() - t0
+
+  @jax.jit
+  def counts(head, frozen, batch):
+    feats = backbone.apply(frozen, batch["image"], train=False).astype(jnp.float32)
+    logits = feats @ head["kernel"] + head["bias"]
+    n = jnp.sum(batch["mask"].astype(jnp.float32))
+    k5 = min(5, num_classes)
+    return jnp.stack(
+      [
+        topk_accuracy(logits, batch["label"], 1, batch["mask"]) * n,
+        topk_accuracy(logits, batch["label"], k5, batch["mask"]) * n,
+        n,
+      ]
+    )
+
+  total_counts = np.zeros(3)
+  eval_batches = input_pipeline.create_eval_iterator(
+    config, config.dataset.eval_split, batch_size=batch_size
+  )
+  for b in eval_batches:
+    arrays = {
+      "image": np.asarray(b["image"], np.float32),
+      "label": np.asarray(b["label"], np.int32),
+      "mask": np.asarray(b["mask"], bool),
+    }
+    total_counts += to_host(counts(head, frozen, shard_batch(mesh, arrays)))
+  return {
+    "top1": float(total_counts[0] / total_counts[2]),
+    "top5": float(total_counts[1] / total_counts[2]),
+    "steps": total,
+    "seconds": seconds,
+  }

@@ -1,0 +1,245 @@
+"""Standalone evaluation of a saved backbone: the "linear", "knn" and "semisup" modes of
+`python -m barlow_jax.evaluate` (each writes results.json + results.md into the workdir).
+"""
+
+import os
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+from barlow_jax.evaluation.features import (
+  array_batches,
+  default_mesh,
+  eval_batch_size,
+  extract_features,
+  load_backbone,
+  local_mesh,
+  round_to,
+)
+from barlow_jax.evaluation.final_table import write_results
+from barlow_jax.evaluation.finetune import (
+  Classifier,
+  classifier_accuracy,
+  finetune,
+  random_batches,
+  select_subset,
+)
+from barlow_jax.evaluation.knn import knn_accuracy
+from barlow_jax.evaluation.linear_probe import (
+  crop_flip_config,
+  labelled_view_a,
+  linear_probe_accuracy,
+  probe_kwargs_from_config,
+  reference_linear_probe,
+)
+
+
+def _in_memory(config: ml_collections.ConfigDict) -> bool:
+  from barlow_jax import datasets
+
+  name = config.dataset.name
+  return name in datasets.IN_MEMORY or name.split(":")[0].split("/")[0] in ("cifar10", "cifar100")
+
+
+def _num_classes(config: ml_collections.ConfigDict) -> int:
+  from barlow_jax import datasets
+
+  name = config.dataset.name
+  if name in datasets.IN_MEMORY:
+    return int(datasets.IN_MEMORY[name](seed=0)["train"][1].max()) + 1
+  if name == "folder":
+    root = epath.Path(config.dataset.folder) / config.dataset.probe_split
+    root = root if root.is_dir() else epath.Path(config.dataset.folder)
+    return len([d for d in root.iterdir() if d.is_dir()])
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder(name, data_dir=config.dataset.data_dir or None)
+  num = getattr(builder.info.features[config.dataset.label_key], "num_classes", None)
+  if not num:
+    raise ValueError(f"config.dataset.label_key={config.dataset.label_key!r} is not a class label")
+  return int(num)
+
+
+def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Linear probe (and kNN on the "features" protocol) of `config.eval.backbone`; writes results."""
+  mesh = default_mesh()
+  backbone, variables, model_config = load_backbone(
+    config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
+  )
+  protocol = config.eval.probe_protocol
+  if protocol == "auto":
+    protocol = "features" if _in_memory(config) else "reference"
+  if protocol not in ("features", "reference"):
+    raise ValueError(
+      f"config.eval.probe_protocol={protocol!r}: use 'auto', 'features' or 'reference'"
+    )
+  results: dict[str, Any] = {
+    "mode": "linear",
+    "protocol": protocol,
+    "backbone_path": _location(config.eval.backbone),
+    "backbone": str(model_config.backbone),
+    "dataset": config.dataset.name,
+    **{f"probe_{k}": v for k, v in probe_kwargs_from_config(config).items()},
+  }
+  if protocol == "features":
+    results.update(_features_evaluation(config, backbone, variables, local_mesh(), knn_only=False))
+  else:
+    results.update(
+      reference_linear_probe(
+        config, backbone, variables, num_classes=_num_classes(config), mesh=mesh
+      )
+    )
+  write_results(workdir, results)
+  return results
+
+
+def _features_evaluation(config, backbone, variables, mesh, *, knn_only):
+  from barlow_jax import input_pipeline
+
+  train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
+  test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  bs = eval_batch_size(len(train_x), mesh.size)
+  ftr, _ = extract_features(backbone, variables, array_batches(train_x, train_y, bs), mesh=mesh)
+  fte, _ = extract_features(backbone, variables, array_batches(test_x, test_y, bs), mesh=mesh)
+  out = {
+    "num_train": len(ftr),
+    "num_eval": len(fte),
+    "knn_top1": knn_accuracy(
+      ftr,
+      train_y,
+      fte,
+      test_y,
+      num_classes=num_classes,
+      k=int(config.eval.knn_k),
+      temperature=float(config.eval.knn_temperature),
+    ),
+  }
+  if not knn_only:
+    lin = linear_probe_accuracy(
+      ftr, train_y, fte, test_y, num_classes=num_classes, **probe_kwargs_from_config(config)
+    )
+    out.update(top1=lin["top1"], top5=lin["top5"], train_top1=lin["train_top1"])
+  return out
+
+
+def knn_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Weighted kNN top-1 of `config.eval.backbone` (whole splits held in memory); writes results."""
+  backbone, variables, model_config = load_backbone(
+    config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
+  )
+  results = {
+    "mode": "knn",
+    "backbone_path": _location(config.eval.backbone),
+    "backbone": str(model_config.backbone),
+    "dataset": config.dataset.name,
+    "knn_k": int(config.eval.knn_k),
+    "knn_temperature": float(config.eval.knn_temperature),
+    **_features_evaluation(config, backbone, variables, local_mesh(), knn_only=True),
+  }
+  write_results(workdir, results)
+  return results
+
+
+def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Fine-tunes `config.eval.backbone` + a linear head on a labelled subset; writes results.
+
+  The subset: `config.eval.semisup_subset` "1pct" / "10pct" streams TFDS
+  `imagenet2012_subset/<subset>` (the SimCLR lists; crop + flip augmentation through the input
+  pipeline) and evaluates on `config.dataset.eval_split` of `config.dataset.name`; "" takes
+  `semisup_fraction` of `config.dataset.probe_split` of an in-memory dataset with
+  `select_subset` (seed `semisup_seed`, class-balanced if `semisup_balanced`), augmented on the
+  devices with crop + flip (view A's crop settings), evaluated on `eval_split`.
+  """
+  from barlow_jax import input_pipeline
+
+  mesh = default_mesh()
+  backbone, variables, model_config = load_backbone(
+    config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
+  )
+  ev = config.eval
+  if config.dataset.probe_split == config.dataset.eval_split:
+    raise ValueError(
+      "config.dataset.probe_split and eval_split are the same split: the labelled subset would "
+      "overlap the evaluation data"
+    )
+  subset = ev.semisup_subset
+  settings = dict(
+    lr_backbone=float(ev.semisup_lr_backbone),
+    lr_head=float(ev.semisup_lr_head),
+    momentum=0.9,
+    weight_decay=float(ev.semisup_weight_decay),
+    seed=int(ev.semisup_seed),
+    mesh=mesh,
+  )
+  results: dict[str, Any] = {
+    "mode": "semisup",
+    "backbone_path": _location(ev.backbone),
+    "backbone": str(model_config.backbone),
+    "dataset": config.dataset.name,
+    **{k: v for k, v in ev.to_dict().items() if k.startswith("semisup_")},
+  }
+  eval_bs = round_to(int(ev.semisup_batch_size), mesh.size)
+  if subset:
+    if subset not in ("1pct", "10pct"):
+      raise ValueError(f"config.eval.semisup_subset={subset!r}: use '1pct', '10pct' or ''")
+    batch_size = int(ev.semisup_batch_size)
+    train_config = crop_flip_config(
+      config, split="train", batch_size=batch_size, name=f"imagenet2012_subset/{subset}"
+    )
+    steps = int(ev.semisup_epochs) * input_pipeline.steps_per_epoch(train_config)
+    num_classes = _num_classes(config)
+    batches = labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
+    augment = None
+    eval_batches = input_pipeline.create_eval_iterator(
+      config, config.dataset.eval_split, batch_size=eval_bs
+    )
+    results["num_labelled"] = input_pipeline.num_train_examples(train_config)
+  else:
+    if not _in_memory(config):
+      raise ValueError(
+        f"config.eval.semisup_subset='' (a fraction) needs an in-memory dataset, not "
+        f"{config.dataset.name!r}: use semisup_subset='1pct'/'10pct' for ImageNet"
+      )
+    train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
+    test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    idx = select_subset(
+      train_y,
+      fraction=float(ev.semisup_fraction),
+      seed=int(ev.semisup_seed),
+      balanced=bool(ev.semisup_balanced),
+    )
+    batch_size = round_to(min(int(ev.semisup_batch_size), len(idx)), mesh.size)
+    steps = max(1, int(ev.semisup_epochs) * (len(idx) // batch_size))
+    batches = random_batches(train_x[idx], train_y[idx], batch_size, seed=int(ev.semisup_seed))
+    view = config.augment.view_a
+    augment = {
+      "area": tuple(view.crop_area),
+      "aspect": tuple(view.crop_aspect),
+      "flip_prob": float(view.flip_prob),
+    }
+    eval_batches = array_batches(test_x, test_y, eval_bs)
+    results["num_labelled"] = len(idx)
+    settings["mesh"] = local_mesh()
+  trained, info = finetune(
+    backbone,
+    variables,
+    batches,
+    num_classes=num_classes,
+    num_steps=steps,
+    batch_size=batch_size,
+    augment=augment,
+    **settings,
+  )
+  model = Classifier(backbone=backbone, num_classes=num_classes)
+  results.update(classifier_accuracy(model, trained, eval_batches, mesh=settings["mesh"]))
+  results.update(steps=info["steps"], seconds=info["seconds"], batch_size=batch_size)
+  write_results(workdir, results)
+  return results
+
+
+def _location(path: str) -> str:
+  """`path` absolute (local) or as given (gs://...), for the results' `backbone_path`."""
+  return path if "://" in path else os.path.abspath(os.path.expanduser(path))
