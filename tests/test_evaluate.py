@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from barlow_jax import evaluate
-from barlow_jax.evaluation import final_table
+from barlow_jax.evaluation import final_table, knn
 
 
 def _separable_linear_data(rng, n, d, c, margin):
@@ -68,7 +68,7 @@ def test_knn_matches_numpy_weighted_vote(monkeypatch):
   train_x, test_x = rng.normal(size=(60, 5)), rng.normal(size=(37, 5))
   train_y, test_y = rng.integers(0, 3, 60), rng.integers(0, 3, 37)
   # Several small chunks, the last one padded: the chunking must not change the answer.
-  monkeypatch.setattr(evaluate, "_KNN_MAX_SIMILARITIES", 60 * 10)
+  monkeypatch.setattr(knn, "KNN_MAX_SIMILARITIES", 60 * 10)
   for k, t in [(1, 0.1), (7, 0.1), (200, 0.5)]:
     expected = np.mean(_knn_numpy(train_x, train_y, test_x, min(k, 60), t, 3) == test_y)
     got = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=3, k=k, temperature=t)

@@ -32,7 +32,7 @@ from barlow_jax.evaluation.finetune import (
   finetune,
   random_batches,
 )
-from barlow_jax.evaluation.knn import knn_accuracy
+from barlow_jax.evaluation.knn import knn_accuracy, knn_kwargs_from_config
 from barlow_jax.evaluation.linear_probe import (
   linear_probe_accuracy,
   probe_kwargs_from_config,
@@ -50,13 +50,7 @@ def evaluate_features(name, train_f, train_y, test_f, test_y, *, num_classes, co
     train_f, train_y, test_f, test_y, num_classes=num_classes, **probe_kwargs_from_config(config)
   )
   knn = knn_accuracy(
-    train_f,
-    train_y,
-    test_f,
-    test_y,
-    num_classes=num_classes,
-    k=int(config.eval.knn_k),
-    temperature=float(config.eval.knn_temperature),
+    train_f, train_y, test_f, test_y, num_classes=num_classes, **knn_kwargs_from_config(config)
   )
   return {
     "name": name,

@@ -1,13 +1,15 @@
 """Weighted kNN classifier on L2-normalised features: the kNN monitor (docs/reference.md §5)."""
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 # Bound on the [test_chunk, num_train] similarity matrix of the kNN monitor (elements).
-_KNN_MAX_SIMILARITIES = 1 << 25
+KNN_MAX_SIMILARITIES = 1 << 25
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -71,7 +73,7 @@ def knn_accuracy(
     return 0.0
   n_train = len(train_features)
   k = min(k, n_train)
-  chunk = int(max(1, min(len(test_features), _KNN_MAX_SIMILARITIES // n_train)))
+  chunk = int(max(1, min(len(test_features), KNN_MAX_SIMILARITIES // n_train)))
   train_n = _l2_normalize(jnp.asarray(train_features))
   train_lab = jnp.asarray(train_labels)
   correct = 0
@@ -85,3 +87,8 @@ def knn_accuracy(
     )
     correct += int(np.sum(np.asarray(pred)[:n] == test_labels[start : start + n]))
   return correct / len(test_features)
+
+
+def knn_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The kNN settings of `config.eval` (knn_k, knn_temperature) as keywords of `knn_accuracy`."""
+  return dict(k=int(config.eval.knn_k), temperature=float(config.eval.knn_temperature))

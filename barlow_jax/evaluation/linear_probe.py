@@ -54,6 +54,17 @@ def torch_sgd(lr_schedule, momentum: float, weight_decay) -> optax.GradientTrans
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr_schedule, momentum))
 
 
+def linear_head_init(key: jax.Array, dim: int, num_classes: int) -> dict[str, jax.Array]:
+  """The linear probe's initial head: kernel [dim, num_classes] float32, std 0.01; bias 0.
+
+  Reference evaluate.py: `fc.weight.data.normal_(mean=0.0, std=0.01)`, `fc.bias.data.zero_()`.
+  """
+  return {
+    "kernel": 0.01 * jax.random.normal(key, (dim, num_classes), jnp.float32),
+    "bias": jnp.zeros((num_classes,), jnp.float32),
+  }
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
 def _fit_linear(
   features, labels, key, lr, momentum, weight_decay, *, num_classes, epochs, batch_size
@@ -64,10 +75,7 @@ def _fit_linear(
   schedule = lambda step: lr * 0.5 * (1.0 + jnp.cos(jnp.pi * step / total))
   tx = torch_sgd(schedule, momentum, weight_decay)
   init_key, key = jax.random.split(key)
-  params = {
-    "kernel": 0.01 * jax.random.normal(init_key, (d, num_classes), jnp.float32),
-    "bias": jnp.zeros((num_classes,), jnp.float32),
-  }
+  params = linear_head_init(init_key, d, num_classes)
 
   def loss_fn(p, x, y):
     logits = x @ p["kernel"] + p["bias"]
@@ -248,11 +256,7 @@ def reference_linear_probe(
   frozen = replicate(mesh, backbone_variables(variables))
   size = int(config.dataset.image_size)
   dim = backbone.apply(frozen, jnp.zeros((1, size, size, 3)), train=False).shape[-1]
-  head = {
-    "kernel": 0.01 * jax.random.normal(jax.random.PRNGKey(config.seed), (dim, num_classes)),
-    "bias": jnp.zeros((num_classes,)),
-  }
-  head = replicate(mesh, head)
+  head = replicate(mesh, linear_head_init(jax.random.PRNGKey(config.seed), dim, num_classes))
   opt_state = tx.init(head)
 
   @jax.jit

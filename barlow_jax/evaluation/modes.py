@@ -25,7 +25,7 @@ from barlow_jax.evaluation.finetune import (
   random_batches,
   select_subset,
 )
-from barlow_jax.evaluation.knn import knn_accuracy
+from barlow_jax.evaluation.knn import knn_accuracy, knn_kwargs_from_config
 from barlow_jax.evaluation.linear_probe import (
   crop_flip_config,
   labelled_view_a,
@@ -107,13 +107,7 @@ def _features_evaluation(config, backbone, variables, mesh, *, knn_only):
     "num_train": len(ftr),
     "num_eval": len(fte),
     "knn_top1": knn_accuracy(
-      ftr,
-      train_y,
-      fte,
-      test_y,
-      num_classes=num_classes,
-      k=int(config.eval.knn_k),
-      temperature=float(config.eval.knn_temperature),
+      ftr, train_y, fte, test_y, num_classes=num_classes, **knn_kwargs_from_config(config)
     ),
   }
   if not knn_only:

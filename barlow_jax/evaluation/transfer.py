@@ -23,12 +23,12 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from barlow_jax.evaluation import voc07
+from barlow_jax.evaluation.features import local_mesh
 
 TASKS = ("single_label", "multi_label")
 
@@ -65,11 +65,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.transfer.svm_costs must be positive numbers, got {t.svm_costs}")
     if int(t.svm_folds) < 2:
       raise ValueError(f"config.transfer.svm_folds must be >= 2, got {t.svm_folds}")
-
-
-def local_mesh() -> Mesh:
-  """This process's devices on one "data" axis: every process computes the same features."""
-  return Mesh(np.asarray(jax.local_devices()), ("data",))
 
 
 # ---------------------------------------------------------------------------------------------
