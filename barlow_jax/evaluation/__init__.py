@@ -1,6 +1,15 @@
-"""Evaluation protocols beyond the pretraining dataset.
+"""Evaluation of a frozen backbone; `python -m barlow_jax.evaluate` is its command line.
 
+Read top-down (each module imports only those above it):
+- `metrics`: top-k accuracy.
+- `knn`: the weighted kNN classifier (the kNN monitor).
+- `features`: meshes, backbone building / loading (through `barlow_jax.checkpointing`), features.
+- `linear_probe`: the linear probe, "features" and "reference" protocols.
+- `finetune`: backbone + head fine-tuning, labelled subsets (semi-supervised).
+- `baselines`: a table row (probe + kNN), BN recalibration, the supervised reference.
+- `final_table`: the default job's results table, its targets, the results files.
+- `modes`: the "linear", "knn" and "semisup" modes of the command line.
+- `voc07`: average precision (11-point and all-point) and the per-class SVM protocol.
 - `transfer`: frozen-feature transfer (Barlow Twins paper, Sec. 4, Table 3): a linear probe on
   other labelled datasets, and VOC07 multi-label classification with per-class linear SVMs.
-- `voc07`: average precision (11-point and all-point) and the per-class SVM protocol.
 """

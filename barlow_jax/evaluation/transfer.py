@@ -28,7 +28,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from barlow_jax.evaluation import voc07
-from barlow_jax.evaluation.features import local_mesh
+from barlow_jax.evaluation.features import extract_features, load_backbone, local_mesh
+from barlow_jax.evaluation.final_table import write_results
+from barlow_jax.evaluation.linear_probe import linear_probe_accuracy, probe_kwargs_from_config
 
 TASKS = ("single_label", "multi_label")
 
@@ -176,7 +178,7 @@ def multilabel_batches(
 
 def _features(config, backbone, variables, split: str, mesh: Mesh):
   """(features [N, F], labels [N] or targets [N, C], class names or None) of one split."""
-  from barlow_jax import evaluate, input_pipeline
+  from barlow_jax import input_pipeline
 
   batch_size = int(config.transfer.batch_size)
   names = None
@@ -186,7 +188,7 @@ def _features(config, backbone, variables, split: str, mesh: Mesh):
     batches = input_pipeline.create_eval_iterator(
       config, split, batch_size=batch_size, process_index=0, process_count=1
     )
-  features, labels = evaluate.extract_features(backbone, variables, batches, mesh=mesh)
+  features, labels = extract_features(backbone, variables, batches, mesh=mesh)
   return features, labels, names
 
 
@@ -226,10 +228,8 @@ def transfer_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict
   Returns:
     The results dict written to WORKDIR/results.json (see the module docstring).
   """
-  from barlow_jax import evaluate
-
   validate_config(config)
-  backbone, variables, model_config = evaluate.load_backbone(
+  backbone, variables, model_config = load_backbone(
     config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
   )
   mesh = local_mesh()
@@ -255,12 +255,10 @@ def transfer_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict
   t0 = time.perf_counter()
   if task == "single_label":
     num_classes = _num_classes(config, train_y, test_y)
-    probe = evaluate.probe_kwargs_from_config(config)
+    probe = probe_kwargs_from_config(config)
     results.update(num_classes=num_classes, **{f"probe_{k}": v for k, v in probe.items()})
     results.update(
-      evaluate.linear_probe_accuracy(
-        train_f, train_y, test_f, test_y, num_classes=num_classes, **probe
-      )
+      linear_probe_accuracy(train_f, train_y, test_f, test_y, num_classes=num_classes, **probe)
     )
   else:
     svm = svm_kwargs_from_config(config)
@@ -272,7 +270,7 @@ def transfer_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict
   if config.dataset.name in PUBLISHED:
     what, metric, value = PUBLISHED[config.dataset.name]
     results["published"] = {"what": what, "metric": metric, "value": value}
-  evaluate.write_results(workdir, results, text=transfer_markdown(results))
+  write_results(workdir, results, text=transfer_markdown(results))
   return results
 
 
