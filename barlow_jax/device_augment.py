@@ -24,6 +24,7 @@ same on any device count, and the step is in the checkpoint, so a resumed run dr
 parameters for the same batch.
 """
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -168,11 +169,8 @@ def adjust_hue(image, delta):
 def blur_box_radius(sigma):
   """PIL's `_gaussian_blur_radius(sigma, passes=3)` (libImaging/BoxBlur.c): r = l + a.
 
-  One box pass of radius r has weight 1 on |i| <= l and a on |i| = l + 1, over 2r + 1; three
-  passes approximate a Gaussian of std `sigma` (Gwosdek et al., SSVM 2011, eqs. 7, 11, 14).
-  float32 as in PIL; XLA's fused arithmetic can differ from PIL's op-by-op rounding in the last
-  bit of r, which moves PIL's fixed-point weights by a few 2^-24 (pinning each rounding with
-  optimization barriers did not remove it on the CPU backend).
+  One box pass of radius r has weight 1 on |i| <= l and a on |i| = l + 1, over 2r + 1, and
+  variance sigma^2 / 3 (Gwosdek et al., SSVM 2011, eqs. 7, 11, 14).
 
   Returns:
     (l, a): int32 and float32 arrays of sigma's shape.
@@ -192,59 +190,81 @@ def blur_half_width(sigma_max: float) -> int:
   return int(np.floor((np.sqrt(12.0 * sigma2 + 1.0) - 1.0) / 2.0)) + 1
 
 
-def box_weights(sigma, half_width: int) -> jax.Array:
-  """One box pass's integer weights [2 * half_width + 1] for blur std `sigma`, in units of 2^-24.
+def blur_radius(sigma_max: float) -> int:
+  """Static half-width 3 (l + 1) of the composed kernel at sigma_max (6 at sigma 2.0).
 
-  PIL's ImagingHorizontalBoxBlur: ww = floor(2^24 / (2r + 1)) on |i| <= l and
-  fw = floor((2^24 - (2l + 1) ww) / 2) on |i| = l + 1 (zero beyond, up to `half_width`).
+  The host's `blur.kernel_radius`; every sigma <= sigma_max fits (l grows with sigma).
+  """
+  return _BLUR_PASSES * blur_half_width(sigma_max)
+
+
+def pil_gaussian_kernel(sigma, radius: int) -> jax.Array:
+  """The 1-D kernel of PIL's `GaussianBlur(radius=sigma)`: three extended boxes, composed.
+
+  The JAX restatement of the host's `blur.pil_gaussian_kernel` (same formula, same length
+  rules): weights sum to 1, variance sigma^2 (pixels^2), zero beyond 3 (l + 1).
+
+  Args:
+    sigma: float32 scalar std in pixels, > 0.
+    radius: static half-width, >= `blur_radius(sigma)` (a wider kernel is truncated and
+      renormalised, no longer PIL's).
+
+  Returns:
+    float32 [2 * radius + 1]; tap i weighs the pixel at offset i - radius.
   """
   whole, a = blur_box_radius(sigma)
-  ww = jnp.floor(float(1 << 24) / (2.0 * (whole + a) + 1.0)).astype(jnp.uint32)
-  fw = (jnp.uint32(1 << 24) - (2 * whole + 1).astype(jnp.uint32) * ww) // 2
-  offsets = jnp.abs(jnp.arange(-half_width, half_width + 1))
-  return jnp.where(offsets <= whole, ww, jnp.where(offsets == whole + 1, fw, jnp.uint32(0)))
+  whole = whole.astype(jnp.float32)
+  box_half = -(-radius // _BLUR_PASSES)
+  taps = jnp.abs(jnp.arange(-box_half, box_half + 1, dtype=jnp.float32))
+  box = jnp.where(taps <= whole, 1.0, jnp.where(taps == whole + 1.0, a, 0.0))
+  box = box / (2.0 * (whole + a) + 1.0)
+  # HIGHEST: accelerators otherwise convolve in bfloat16 passes.
+  full = functools.partial(jnp.convolve, mode="full", precision=jax.lax.Precision.HIGHEST)
+  kernel = full(full(box, box), box)  # Half-width 3 * box_half.
+  extra = _BLUR_PASSES * box_half - radius
+  if extra > 0:
+    kernel = kernel[extra:-extra]
+    kernel = kernel / jnp.sum(kernel)
+  return kernel
 
 
-def _box_pass(levels, weights, axis: int):
-  half = (weights.shape[0] - 1) // 2
-  size = levels.shape[axis]
-  pad = [(0, 0)] * levels.ndim
-  pad[axis] = (half, half)
-  padded = jnp.pad(levels, pad, mode="edge")  # PIL extends the edge pixel.
-  total = sum(
-    weights[k] * jax.lax.slice_in_dim(padded, k, k + size, axis=axis) for k in range(2 * half + 1)
+def _convolve_axis(image, kernel, axis: int):
+  """1-D convolution along `axis` with the edge pixel extended (PIL's border rule)."""
+  radius = (kernel.shape[0] - 1) // 2
+  size = image.shape[axis]
+  pad = [(0, 0)] * image.ndim
+  pad[axis] = (radius, radius)
+  padded = jnp.pad(image, pad, mode="edge")
+  return sum(
+    kernel[k] * jax.lax.slice_in_dim(padded, k, k + size, axis=axis) for k in range(2 * radius + 1)
   )
-  return (total + jnp.uint32(1 << 23)) >> 24  # PIL's SAVE: round to the nearest 8-bit level.
 
 
-def gaussian_blur(image: jax.Array, sigma, *, half_width: int) -> jax.Array:
-  """PIL's `ImageFilter.GaussianBlur(radius=sigma)`, integer-exact on 8-bit levels.
+def gaussian_blur(image: jax.Array, sigma, *, radius: int | None = None, half_width=None):
+  """PIL's `ImageFilter.GaussianBlur(radius=sigma)` as the host computes it (`barlow_jax.blur`).
 
-  Three box passes of radius `blur_box_radius(sigma)` along rows, then three along columns, each
-  clamping at the borders and rounding to 8-bit levels with PIL's fixed-point weights
-  (libImaging/BoxBlur.c): on a uint8 image the result is PIL's, but for a pixel now and then
-  one level off where the float32 radius differs in its last bit (`blur_box_radius`). Both
-  the per-pass rounding and the per-pass clamping matter: at small sigma a pass moves a pixel by
-  less than half a level, which PIL rounds back (a float blur differs by up to 2 levels, 0.5
-  on average), and a single composed kernel would extend the unblurred edge pixel where PIL
-  extends the blurred one. The input is rounded to the nearest level first (the reference blurs
-  uint8 PIL images); the output is on the 1/255 grid.
+  PIL's three extended-box passes per direction composed into one kernel
+  (`pil_gaussian_kernel`), applied down the rows then along them, edge pixels extended, in
+  float32: the host's function, so host and device agree to float rounding. Against Pillow
+  itself (which rounds to 8 bits after each of its 6 passes and extends each pass's edge) the
+  pixels differ by ~0.3/255 on average (tests/test_device_augment.py).
 
   Args:
     image: float32 [H, W, C] in [0, 1].
     sigma: scalar std in pixels (> 0).
-    half_width: static, `blur_half_width(sigma_max)` for the largest sigma used.
+    radius: static half-width of the kernel, `blur_radius(sigma_max)` for the largest sigma.
+    half_width: the same as a box pass's half-width (`blur_half_width`), radius = 3 half_width;
+      kept for callers of the earlier signature.
 
   Returns:
     float32 [H, W, C] in [0, 1].
   """
-  weights = box_weights(sigma, half_width)
-  levels = jnp.floor(jnp.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint32)
-  for axis in (1, 0):  # Rows first, as PIL. Rolled loops: one compiled pass per direction.
-    levels = jax.lax.fori_loop(
-      0, _BLUR_PASSES, lambda _, x, axis=axis: _box_pass(x, weights, axis), levels
-    )
-  return levels.astype(jnp.float32) / 255.0
+  if radius is None:
+    if half_width is None:
+      raise ValueError("gaussian_blur needs radius (blur_radius(sigma_max)).")
+    radius = _BLUR_PASSES * half_width
+  kernel = pil_gaussian_kernel(sigma, radius)
+  return _convolve_axis(_convolve_axis(image, kernel, 0), kernel, 1)
 
 
 def solarize(image, threshold: float = 0.5):
@@ -349,8 +369,8 @@ def augment_image(image: jax.Array, params: Mapping[str, jax.Array], view) -> ja
   if s["grayscale_prob"] > 0:
     image = jnp.where(applied["grayscale"], to_grayscale(image), image)
   if s["blur_prob"] > 0:
-    half_width = blur_half_width(s["blur_sigma"][1])
-    blurred = gaussian_blur(image, params["sigma"], half_width=half_width)
+    radius = blur_radius(s["blur_sigma"][1])
+    blurred = gaussian_blur(image, params["sigma"], radius=radius)
     image = jnp.where(applied["blur"], blurred, image)
   if s["solarize_prob"] > 0:
     image = jnp.where(applied["solarize"], solarize(image, s["solarize_threshold"]), image)

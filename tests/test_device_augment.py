@@ -1,7 +1,7 @@
 """The device colour augmentations: the host ops' functions (within 1/255) on real photos and the
-cluttered digits, PIL's blur bit for bit, the configured frequencies, uint8 = float input, and
-on_device training that is deterministic, resumes on the exact batch and is the same on 8 devices
-and on 1."""
+cluttered digits, the host's blur (PIL's to rounding), the configured frequencies, uint8 = float
+input, and on_device training that is deterministic, resumes on the exact batch and is the same on
+8 devices and on 1."""
 
 import functools
 import subprocess
@@ -18,6 +18,7 @@ from barlow_jax import datasets, device_augment, train
 
 tf = pytest.importorskip("tensorflow")
 from barlow_jax import augment  # noqa: E402
+from barlow_jax import blur as blur_lib  # noqa: E402
 
 LEVEL = 1.0 / 255.0
 
@@ -75,7 +76,7 @@ def _stack_params(rows):
 
 
 def _host_reference(image: np.ndarray, row, view) -> np.ndarray:
-  """The same parameters through the host ops (TensorFlow) and PIL's blur, as float [0, 1]."""
+  """The same parameters through the host ops (TensorFlow), as float [0, 1]."""
   applied, order, factors, permutation, sigma = row
   x = tf.constant(image.astype(np.float32) / 255.0)
   host_ops = [
@@ -91,13 +92,12 @@ def _host_reference(image: np.ndarray, row, view) -> np.ndarray:
     x = tf.gather(x, list(permutation), axis=-1)
   if applied[2]:
     x = augment.to_grayscale(x)
-  x = x.numpy()
-  if applied[3]:  # The reference blurs 8-bit PIL images.
-    pil = Image.fromarray(np.floor(x * 255 + 0.5).astype(np.uint8))
-    x = np.asarray(pil.filter(ImageFilter.GaussianBlur(radius=float(sigma)))) / 255.0
+  if applied[3]:
+    radius = augment.blur_radius(view.blur_sigma[1])
+    x = augment.gaussian_blur(x, float(sigma), radius=radius)
   if applied[4]:
-    x = augment.solarize(tf.constant(x, tf.float32), float(view.solarize_threshold)).numpy()
-  return x
+    x = augment.solarize(x, float(view.solarize_threshold))
+  return x.numpy()
 
 
 @pytest.mark.parametrize("source", ["photos", "cluttered_digits"])
@@ -119,29 +119,53 @@ def test_given_parameters_the_device_ops_are_the_host_ops_within_one_level(sourc
   assert np.all(changed.reshape(len(images), -1)[:, -1] < 1e-6)
 
 
-def test_the_blur_is_pils_gaussian_blur_bit_for_bit():
-  images = np.concatenate([_photos()[:, :20, :20], _digits()])
-  sigmas = np.array([0.1, 0.3, 0.55, 0.8, 1.1, 1.45, 1.75, 2.0, 2.9], np.float32)
-  half_width = device_augment.blur_half_width(3.0)
+_SIGMAS = np.array([0.1, 0.3, 0.55, 1.0, 1.45, 2.0], np.float32)
+
+
+def _device_blur(images, sigmas, radius=6):
+  """Every image [N, H, W, 3] (levels) blurred with every sigma: float [N, S, H, W, 3] levels."""
   blur = jax.jit(
     jax.vmap(
-      jax.vmap(lambda x, s: device_augment.gaussian_blur(x, s, half_width=half_width), (None, 0)),
+      jax.vmap(lambda x, s: device_augment.gaussian_blur(x, s, radius=radius), (None, 0)),
       (0, None),
     )
   )
-  out = np.asarray(blur(jnp.asarray(images, jnp.float32) / 255.0, sigmas))
-  mismatched = total = 0
+  return np.asarray(blur(jnp.asarray(images, jnp.float32) / 255.0, sigmas)) * 255.0
+
+
+def test_host_and_device_blur_are_the_same_function():
+  photos = _photos()  # scikit-learn's sample photos, 24 x 32.
+  device = _device_blur(photos, _SIGMAS).reshape(-1, *photos.shape[1:])
+  kernels = blur_lib.pil_gaussian_kernel(np.tile(_SIGMAS, len(photos)), blur_lib.kernel_radius(2.0))
+  images = np.repeat(photos.astype(np.float32) / 255.0, len(_SIGMAS), axis=0)
+  host = blur_lib.blur_batch(images, kernels).numpy() * 255.0
+  diff = np.abs(device - host)
+  assert diff.max() <= 1.0, diff.max()  # Issue 15: within 1/255; measured ~1e-4 (float32).
+  np.testing.assert_allclose(
+    np.asarray(device_augment.pil_gaussian_kernel(1.3, 6)),
+    blur_lib.pil_gaussian_kernel(1.3, 6).numpy(),
+    atol=1e-6,
+  )
+  assert device_augment.blur_radius(2.0) == blur_lib.kernel_radius(2.0) == 6
+  assert device_augment.blur_half_width(2.0) == 2  # 5 taps per box pass at sigma 2.
+
+
+def test_the_blur_is_pils_gaussian_blur_to_rounding():
+  from sklearn.datasets import load_sample_image
+
+  images = np.stack([load_sample_image(n)[::4, ::4] for n in ("china.jpg", "flower.jpg")])
+  out = _device_blur(images, _SIGMAS)  # 107 x 160 photos.
   for i, image in enumerate(images):
-    for j, sigma in enumerate(sigmas):
+    for j, sigma in enumerate(_SIGMAS):
       pil = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(float(sigma))))
-      levels = np.round(out[i, j] * 255)
-      off = np.abs(levels - pil)
-      # PIL's bit for bit but where the float32 radius rounds differently (module doc).
-      assert off.max() <= 1 and off.mean() < 0.01, (i, sigma, off.max(), off.mean())
-      mismatched += np.count_nonzero(off)
-      total += off.size
-  assert mismatched <= 0.002 * total, mismatched / total
-  assert device_augment.blur_half_width(2.0) == 2  # 5 taps per pass at the reference's sigma.
+      off = np.abs(out[i, j] - pil)
+      # PIL rounds to 8 bits after each of its 6 passes: measured 0.1-0.55 levels on average,
+      # 99th percentile 1.0-2.2, at most 2.9 away from the borders. Within 6 px of a border PIL
+      # extends each pass's output where one kernel extends the input: up to 27 levels there.
+      assert off.mean() < 0.6 and np.percentile(off, 99) < 2.5, (i, sigma, off.mean())
+      assert off[6:-6, 6:-6].max() < 3.0, (i, sigma, off[6:-6, 6:-6].max())
+    # The blur does blur: PIL's and ours are far closer to each other than to the input.
+    assert np.abs(out[i, -1] - image).mean() > 3 * np.abs(out[i, -1] - pil).mean()
 
 
 def test_firing_frequencies_orders_and_ranges_follow_the_config():
