@@ -244,12 +244,7 @@ def _tiny_config(sgd: bool = False, **overrides):
   if sgd:  # The update is proportional to the gradient (adam's first one is its sign).
     config.optim.name = "sgd"
     config.optim.lr_weights = config.optim.lr_biases = 0.05
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

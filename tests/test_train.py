@@ -50,12 +50,7 @@ def tiny_config(**overrides):
   config.checkpoint_every_steps = 10
   config.keep_checkpoints = 2
   config.image_every_steps = 20
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
