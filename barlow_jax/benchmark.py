@@ -6,7 +6,8 @@
     python -m barlow_jax.benchmark suite [--help]   # accelerator suite: step, PyTorch peer, loss
     python -m barlow_jax.benchmark memory [--help]  # per-device memory for N devices, compile only
 
-Each prints a table and writes JSON (see its --help). Times are medians over repeats.
+Each prints a table and writes JSON (see its --help: absl flags, the flags after NAME). Times are
+medians over repeats.
 """
 
 import importlib
@@ -16,6 +17,8 @@ _BENCHMARKS = ("loss", "step", "input", "suite", "memory")
 
 
 def main(argv: list[str]) -> int:
+  """The command line in-process: `argv` is ["benchmark", NAME, flags...]; returns the status
+  (2 with this text for a missing or unknown NAME)."""
   if len(argv) < 2 or argv[1] not in _BENCHMARKS:
     print(__doc__, file=sys.stderr)
     return 2
@@ -24,4 +27,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  if len(sys.argv) < 2 or sys.argv[1] not in _BENCHMARKS:
+    print(__doc__, file=sys.stderr)
+    sys.exit(2)
+  # absl parses the flags after NAME; `--help` prints NAME's docstring and flags.
+  module = importlib.import_module(f"barlow_jax.benchmarks.{sys.argv[1]}")
+  module.COMMAND.run([f"{sys.argv[0]} {sys.argv[1]}", *sys.argv[2:]])

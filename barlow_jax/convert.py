@@ -20,7 +20,6 @@ read off the state dict's shapes; a width multiplier works as long as every tens
 torch is an optional dependency (`pip install .[torch]`), imported only inside these functions.
 """
 
-import argparse
 import io
 import logging
 import re
@@ -30,9 +29,10 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from etils import epath
 
-from barlow_jax import checkpointing, models
+from barlow_jax import checkpointing, cli, models
 
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -367,31 +367,37 @@ def backbone_dir_to_torch_file(directory: str, path: str) -> None:
   epath.Path(path).write_bytes(data.getvalue())
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m barlow_jax.convert",
-    description="Convert a torchvision ResNet .pth (released resnet50.pth or the reference's "
-    "training checkpoint) into a barlow_jax backbone directory, or back with --export.",
-  )
-  parser.add_argument(
-    "--from", dest="source", required=True, help=".pth file (or DIR with --export)"
-  )
-  parser.add_argument(
-    "--to", dest="target", required=True, help="output DIR (or .pth with --export)"
-  )
-  parser.add_argument("--export", action="store_true", help="flax backbone DIR -> torch .pth")
-  args = parser.parse_args(argv)
-  if args.export:
-    backbone_dir_to_torch_file(args.source, args.target)
-    print(f"wrote {args.target}")
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The command line's flags (`barlow_jax.cli.Command`)."""
+  flags.DEFINE_string("from", None, ".pth file (or DIR with --export)", flag_values=flag_values)
+  flags.DEFINE_string("to", None, "output DIR (or .pth with --export)", flag_values=flag_values)
+  flags.DEFINE_bool("export", False, "flax backbone DIR -> torch .pth", flag_values=flag_values)
+  flags.mark_flags_as_required(["from", "to"], flag_values=flag_values)
+
+
+def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  source, target = flag_values["from"].value, flag_values["to"].value
+  if flag_values.export:
+    backbone_dir_to_torch_file(source, target)
+    print(f"wrote {target}")
   else:
-    model_config = torch_file_to_backbone_dir(args.source, args.target)
+    model_config = torch_file_to_backbone_dir(source, target)
     print(
-      f"wrote {args.target}: {model_config['backbone']}, stem {model_config['stem']}, "
+      f"wrote {target}: {model_config['backbone']}, stem {model_config['stem']}, "
       f"width {model_config['width']}"
     )
   return 0
 
 
+COMMAND = cli.Command("python -m barlow_jax.convert", define_flags, _command, __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """The command line in-process: `argv` without the program name (default `sys.argv[1:]`)."""
+  return COMMAND(["", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  COMMAND.run()

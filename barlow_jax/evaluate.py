@@ -28,8 +28,10 @@ Command line (results.json + results.md in the workdir):
 from typing import Any
 
 import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
-from barlow_jax import config_validation
+from barlow_jax import cli, config_validation
 from barlow_jax.evaluation.baselines import recalibrate_batch_stats
 from barlow_jax.evaluation.features import (
   array_batches,
@@ -115,23 +117,29 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return modes[config.eval.mode](config, workdir)
 
 
-def _main(argv: list[str]) -> None:
-  from absl import app, flags
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The command line's flags (`barlow_jax.cli.Command`). Defined only when it runs: train.py
+  imports this module under main.py's own --config / --workdir flags."""
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Evaluation config, e.g. configs/eval_linear.py.",
+    flag_values=flag_values,
+    lock_config=True,
+  )
+  flags.DEFINE_string(
+    "workdir", None, "Where results.json / results.md go.", flag_values=flag_values
+  )
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
+
+def _command(flag_values: flags.FlagValues, argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  evaluate(flag_values.config, flag_values.workdir)
 
+
+COMMAND = cli.Command("python -m barlow_jax.evaluate", define_flags, _command, __doc__)
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a program: train.py imports this module under main.py's
-  # own --config / --workdir flags.
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file(
-    "config", None, "Evaluation config, e.g. configs/eval_linear.py.", lock_config=True
-  )
-  flags.DEFINE_string("workdir", None, "Where results.json / results.md go.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(_main)
+  COMMAND.run()

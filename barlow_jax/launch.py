@@ -16,7 +16,6 @@ SIGTERM or Ctrl-C to the launcher is forwarded to every process as SIGTERM: the 
 where they agree on a step, save it and exit cleanly.
 """
 
-import argparse
 import os
 import signal
 import socket
@@ -24,6 +23,10 @@ import subprocess
 import sys
 import threading
 import time
+
+from absl import flags
+
+from barlow_jax import cli
 
 
 def _free_port() -> int:
@@ -41,20 +44,20 @@ def _describe_exit(returncode: int) -> str:
   return f"exited with status {returncode}"
 
 
-def _process_env(args: argparse.Namespace, index: int, address: str) -> dict[str, str]:
+def _process_env(args, index: int, address: str) -> dict[str, str]:
   env = dict(os.environ)
   env["JAX_COORDINATOR_ADDRESS"] = address
   env["JAX_NUM_PROCESSES"] = str(args.num_processes)
   env["JAX_PROCESS_ID"] = str(index)
   env["PYTHONUNBUFFERED"] = "1"
   if args.platform == "cpu":
-    flags = [
+    xla_flags = [
       f
       for f in env.get("XLA_FLAGS", "").split()
       if not f.startswith("--xla_force_host_platform_device_count")
     ]
-    flags.append(f"--xla_force_host_platform_device_count={args.devices_per_process}")
-    env["XLA_FLAGS"] = " ".join(flags)
+    xla_flags.append(f"--xla_force_host_platform_device_count={args.devices_per_process}")
+    env["XLA_FLAGS"] = " ".join(xla_flags)
     env["JAX_PLATFORMS"] = "cpu"
   else:
     first = index * args.devices_per_process
@@ -71,8 +74,12 @@ def _stream(prefix: str, pipe, lock: threading.Lock) -> None:
   pipe.close()
 
 
-def launch(args: argparse.Namespace, program_args: list[str]) -> int:
-  """Runs the processes to completion; returns 0 only if every one of them succeeded."""
+def launch(args, program_args: list[str]) -> int:
+  """Runs the processes to completion; returns 0 only if every one of them succeeded.
+
+  `args` has the flags' values as attributes (`num_processes`, `devices_per_process`,
+  `platform`, `port`, `grace_s`, `module`): the parsed flags or any namespace.
+  """
   address = f"127.0.0.1:{args.port or _free_port()}"
   command = [sys.executable, "-m", args.module, *program_args]
   lock = threading.Lock()
@@ -134,29 +141,29 @@ def launch(args: argparse.Namespace, program_args: list[str]) -> int:
   return status
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The launcher's own flags (`barlow_jax.cli.Command`); the program's follow `--`."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_integer("num_processes", 2, "processes to start", lower_bound=1, **fv)
+  flags.DEFINE_integer("devices_per_process", 4, "devices each process sees", lower_bound=1, **fv)
+  flags.DEFINE_enum("platform", "cpu", ("cpu", "gpu"), "emulated CPU devices or GPUs", **fv)
+  flags.DEFINE_integer("port", 0, "coordinator port; 0 picks a free one", **fv)
+  flags.DEFINE_float("grace_s", 20.0, "seconds survivors get after a failure", **fv)
+  flags.DEFINE_string("module", "barlow_jax.main", "python module each runs", **fv)
+
+
+def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
+  # absl leaves what follows `--` (the program's arguments) in argv.
+  return launch(flag_values, argv[1:])
+
+
+COMMAND = cli.Command("python -m barlow_jax.launch", define_flags, _command, __doc__)
+
+
 def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if "--" in argv:
-    split = argv.index("--")
-    own, program_args = argv[:split], argv[split + 1 :]
-  else:
-    own, program_args = argv, []
-  parser = argparse.ArgumentParser(
-    prog="python -m barlow_jax.launch", description=__doc__.split("\n\n")[0]
-  )
-  parser.add_argument("--num_processes", type=int, default=2)
-  parser.add_argument("--devices_per_process", type=int, default=4)
-  parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
-  parser.add_argument("--port", type=int, default=0, help="coordinator port; 0 picks a free one")
-  parser.add_argument(
-    "--grace_s", type=float, default=20.0, help="seconds survivors get after a failure"
-  )
-  parser.add_argument("--module", default="barlow_jax.main", help="python module each runs")
-  args = parser.parse_args(own)
-  if args.num_processes < 1 or args.devices_per_process < 1:
-    parser.error("--num_processes and --devices_per_process must be at least 1")
-  return launch(args, program_args)
+  """The command line in-process: `argv` without the program name (default `sys.argv[1:]`)."""
+  return COMMAND(["", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  COMMAND.run()

@@ -14,6 +14,8 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from barlow_jax import cli
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   "config",
@@ -80,8 +82,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """The `barlow-jax` console script (setup.py's entry point): the same as `python -m
-  barlow_jax.main`."""
-  app.run(main)
+  barlow_jax.main`; `--help` exits 0 (`barlow_jax.cli.parse_flags`)."""
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

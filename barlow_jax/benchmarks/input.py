@@ -22,13 +22,15 @@ decoding + augmentation only. Other processes on the machine share the cores: no
 average printed with the table.
 """
 
-import argparse
 import json
 import os
 import platform
 import time
 
 import numpy as np
+from absl import app, flags
+
+from barlow_jax import benchmarks, cli
 
 
 def _cores() -> int:
@@ -147,24 +149,28 @@ def run(seconds: float, batch: int, cases: list[str]) -> list[dict]:
 CASES = ("imagenet_224_jpeg", "cifar_32_png", "cluttered_digits_20")
 
 
-def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m barlow_jax.benchmark input",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """This benchmark's flags (`barlow_jax.cli.Command`)."""
+  benchmarks.define_shared_flags(
+    flag_values,
+    seconds=10.0,
+    batch=(64, "Examples per batch."),
+    out=("input_benchmark.json", "JSON results path."),
+    repeats=(3, "With --peer: interleaved repeats."),
   )
-  parser.add_argument("--seconds", type=float, default=10.0, help="Timed seconds per case.")
-  parser.add_argument("--batch", type=int, default=64, help="Examples per batch.")
-  parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
-  parser.add_argument("--out", default="input_benchmark.json", help="JSON results path.")
-  parser.add_argument(
-    "--peer",
-    choices=("pil",),
-    help="Measure against the reference's PIL transform, one core each (ignores --cases).",
+  flags.DEFINE_multi_enum("cases", list(CASES), CASES, "Cases to run.", flag_values=flag_values)
+  flags.DEFINE_enum(
+    "peer",
+    None,
+    ("pil",),
+    "Measure against the reference's PIL transform, one core each (ignores --cases).",
+    flag_values=flag_values,
   )
-  parser.add_argument("--repeats", type=int, default=3, help="With --peer: interleaved repeats.")
-  args = parser.parse_args(argv[1:])
 
+
+def _command(args: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if args.peer:
     return _main_peer(args)
@@ -183,6 +189,14 @@ def main(argv: list[str]) -> int:
     json.dump({"cores": cores, "load_average": list(load), "results": results}, f, indent=2)
   print(f"wrote {args.out}")
   return 0
+
+
+COMMAND = cli.Command("python -m barlow_jax.benchmark input", define_flags, _command, __doc__)
+
+
+def main(argv: list[str]) -> int:
+  """The command line in-process: `argv[0]` is "input", then the flags."""
+  return COMMAND(argv)
 
 
 def _main_peer(args) -> int:

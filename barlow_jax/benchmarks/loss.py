@@ -17,17 +17,20 @@ Configurations whose estimated memory exceeds `--max-bytes`, or whose estimated 
 `--max-gflop`, are skipped and listed as such (raise the limits on an accelerator).
 """
 
-import argparse
 import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+from absl import app, flags
+
+from barlow_jax import benchmarks, cli
 
 TORCH = "torch"
 
@@ -238,42 +241,48 @@ def _torch_available() -> bool:
   return True
 
 
-def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m barlow_jax.benchmark loss", description=__doc__)
-  parser.add_argument("--n", type=int, nargs="+", default=[256, 1024, 2048], help="global batch")
-  parser.add_argument(
-    "--d", type=int, nargs="+", default=[2048, 8192, 16384, 32768, 65536], help="embedding dim"
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """This benchmark's flags (`barlow_jax.cli.Command`)."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_multi_integer("n", [256, 1024, 2048], "global batch", **fv)
+  flags.DEFINE_multi_integer("d", [2048, 8192, 16384, 32768, 65536], "embedding dim", **fv)
+  flags.DEFINE_multi_string("methods", ["auto", "dense", "gram", "blockwise"], "loss methods", **fv)
+  benchmarks.define_shared_flags(
+    flag_values,
+    repeats=(3, "timed calls after a warm-up"),
+    out=("loss_benchmark.json", "JSON results path"),
   )
-  parser.add_argument(
-    "--methods", nargs="+", default=["auto", "dense", "gram", "blockwise"], help="loss methods"
+  flags.DEFINE_bool(
+    "torch",
+    None,
+    "run the PyTorch reference formula as a peer (default: when torch is importable)",
+    **fv,
   )
-  parser.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up")
-  parser.add_argument("--out", default="loss_benchmark.json", help="JSON results path")
-  parser.add_argument(
-    "--torch",
-    action=argparse.BooleanOptionalAction,
-    default=None,
-    help="run the PyTorch reference formula as a peer (default: when torch is importable)",
+  flags.DEFINE_float(
+    "max_bytes",
+    0.8 * _physical_memory_bytes(),
+    "skip configurations estimated to need more memory (default 80% of physical memory)",
+    **fv,
   )
-  parser.add_argument(
-    "--max-bytes",
-    type=float,
-    default=0.8 * _physical_memory_bytes(),
-    help="skip configurations estimated to need more memory (default 80%% of physical memory)",
+  flags.DEFINE_float(
+    "max_gflop",
+    1000.0,
+    "skip configurations estimated to need more GFLOP per loss + gradient",
+    **fv,
   )
-  parser.add_argument(
-    "--max-gflop",
-    type=float,
-    default=1000.0,
-    help="skip configurations estimated to need more GFLOP per loss + gradient",
+  flags.DEFINE_string(
+    "torch_device", "auto", "device of the torch peer ('auto': cuda if available)", **fv
   )
-  parser.add_argument(
-    "--torch-device", default="auto", help="device of the torch peer ('auto': cuda if available)"
-  )
-  parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
-  parser.add_argument("--child", nargs=3, metavar=("METHOD", "N", "D"), help=argparse.SUPPRESS)
-  args = parser.parse_args(argv[1:])
+  flags.DEFINE_float("timeout", 900.0, "seconds per configuration", **fv)
+  # One configuration in this process (the parent's subprocesses): METHOD N D.
+  flags.DEFINE_multi_string("child", None, "internal: METHOD N D of one child run", **fv)
 
+
+def _command(args: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if args.child and len(args.child) != 3:
+    raise app.UsageError(f"--child takes METHOD N D, got {args.child}")
   if args.child:
     method, n, d = args.child[0], int(args.child[1]), int(args.child[2])
     result = (
@@ -288,10 +297,10 @@ def main(argv: list[str]) -> int:
 
   for method in args.methods:
     if method not in losses.METHODS:
-      parser.error(f"--methods: unknown method {method!r}; choose from {losses.METHODS}")
+      raise app.UsageError(f"--methods: unknown method {method!r}; choose from {losses.METHODS}")
   use_torch = _torch_available() if args.torch is None else args.torch
   if use_torch and not _torch_available():
-    parser.error("--torch: torch is not importable")
+    raise app.UsageError("--torch: torch is not importable")
   methods = list(args.methods) + ([TORCH] if use_torch else [])
 
   rows = []
@@ -317,7 +326,9 @@ def main(argv: list[str]) -> int:
   with open(args.out, "w") as f:
     json.dump(
       {
-        "command": "python -m barlow_jax.benchmark " + " ".join(argv),
+        "command": shlex.join(
+          ["python", "-m", "barlow_jax.benchmark", "loss", *cli.given_flags(args)]
+        ),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "rows": rows,
@@ -328,3 +339,11 @@ def main(argv: list[str]) -> int:
     )
   print(f"wrote {args.out}", file=sys.stderr)
   return 0
+
+
+COMMAND = cli.Command("python -m barlow_jax.benchmark loss", define_flags, _command, __doc__)
+
+
+def main(argv: list[str]) -> int:
+  """The command line in-process: `argv[0]` is "loss", then the flags."""
+  return COMMAND(argv)

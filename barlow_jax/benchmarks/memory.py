@@ -24,14 +24,15 @@ The CPU compiler's temporaries are an estimate of a TPU's or GPU's: their compil
 out differently (the parameter and optimizer figures are exact on every platform).
 """
 
-import argparse
 import math
 import os
 import subprocess
 import sys
 import time
 
-from barlow_jax import benchmarks
+from absl import app, flags
+
+from barlow_jax import benchmarks, cli
 
 # Accelerator memories the table is read against (bytes).
 TARGETS = {
@@ -43,42 +44,46 @@ TARGETS = {
 _CHILD = "BARLOW_JAX_MEMORY_CHILD"
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m barlow_jax.benchmark memory",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """This benchmark's flags (`barlow_jax.cli.Command`)."""
+  fv = {"flag_values": flag_values}
+  benchmarks.define_shared_flags(
+    flag_values,
+    backbone="ResNet50",
+    projector="8192-8192-8192",
+    batch=2048,
+    image_size=224,
+    dtype="bfloat16",
+    optimizer="lars",
+    out="",
   )
-  parser.add_argument("--backbone", default="ResNet50")
-  parser.add_argument("--projector", default="8192-8192-8192")
-  parser.add_argument("--batch", type=int, default=2048, help="global batch (examples)")
-  parser.add_argument("--devices", type=int, default=8, help="device count to compile for")
-  parser.add_argument(
-    "--fsdp_min_size", type=int, default=0, help="config.parallel.fsdp_min_size (0: replicated)"
+  flags.DEFINE_integer("devices", 8, "device count to compile for", **fv)
+  flags.DEFINE_integer("fsdp_min_size", 0, "config.parallel.fsdp_min_size (0: replicated)", **fv)
+  flags.DEFINE_enum(
+    "views_dtype",
+    "uint8",
+    ("uint8", "float32"),
+    "the batch's views: uint8 crops (the input pipeline's) or host-normalised float32",
+    **fv,
   )
-  parser.add_argument("--image_size", type=int, default=224)
-  parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-  parser.add_argument("--optimizer", default="lars", choices=("lars", "sgd", "adamw", "lamb"))
-  parser.add_argument(
-    "--views_dtype",
-    default="uint8",
-    choices=("uint8", "float32"),
-    help="the batch's views: uint8 crops (the input pipeline's) or host-normalised float32",
+  flags.DEFINE_string("loss_method", "auto", "config.loss.method", **fv)
+  flags.DEFINE_integer("num_classes", 1000, "online probe classes (0: no probe)", **fv)
+  flags.DEFINE_bool("native", False, "compile for this machine's devices, not emulated CPUs", **fv)
+  names = ["batch", "devices", "image_size", "fsdp_min_size"]
+  flags.register_multi_flags_validator(
+    names,
+    lambda v: (
+      v["batch"] >= 1 and v["devices"] >= 1 and v["image_size"] >= 8 and v["fsdp_min_size"] >= 0
+    ),
+    "--batch >= 1, --devices >= 1, --image_size >= 8 and --fsdp_min_size >= 0",
+    **fv,
   )
-  parser.add_argument("--loss_method", default="auto", help="config.loss.method")
-  parser.add_argument(
-    "--num_classes", type=int, default=1000, help="online probe classes (0: no probe)"
+  flags.register_multi_flags_validator(
+    ["batch", "devices"],
+    lambda v: v["devices"] < 1 or v["batch"] % v["devices"] == 0,
+    "--batch must be divisible by --devices",
+    **fv,
   )
-  parser.add_argument(
-    "--native", action="store_true", help="compile for this machine's devices, not emulated CPUs"
-  )
-  parser.add_argument("--out", default="", help="JSON output path ('' = print only)")
-  args = parser.parse_args(argv[1:])
-  if args.batch < 1 or args.devices < 1 or args.image_size < 8 or args.fsdp_min_size < 0:
-    parser.error("--batch >= 1, --devices >= 1, --image_size >= 8 and --fsdp_min_size >= 0")
-  if args.batch % args.devices:
-    parser.error(f"--batch={args.batch} must be divisible by --devices={args.devices}")
-  return args
 
 
 def config_for(args):
@@ -224,19 +229,20 @@ def run(args) -> dict:
   return result
 
 
-def _emulated(argv: list[str], devices: int) -> int:
+def _emulated(args: flags.FlagValues) -> int:
   """Reruns this benchmark in a child process that sees `devices` CPU devices."""
   env = dict(os.environ)
-  flags = [
+  xla = [
     f
     for f in env.get("XLA_FLAGS", "").split()
     if not f.startswith("--xla_force_host_platform_device_count")
   ]
-  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+  env["XLA_FLAGS"] = " ".join([*xla, f"--xla_force_host_platform_device_count={args.devices}"])
   env["JAX_PLATFORMS"] = "cpu"
   env["CUDA_VISIBLE_DEVICES"] = ""
   env[_CHILD] = "1"
-  command = [sys.executable, "-m", "barlow_jax.benchmarks.memory", *argv[1:], "--native"]
+  own = cli.given_flags(args)
+  command = [sys.executable, "-m", "barlow_jax.benchmarks.memory", *own, "--native"]
   return subprocess.run(command, env=env, check=False).returncode
 
 
@@ -262,10 +268,11 @@ def _table(r: dict) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(argv: list[str]) -> int:
-  args = _parse(argv)
+def _command(args: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not args.native and not os.environ.get(_CHILD):
-    return _emulated(argv, args.devices)
+    return _emulated(args)
   result = run(args)
   print(_table(result))
   if args.out:
@@ -274,5 +281,13 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+COMMAND = cli.Command("python -m barlow_jax.benchmark memory", define_flags, _command, __doc__)
+
+
+def main(argv: list[str]) -> int:
+  """The command line in-process: `argv[0]` is "memory", then the flags."""
+  return COMMAND(argv)
+
+
 if __name__ == "__main__":
-  sys.exit(main(["memory", *sys.argv[1:]]))
+  COMMAND.run()

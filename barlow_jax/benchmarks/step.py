@@ -32,9 +32,7 @@ FLOPs per image / the accelerator's dense bf16 peak (`--peak_tflops`, known chip
 PyTorch peers are credited with the same FLOPs per image (same network, loss and update).
 """
 
-import argparse
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -42,6 +40,9 @@ import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
+
+from barlow_jax import benchmarks, cli
 
 # Dense bf16 peak TFLOP/s by device-kind substring (vendor datasheets), most specific first.
 PEAK_TFLOPS = (
@@ -58,53 +59,60 @@ PEAK_TFLOPS = (
 TORCH_VARIANTS = ("reference", "tuned", "tuned_compiled")
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m barlow_jax.benchmark step", description=__doc__)
-  parser.add_argument("--batch", type=int, default=16, help="global batch (examples)")
-  parser.add_argument("--image_size", type=int, default=64, help="crop side in pixels")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--backbone", default="ResNet50")
-  parser.add_argument("--width", type=float, default=1.0, help="backbone channel multiplier")
-  parser.add_argument("--projector", default="8192-8192-8192")
-  parser.add_argument("--optimizer", default="lars", choices=("lars", "sgd", "adamw", "lamb"))
-  parser.add_argument(
-    "--steps", type=int, default=5, help="timed steps per measurement (0: compile + FLOPs only)"
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """This benchmark's flags (`barlow_jax.cli.Command`)."""
+  fv = {"flag_values": flag_values}
+  benchmarks.define_shared_flags(
+    flag_values,
+    batch=16,
+    image_size=64,
+    dtype="float32",
+    backbone="ResNet50",
+    width=1.0,
+    projector="8192-8192-8192",
+    optimizer="lars",
+    steps=(5, "timed steps per measurement (0: compile + FLOPs only)"),
+    warmup=2,
+    out="",
   )
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-  parser.add_argument(
-    "--input",
-    default="both",
-    choices=("both", "device", "pipeline"),
-    help="which measurements to run ('both' drops the pipeline where TensorFlow is missing)",
+  flags.DEFINE_enum(
+    "input",
+    "both",
+    ("both", "device", "pipeline"),
+    "which measurements to run ('both' drops the pipeline where TensorFlow is missing)",
+    **fv,
   )
-  parser.add_argument(
-    "--on_device",
-    default="off",
-    choices=("off", "on", "both"),
-    help="config.augment.on_device for the JAX step: off, on, or both (their difference)",
+  flags.DEFINE_enum(
+    "on_device",
+    "off",
+    ("off", "on", "both"),
+    "config.augment.on_device for the JAX step: off, on, or both (their difference)",
+    **fv,
   )
-  parser.add_argument("--peer", default="none", choices=("none", "torch"))
-  parser.add_argument(
-    "--peer_variants",
-    nargs="+",
-    default=["reference", "tuned"],
-    choices=TORCH_VARIANTS,
-    help="PyTorch variants with --peer=torch (tuned_compiled: torch.compile, minutes to build)",
+  flags.DEFINE_enum("peer", "none", ("none", "torch"), "the PyTorch peer", **fv)
+  flags.DEFINE_multi_enum(
+    "peer_variants",
+    ["reference", "tuned"],
+    TORCH_VARIANTS,
+    "PyTorch variants with --peer=torch (tuned_compiled: torch.compile, minutes to build)",
+    **fv,
   )
-  parser.add_argument("--peer_device", default="auto", help="torch device ('auto': cuda if any)")
-  parser.add_argument(
-    "--peak_tflops", type=float, default=0.0, help="peak TFLOP/s for MFU (0: known chips)"
+  flags.DEFINE_string("peer_device", "auto", "torch device ('auto': cuda if any)", **fv)
+  flags.DEFINE_float("peak_tflops", 0.0, "peak TFLOP/s for MFU (0: known chips)", **fv)
+  flags.DEFINE_integer("source_size", 0, "synthetic JPEG side (0: auto)", **fv)
+  flags.register_multi_flags_validator(
+    ["batch", "image_size", "steps", "warmup"],
+    lambda v: v["batch"] >= 1 and v["image_size"] >= 8 and v["steps"] >= 0 and v["warmup"] >= 0,
+    "--batch >= 1, --image_size >= 8, --steps >= 0 and --warmup >= 0",
+    **fv,
   )
-  parser.add_argument("--source_size", type=int, default=0, help="synthetic JPEG side (0: auto)")
-  parser.add_argument("--out", default="", help="JSON output path ('' = print only)")
-  args = parser.parse_args(argv[1:])
-  if args.batch < 1 or args.image_size < 8 or args.steps < 0 or args.warmup < 0:
-    parser.error("--batch >= 1, --image_size >= 8, --steps >= 0 and --warmup >= 0")
-  if args.input == "pipeline" and not _has("tensorflow"):
-    parser.error(
-      "--input=pipeline needs TensorFlow (pip install tensorflow-cpu); or --input=device"
-    )
-  return args
+
+
+COMMAND_PROG = "python -m barlow_jax.benchmark step"
+
+
+def _parse(argv: list[str]) -> flags.FlagValues:
+  return COMMAND.parse(argv)[0]
 
 
 def _progress(message: str) -> None:
@@ -414,17 +422,32 @@ def table(result: dict) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(argv: list[str]) -> int:
-  args = _parse(argv)
+def _command(args: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if args.input == "pipeline" and not _has("tensorflow"):
+    # Not a flag error: this machine lacks TensorFlow. Exit 2, as this check always has.
+    print(
+      f"{COMMAND_PROG}: --input=pipeline needs TensorFlow (pip install tensorflow-cpu); or "
+      "--input=device",
+      file=sys.stderr,
+    )
+    return 2
   result = run(args)
   print(table(result))
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
+    benchmarks.write_json(result, args.out)
     print(f"wrote {args.out}")
   return 0
 
 
+COMMAND = cli.Command(COMMAND_PROG, define_flags, _command, __doc__)
+
+
+def main(argv: list[str]) -> int:
+  """The command line in-process: `argv[0]` is "step", then the flags."""
+  return COMMAND(argv)
+
+
 if __name__ == "__main__":
-  sys.exit(main(["step", *sys.argv[1:]]))
+  COMMAND.run()

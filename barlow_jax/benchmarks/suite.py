@@ -20,7 +20,6 @@ Writes to `--out_dir`: suite.log (every part's output as it runs), suite.json (e
 suite.md (the tables, also printed last). Needs neither TensorFlow nor clu.
 """
 
-import argparse
 import datetime
 import importlib.metadata
 import importlib.util
@@ -34,7 +33,11 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
+from absl import app, flags
+
+from barlow_jax import cli
 from barlow_jax.benchmarks import loss as loss_benchmark
 
 FULL = {
@@ -222,19 +225,32 @@ def markdown(results: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m barlow_jax.benchmark suite", description=__doc__)
-  parser.add_argument("--out_dir", default=os.environ.get("OUT", "suite_out"))
-  parser.add_argument("--tiny", action="store_true", help="tiny shapes: a CPU check of the suite")
-  parser.add_argument("--budget", type=float, default=400.0, help="seconds for all the parts")
-  parser.add_argument(
-    "--parts",
-    nargs="+",
-    choices=[p for p in CAPS if p not in FALLBACKS],
-    help="which parts to run (default: all as the budget allows; with --tiny all but "
-    "torch_compiled, whose CPU build takes minutes)",
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The suite's flags (`barlow_jax.cli.Command`)."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string(
+    "out_dir", os.environ.get("OUT", "suite_out"), "where the results go ($OUT by default)", **fv
   )
-  args = parser.parse_args(argv[1:])
+  flags.DEFINE_bool("tiny", False, "tiny shapes: a CPU check of the suite", **fv)
+  flags.DEFINE_float("budget", 400.0, "seconds for all the parts", **fv)
+  flags.DEFINE_multi_enum(
+    "parts",
+    None,
+    [p for p in CAPS if p not in FALLBACKS],
+    "which parts to run (default: all as the budget allows; with --tiny all but "
+    "torch_compiled, whose CPU build takes minutes)",
+    **fv,
+  )
+
+
+def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  fv = flag_values
+  # The parts list grows below: plain values, not the parsed flags.
+  args = types.SimpleNamespace(
+    out_dir=fv.out_dir, tiny=fv.tiny, budget=fv.budget, parts=list(fv.parts or []) or None
+  )
   if args.parts is None:
     args.parts = [
       p for p in CAPS if p not in FALLBACKS and not (args.tiny and p == "torch_compiled")
@@ -319,3 +335,11 @@ def main(argv: list[str]) -> int:
   log(table)
   log.close()
   return 0
+
+
+COMMAND = cli.Command("python -m barlow_jax.benchmark suite", define_flags, _command, __doc__)
+
+
+def main(argv: list[str]) -> int:
+  """The command line in-process: `argv[0]` is "suite", then the flags."""
+  return COMMAND(argv)

@@ -35,7 +35,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from absl import app, flags
 from torch import nn
+
+from barlow_jax import benchmarks, cli
 
 VARIANTS = ("reference", "tuned", "tuned_compiled")
 # (block, blocks per stage) of torchvision's ResNets.
@@ -471,23 +474,31 @@ def run_peers(variants: Sequence[str], **kwargs) -> list[dict]:
   return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """`python -m barlow_jax.benchmarks.torch_peer`: the PyTorch peers alone, as JSON."""
-  import argparse
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """`python -m barlow_jax.benchmarks.torch_peer`'s flags (`barlow_jax.cli.Command`)."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_multi_enum(
+    "variants", ["reference", "tuned"], VARIANTS, "the PyTorch steps to time", **fv
+  )
+  flags.DEFINE_string("device", "auto", "'auto': cuda if available, else cpu", **fv)
+  benchmarks.define_shared_flags(
+    flag_values,
+    backbone="ResNet50",
+    width=1.0,
+    projector="8192-8192-8192",
+    batch=256,
+    image_size=224,
+    steps=20,
+    warmup=5,
+    out="",
+  )
+
+
+def _command(args: flags.FlagValues, argv: list[str]) -> int:
   import json
 
-  parser = argparse.ArgumentParser(prog="python -m barlow_jax.benchmarks.torch_peer")
-  parser.add_argument("--variants", nargs="+", default=["reference", "tuned"], choices=VARIANTS)
-  parser.add_argument("--device", default="auto", help="'auto': cuda if available, else cpu")
-  parser.add_argument("--backbone", default="ResNet50")
-  parser.add_argument("--width", type=float, default=1.0)
-  parser.add_argument("--projector", default="8192-8192-8192")
-  parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--image_size", type=int, default=224)
-  parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--warmup", type=int, default=5)
-  parser.add_argument("--out", default="", help="JSON output path ('' = print only)")
-  args = parser.parse_args(argv)
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   results = run_peers(
     args.variants,
     device=default_device() if args.device == "auto" else args.device,
@@ -508,5 +519,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+COMMAND = cli.Command("python -m barlow_jax.benchmarks.torch_peer", define_flags, _command, __doc__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m barlow_jax.benchmarks.torch_peer`: the PyTorch peers alone, as JSON; in-process
+  `argv` is without the program name (default `sys.argv[1:]`)."""
+  return COMMAND(["", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  COMMAND.run()

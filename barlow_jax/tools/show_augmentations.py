@@ -15,13 +15,18 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (FILE[:ARG]).")
-flags.DEFINE_string("out", "views.png", "Output PNG path.")
-flags.DEFINE_integer("pairs", 32, "Number of (view A, view B) pairs to draw.")
-flags.DEFINE_integer("step", 0, "Which training batch to draw them from.")
-flags.DEFINE_integer("columns", 4, "Pairs per row.")
-flags.mark_flags_as_required(["config"])
+from barlow_jax import cli
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The command line's flags (`barlow_jax.cli.Command`)."""
+  fv = {"flag_values": flag_values}
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (FILE[:ARG]).", **fv)
+  flags.DEFINE_string("out", "views.png", "Output PNG path.", **fv)
+  flags.DEFINE_integer("pairs", 32, "Number of (view A, view B) pairs to draw.", **fv)
+  flags.DEFINE_integer("step", 0, "Which training batch to draw them from.", **fv)
+  flags.DEFINE_integer("columns", 4, "Pairs per row.", **fv)
+  flags.mark_flags_as_required(["config"], **fv)
 
 
 def render(config, out: str, *, pairs: int = 32, step: int = 0, columns: int = 4) -> str:
@@ -72,12 +77,16 @@ def render(config, out: str, *, pairs: int = 32, step: int = 0, columns: int = 4
   return out
 
 
-def main(argv: list[str]) -> None:
+def _command(args: flags.FlagValues, argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  path = render(FLAGS.config, FLAGS.out, pairs=FLAGS.pairs, step=FLAGS.step, columns=FLAGS.columns)
+  path = render(args.config, args.out, pairs=args.pairs, step=args.step, columns=args.columns)
   print(f"wrote {path}")
 
 
+COMMAND = cli.Command(
+  "python -m barlow_jax.tools.show_augmentations", define_flags, _command, __doc__
+)
+
 if __name__ == "__main__":
-  app.run(main)
+  COMMAND.run()

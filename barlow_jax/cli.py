@@ -1,0 +1,149 @@
+"""Command lines: every entry point parses absl flags, through the helpers here.
+
+An entry point is a `Command`: a function that defines its flags on a `flags.FlagValues`, and a
+body that runs on the parsed values. `Command.run()` is `python -m ...`: the flags go into absl's
+global `FLAGS` and `absl.app.run` parses them (absl's `--help` / `--helpfull`, its errors, its
+logging). Calling the command with an argv list runs the same parse on a fresh `FlagValues`, so a
+test or another module can call it in-process, any number of times, whatever else defined flags.
+
+The argparse spellings these commands accepted before they moved to absl keep working (the
+command lines in the README, docs and experiments are a contract): `--max-bytes` for `--max_bytes`,
+`--no-torch` for `--notorch`, `--methods auto dense` for `--methods=auto --methods=dense` (a
+`DEFINE_multi_*` flag), `-h` for `--help`. argparse's abbreviated flag names are not accepted.
+`--help` exits 0 (absl's own help flags exit 1), as it did under argparse.
+"""
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+
+_HELP = ("--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
+
+
+def argparse_spellings(argv: Sequence[str], flag_values: flags.FlagValues) -> list[str]:
+  """`argv` (program name first) with argparse's spellings of `flag_values`' flags made absl's.
+
+  Only tokens before a lone `--` are rewritten, and only where they name a defined flag:
+  `--a-b[=v]` -> `--a_b[=v]`; `--no-x` -> `--nox` for a boolean `x`; `--m v1 v2` -> `--m=v1
+  --m=v2` for a multi flag `m` (the values are the tokens up to the next one starting with `-`);
+  `-h` -> `--help`.
+  """
+  out, tokens = list(argv[:1]), list(argv[1:])
+  i = 0
+  while i < len(tokens):
+    token = tokens[i]
+    i += 1
+    if token == "--":
+      out += tokens[i - 1 :]
+      break
+    if token == "-h" and "h" not in flag_values:
+      out.append("--help")
+      continue
+    if not token.startswith("--"):
+      out.append(token)
+      continue
+    name, eq, value = token[2:].partition("=")
+    if name not in flag_values and name.replace("-", "_") in flag_values:
+      name = name.replace("-", "_")
+    negated = name.replace("-", "_")[3:] if name.startswith("no-") else ""
+    if name not in flag_values and negated in flag_values and flag_values[negated].boolean:
+      name = "no" + negated
+    flag = flag_values[name] if name in flag_values else None
+    if isinstance(flag, flags.MultiFlag) and not eq:
+      values = []
+      while i < len(tokens) and not tokens[i].startswith("-"):
+        values.append(tokens[i])
+        i += 1
+      out += [f"--{name}={v}" for v in values] or [f"--{name}"]
+      continue
+    out.append(f"--{name}{eq}{value}")
+  return out
+
+
+def given_flags(flag_values: flags.FlagValues) -> list[str]:
+  """The flags set on the parsed command line, as `--name=value` tokens (sorted by name): what
+  a child process needs to run the same command."""
+  out = []
+  for name in sorted(set(flag_values)):
+    flag = flag_values[name]
+    if flag.present and name == flag.name:
+      out += flag.serialize().splitlines()
+  return out
+
+
+def _asks_help(argv: Sequence[str]) -> bool:
+  own = argv[: argv.index("--")] if "--" in argv else argv
+  return any(token.split("=")[0] in _HELP for token in own[1:])
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """The `flags_parser` of `absl.app.run` for every entry point: argparse spellings of the global
+  flags accepted, absl's usage message on a bad flag (exit 1), `--help` exits 0."""
+  argv = argparse_spellings(argv, flags.FLAGS)
+  try:
+    return app.parse_flags_with_usage(argv)
+  except SystemExit as e:
+    if e.code == 1 and _asks_help(argv):
+      raise SystemExit(0) from None
+    raise
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One entry point: its flags and what it runs.
+
+  Attributes:
+    prog: how it is invoked (`python -m barlow_jax.convert`), for messages.
+    define: defines the flags on the `flags.FlagValues` it is given (the same definitions serve
+      the command line and in-process calls).
+    body: `body(flag_values, argv) -> exit status (None: 0)`, `argv` being what absl leaves: the
+      program name, then the positional arguments (and everything after `--`).
+    doc: the text `--help` prints above the flags (the module docstring).
+  """
+
+  prog: str
+  define: Callable[[flags.FlagValues], None]
+  body: Callable[[flags.FlagValues, list[str]], int | None]
+  doc: str | None = None
+
+  def parse(self, argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
+    """`argv` (program name first; it is not read) parsed on a fresh `FlagValues` holding this
+    command's flags: `(flag_values, what absl leaves)`.
+
+    A bad flag prints absl's message to stderr and raises SystemExit(1), as on the command line.
+    """
+    flag_values = flags.FlagValues()
+    self.define(flag_values)
+    try:
+      return flag_values, flag_values(argparse_spellings([self.prog, *argv[1:]], flag_values))
+    except flags.Error as e:
+      sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
+      sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+      raise SystemExit(1) from None
+
+  def __call__(self, argv: Sequence[str]) -> int:
+    """Runs the command in-process on `argv` (program name first; it is not read) and returns
+    its exit status. A bad flag or a `UsageError` of the body prints the message to stderr and
+    raises SystemExit(1), as on the command line.
+    """
+    flag_values, rest = self.parse(argv)
+    try:
+      return self.body(flag_values, rest) or 0
+    except app.UsageError as e:
+      sys.stderr.write(f"{self.prog}: {e}\n")
+      raise SystemExit(e.exitcode) from None
+
+  def run(self, argv: Sequence[str] | None = None) -> None:
+    """`python -m ...`: `absl.app.run` on `argv` (default `sys.argv`); exits with the status."""
+    main_module = sys.modules["__main__"]
+    before = set(flags.FLAGS)
+    self.define(flags.FLAGS)
+    # `--help` lists the main module's key flags: the ones this command defined (some come from
+    # shared helper modules) and prints __main__'s docstring (a dispatcher runs another's).
+    for name in set(flags.FLAGS) - before:
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    if self.doc:
+      main_module.__doc__ = self.doc
+    app.run(lambda rest: self.body(flags.FLAGS, rest) or 0, argv=argv, flags_parser=parse_flags)
