@@ -22,7 +22,10 @@ lambd = float(args.get("--config.loss.lambd", 0.0051))
 if args.get("--config.loss.variant") == "redundancy_only":
     print("NonFiniteLossError: Non-finite training loss at step 7 (loss=nan, grad_norm=nan)")
     sys.exit(1)
-print("I1129 logging_writer.py:48] [20] loss=123.5, corr_diag_mean=0.75, representation_rank=9.5")
+with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:  # barlow_jax.metrics_file's lines.
+    f.write(json.dumps({{"step": 10, "loss": 200.0, "corr_diag_mean": 0.5}}) + "\n")
+    f.write(json.dumps({{"step": 20, "loss": 123.5, "corr_diag_mean": 0.75}}) + "\n")
+    f.write(json.dumps({{"step": 20, "representation_rank": 9.5}}) + "\n")
 acc = 0.5 + lambd
 rows = [{{"name": "Barlow Twins", "linear_top1": acc, "linear_top5": 0.9, "knn_top1": acc - 0.1,
           "feature_dim": 128}}]
@@ -283,6 +286,26 @@ def test_parse_log_takes_the_last_training_scalars_and_the_error(tmp_path):
   log.write_text("barlow_jax.train.NonFiniteLossError: Non-finite training loss at step 7\n")
   assert run.parse_log(str(log))["error"].startswith("barlow_jax.train.NonFiniteLossError: Non-")
   assert run.parse_log(str(tmp_path / "missing.log")) == {"step": 0, "scalars": {}, "error": None}
+
+
+def test_run_metrics_reads_metrics_jsonl_and_falls_back_to_an_old_workdirs_log(tmp_path):
+  from barlow_jax import metrics_file
+
+  log = "I1129 05:18:34.2 1 logging_writer.py:48] [50] loss=250, representation_rank=39.6\n"
+  (tmp_path / run.RUN_LOG).write_text(log)
+  # Written before metrics.jsonl existed: the log's scalar lines.
+  assert run.last_scalars(run.run_metrics(str(tmp_path))) == (
+    50,
+    {"loss": 250.0, "representation_rank": 39.6},
+  )
+  lines = [{"step": 40, "loss": 3.0}, {"step": 60, "loss": 2.0}, {"step": 60, "knn_accuracy": 0.4}]
+  (tmp_path / metrics_file.FILENAME).write_text("".join(json.dumps(x) + "\n" for x in lines))
+  # metrics.jsonl, where it exists, is the only source: the log's loss=250 is not read.
+  assert run.last_scalars(run.run_metrics(str(tmp_path))) == (
+    60,
+    {"loss": 2.0, "knn_accuracy": 0.4},
+  )
+  assert run.run_metrics(str(tmp_path / "nothing")) == {}
 
 
 def test_sweep_plot_with_paper_line(tmp_path):

@@ -141,27 +141,29 @@ def test_a_folder_dataset_in_the_bucket_is_listed_and_read(gcs):
 
 
 def test_experiments_run_keeps_workdirs_logs_and_reports_in_the_bucket(gcs, tmp_path):
-  from experiments import run, studies
+  from experiments import run, studies, workdirs
 
   root = f"gs://{BUCKET}/experiments"
   planned = run.plan("batch_size", "local", workdir_root=root)[0]
   assert planned.workdir == f"{root}/batch_size/{planned.run.name}"
   # A finished run as the study leaves it, then collected and reported into the bucket.
-  run._write_json(f"{planned.workdir}/{run.EXPERIMENT_FILE}", {"study": "batch_size"})
-  with run._run_log(planned.workdir) as log:
+  workdirs.write_json(f"{planned.workdir}/{run.EXPERIMENT_FILE}", {"study": "batch_size"})
+  with workdirs.run_log(planned.workdir) as log:
     log.write(b"first line\n")
-  with run._run_log(planned.workdir) as log:
+  with workdirs.run_log(planned.workdir) as log:
     log.write(b"second line\n")
-  assert run._read_text(f"{planned.workdir}/{run.RUN_LOG}") == "first line\nsecond line\n"
-  run._write_json(f"{planned.workdir}/results.json", {"mode": "linear", "top1": 0.7, "top5": 0.9})
-  assert run._results_path(planned.workdir) == f"{planned.workdir}/results.json"
+  assert workdirs.read_text(f"{planned.workdir}/{run.RUN_LOG}") == "first line\nsecond line\n"
+  workdirs.write_json(
+    f"{planned.workdir}/results.json", {"mode": "linear", "top1": 0.7, "top5": 0.9}
+  )
+  assert workdirs.results_path(planned.workdir) == f"{planned.workdir}/results.json"
   collected = run.collect("batch_size", "local", workdir_root=root)
   assert len(collected["runs"]) == len(studies.STUDIES["batch_size"](studies.SCALES["local"]))
   paths = run.write_report(collected, f"{root}/report")
   assert paths["md"] == f"{root}/report/batch_size.md"
   listed = _objects(gcs, "experiments/report/")
   assert {"batch_size.json", "batch_size.md", "batch_size.png"} <= set(listed)
-  report = json.loads(run._read_text(paths["json"]))
+  report = json.loads(workdirs.read_text(paths["json"]))
   assert [r["status"] for r in report["runs"]][0] == "done", report["runs"][0]
 
 
