@@ -12,7 +12,6 @@ from typing import Any
 
 from etils import epath
 
-from barlow_jax import metrics_file
 from experiments import legacy_log, studies, workdirs
 from experiments.plan import load_config, plan
 from experiments.workdirs import EXPERIMENT_FILE, RUN_LOG
@@ -32,6 +31,10 @@ def last_scalars(metrics: Mapping[int, Mapping[str, float]]) -> tuple[int, dict[
 def run_metrics(workdir: str) -> dict[int, dict[str, float]]:
   """`{step: {name: value}}` of a run: its metrics.jsonl, else (a workdir written before
   metrics.jsonl existed) the scalar lines of its run.log; `{}` when it has neither."""
+  # Here, not at the top: metrics_file imports clu (and with it TensorFlow), which planning and
+  # `--dry_run` do not need.
+  from barlow_jax import metrics_file
+
   if epath.Path(workdirs.join(workdir, metrics_file.FILENAME)).exists():
     return metrics_file.read_metrics(workdir)
   return legacy_log.read_log_metrics(workdirs.join(workdir, RUN_LOG))
