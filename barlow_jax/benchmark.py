@@ -32,4 +32,4 @@ if __name__ == "__main__":
     sys.exit(2)
   # absl parses the flags after NAME; `--help` prints NAME's docstring and flags.
   module = importlib.import_module(f"barlow_jax.benchmarks.{sys.argv[1]}")
-  module.COMMAND.run([f"{sys.argv[0]} {sys.argv[1]}", *sys.argv[2:]])
+  module.COMMAND.run([sys.argv[0], *sys.argv[2:]])

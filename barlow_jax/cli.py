@@ -16,6 +16,7 @@ command lines in the README, docs and experiments are a contract): `--max-bytes`
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -78,12 +79,42 @@ def _asks_help(argv: Sequence[str]) -> bool:
   return any(token.split("=")[0] in _HELP for token in own[1:])
 
 
+def _fail(message: str) -> NoReturn:
+  """absl's report of a bad flag (`parse_flags_with_usage`): stderr, exit status 1."""
+  sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+  sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+  raise SystemExit(1)
+
+
+def _parse(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+  # ml_collections' config flags find their `--config.KEY` overrides in sys.argv when they
+  # parse: an in-process parse shows them the argv it parses.
+  saved, sys.argv = sys.argv, list(argv)
+  try:
+    return flag_values(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError) as e:
+    # ml_collections' config_flags raise these from inside the parse for a `--config.KEY=V`
+    # whose KEY the config lacks: report it as the flag error it is, not as a traceback.
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    detail = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    missing = detail.split("\n")[0].strip("'\"")
+    named = [t.split("=")[0] for t in argv if t.startswith("--") and f".{missing}" in t]
+    where = named[0] if named else "a --config.KEY override"
+    _fail(f"{where}: the config has no key {detail}")
+  finally:
+    sys.argv = saved
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """The `flags_parser` of `absl.app.run` for every entry point: argparse spellings of the global
-  flags accepted, absl's usage message on a bad flag (exit 1), `--help` exits 0."""
+  flags accepted, absl's message on a bad flag (a misspelt `--config.KEY` too; exit 1), `--help`
+  exits 0."""
   argv = argparse_spellings(argv, flags.FLAGS)
   try:
-    return app.parse_flags_with_usage(argv)
+    return _parse(flags.FLAGS, argv)
   except SystemExit as e:
     if e.code == 1 and _asks_help(argv):
       raise SystemExit(0) from None
@@ -116,12 +147,7 @@ class Command:
     """
     flag_values = flags.FlagValues()
     self.define(flag_values)
-    try:
-      return flag_values, flag_values(argparse_spellings([self.prog, *argv[1:]], flag_values))
-    except flags.Error as e:
-      sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
-      sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
-      raise SystemExit(1) from None
+    return flag_values, _parse(flag_values, argparse_spellings([self.prog, *argv[1:]], flag_values))
 
   def __call__(self, argv: Sequence[str]) -> int:
     """Runs the command in-process on `argv` (program name first; it is not read) and returns

@@ -152,3 +152,16 @@ def test_in_process_calls_get_absls_errors_and_fresh_defaults(capsys):
   # A second parse starts from the defaults, not from the first one's values.
   assert step_benchmark.COMMAND.parse(["step", "--batch=8"])[0].batch == 8
   assert step_benchmark.COMMAND.parse(["step"])[0].batch == 16
+
+
+def test_config_overrides_parse_in_process_and_a_misspelt_key_is_a_flag_error(capsys):
+  from barlow_jax.tools import show_augmentations
+
+  argv = ["", "--config=configs/digits.py:runlocal", "--config.batch_size=12"]
+  assert show_augmentations.COMMAND.parse(argv)[0].config.batch_size == 12
+  with pytest.raises(SystemExit) as e:
+    show_augmentations.COMMAND.parse([*argv, "--config.optim.lr_weight=0.1"])
+  assert e.value.code == 1
+  err = capsys.readouterr().err
+  assert "--config.optim.lr_weight: the config has no key 'lr_weight'" in err
+  assert 'Did you mean "lr_weights"' in err and "Traceback" not in err
