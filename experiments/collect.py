@@ -13,7 +13,7 @@ from typing import Any
 from etils import epath
 
 from experiments import legacy_log, studies, workdirs
-from experiments.plan import load_config, plan
+from experiments.plan import Planned, load_config, plan
 from experiments.workdirs import EXPERIMENT_FILE, RUN_LOG
 
 
@@ -81,6 +81,38 @@ def _accuracies(results: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
+def collect_run(planned: Planned) -> dict[str, Any]:
+  """What one planned run measured (its twin's results where it reuses a finished run's):
+  status "done" (results.json), "failed" (no results; its log ends in an error) or "missing"."""
+  info = workdirs.read_json(workdirs.join(planned.workdir, EXPERIMENT_FILE)) or {}
+  source = info.get("same_as") or planned.workdir
+  found = workdirs.results_path(source)
+  results = workdirs.read_json(found) if found else None
+  step, scalars = last_scalars(run_metrics(source))
+  entry: dict[str, Any] = {
+    "name": planned.run.name,
+    "overrides": jsonable(dict(planned.run.overrides)),
+    "x": planned.run.x,
+    "paper": planned.run.paper,
+    "note": planned.run.note,
+    "workdir": workdirs.display_path(planned.workdir),
+    "same_as": workdirs.display_path(info.get("same_as")),
+    "last_logged_step": step,
+    "final_loss": scalars.get("loss"),
+    "representation_rank": scalars.get("representation_rank"),
+    "embedding_std": scalars.get("embedding_std"),
+    "corr_diag_mean": scalars.get("corr_diag_mean"),
+    "online_probe_accuracy": scalars.get("probe_accuracy"),
+  }
+  if results is not None:
+    entry.update(status="done", **_accuracies(results))
+  elif error := workdirs.read_error(workdirs.join(source, RUN_LOG)):
+    entry.update(status="failed", error=error)
+  else:
+    entry.update(status="missing")
+  return entry
+
+
 def collect(
   study: str, scale: str, *, workdir_root: str = "workdirs/experiments", only: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -90,48 +122,16 @@ def collect(
   """
   sc = studies.SCALES[scale]
   planned = plan(study, scale, workdir_root=workdir_root, only=only)
-  runs = []
-  for p in planned:
-    source = p.workdir
-    info = workdirs.read_json(workdirs.join(p.workdir, EXPERIMENT_FILE)) or {}
-    if info.get("same_as"):
-      source = info["same_as"]
-    found = workdirs.results_path(source)
-    results = workdirs.read_json(found) if found else None
-    step, scalars = last_scalars(run_metrics(source))
-    entry: dict[str, Any] = {
-      "name": p.run.name,
-      "overrides": jsonable(dict(p.run.overrides)),
-      "x": p.run.x,
-      "paper": p.run.paper,
-      "note": p.run.note,
-      "workdir": workdirs.display_path(p.workdir),
-      "same_as": workdirs.display_path(info.get("same_as")),
-      "last_logged_step": step,
-      "final_loss": scalars.get("loss"),
-      "representation_rank": scalars.get("representation_rank"),
-      "embedding_std": scalars.get("embedding_std"),
-      "corr_diag_mean": scalars.get("corr_diag_mean"),
-      "online_probe_accuracy": scalars.get("probe_accuracy"),
-    }
-    if results is not None:
-      entry.update(status="done", **_accuracies(results))
-    elif error := workdirs.read_error(workdirs.join(source, RUN_LOG)):
-      entry.update(status="failed", error=error)
-    else:
-      entry.update(status="missing")
-    runs.append(entry)
   references = []
   ref = workdirs.read_json(workdirs.join(workdir_root, "reference", "baselines", "results.json"))
   for row in (ref or {}).get("rows", []):
     references.append({k: row.get(k) for k in ("name", "linear_top1", "knn_top1")})
   base = planned[0].config if planned else load_config(sc.config, sc.config_arg)
-  common = jsonable(dict(sc.common))
   return {
     "study": study,
     "scale": scale,
     "config": sc.config + (f":{sc.config_arg}" if sc.config_arg else ""),
-    "common_overrides": common,
+    "common_overrides": jsonable(dict(sc.common)),
     "setting": {
       "dataset": base.dataset.name,
       "backbone": f"{base.model.backbone} (width {base.model.width}, {base.model.stem} stem)",
@@ -143,7 +143,7 @@ def collect(
       "seed": int(base.seed),
     },
     "command": f"python -m experiments.run {study} --scale={scale}",
-    "runs": runs,
+    "runs": [collect_run(p) for p in planned],
     # The same pretraining evaluated beside random-init and raw-pixel features (study "reference").
     "references": references,
   }

@@ -38,6 +38,29 @@ def _describe(overrides: Mapping[str, Any]) -> str:
   return ", ".join(f"`{k}={format_value(v)}`" for k, v in overrides.items())
 
 
+def _table_row(r: Mapping[str, Any]) -> str:
+  """One run's row of the study's table."""
+  notes_cell = []
+  if r.get("note"):
+    notes_cell.append(r["note"])
+  if r.get("same_as"):
+    notes_cell.append(
+      f"same config as `{os.path.basename(os.path.dirname(r['same_as']))}/"
+      f"{os.path.basename(r['same_as'])}`"
+    )
+  if r["status"] == "failed":
+    notes_cell.append(f"**failed**: {r.get('error') or 'see run.log'}")
+  elif r["status"] == "missing":
+    notes_cell.append("not run")
+  return (
+    f"| {r['name']} | {_describe(r['overrides'])} | {_pct(r.get('linear_top1'))} | "
+    f"{_pct(r.get('knn_top1'))} | {_num(r.get('paper'), '{:.1f}')} | "
+    f"{_num(r.get('final_loss'))} | {_num(r.get('corr_diag_mean'), '{:.2f}')} | "
+    f"{_num(r.get('representation_rank'), '{:.1f}')} | "
+    f"{'; '.join(notes_cell)} |"
+  )
+
+
 def results_markdown(collected: Mapping[str, Any], notes: str = "") -> str:
   """The study's table (ours beside the paper's), its setting and how to regenerate it."""
   s = collected["setting"]
@@ -84,26 +107,7 @@ def results_markdown(collected: Mapping[str, Any], notes: str = "") -> str:
     "final loss | mean C_ii | rep. rank | notes |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
-  for r in runs:
-    notes_cell = []
-    if r.get("note"):
-      notes_cell.append(r["note"])
-    if r.get("same_as"):
-      notes_cell.append(
-        f"same config as `{os.path.basename(os.path.dirname(r['same_as']))}/"
-        f"{os.path.basename(r['same_as'])}`"
-      )
-    if r["status"] == "failed":
-      notes_cell.append(f"**failed**: {r.get('error') or 'see run.log'}")
-    elif r["status"] == "missing":
-      notes_cell.append("not run")
-    lines.append(
-      f"| {r['name']} | {_describe(r['overrides'])} | {_pct(r.get('linear_top1'))} | "
-      f"{_pct(r.get('knn_top1'))} | {_num(r.get('paper'), '{:.1f}')} | "
-      f"{_num(r.get('final_loss'))} | {_num(r.get('corr_diag_mean'), '{:.2f}')} | "
-      f"{_num(r.get('representation_rank'), '{:.1f}')} | "
-      f"{'; '.join(notes_cell)} |"
-    )
+  lines += [_table_row(r) for r in runs]
   lines += [
     "",
     "At the last logged training step, on one training batch: final loss (its scale depends on "
