@@ -71,6 +71,8 @@ def _installed() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  # argparse, not absl like every other command (barlow_jax.cli): this one runs before the
+  # dependencies, absl among them, are installed.
   parser = argparse.ArgumentParser(
     prog="python -m barlow_jax.tools.install_deps", description=__doc__.split("\n\n")[0]
   )
