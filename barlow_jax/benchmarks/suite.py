@@ -243,9 +243,27 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   )
 
 
-def _run_parts(args, sizes: dict, log: _Log, results: dict, start: float) -> None:
-  """Runs the parts in order, each a subprocess within what is left of `args.budget` since
-  `start`; their results and statuses go into `results`."""
+# Long: the parts in the docstring's order, each a few lines with its fallback, read top to bottom.
+def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  fv = flag_values
+  # The parts list grows below: plain values, not the parsed flags.
+  args = types.SimpleNamespace(
+    out_dir=fv.out_dir, tiny=fv.tiny, budget=fv.budget, parts=list(fv.parts or []) or None
+  )
+  if args.parts is None:
+    args.parts = [
+      p for p in CAPS if p not in FALLBACKS and not (args.tiny and p == "torch_compiled")
+    ]
+  if "step" in args.parts:
+    args.parts += FALLBACKS
+  os.makedirs(args.out_dir, exist_ok=True)
+  log = _Log(os.path.join(args.out_dir, "suite.log"))
+  sizes = TINY if args.tiny else FULL
+  start = time.perf_counter()
+  results = {"environment": _environment(), "parts": {}, "loss": []}
+  log(json.dumps(results["environment"]))
 
   def remaining():
     return args.budget - (time.perf_counter() - start)
@@ -306,29 +324,6 @@ def _run_parts(args, sizes: dict, log: _Log, results: dict, start: float) -> Non
     argv += torch_sizes
     results["torch_compiled"] = part("torch_compiled", argv, path)
 
-
-def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  fv = flag_values
-  # The parts list grows below: plain values, not the parsed flags.
-  args = types.SimpleNamespace(
-    out_dir=fv.out_dir, tiny=fv.tiny, budget=fv.budget, parts=list(fv.parts or []) or None
-  )
-  if args.parts is None:
-    args.parts = [
-      p for p in CAPS if p not in FALLBACKS and not (args.tiny and p == "torch_compiled")
-    ]
-  if "step" in args.parts:
-    args.parts += FALLBACKS
-  os.makedirs(args.out_dir, exist_ok=True)
-  log = _Log(os.path.join(args.out_dir, "suite.log"))
-  sizes = TINY if args.tiny else FULL
-  start = time.perf_counter()
-  results = {"environment": _environment(), "parts": {}, "loss": []}
-  log(json.dumps(results["environment"]))
-
-  _run_parts(args, sizes, log, results, start)
   with open(os.path.join(args.out_dir, "suite.json"), "w") as f:
     json.dump(results, f, indent=1)
   try:
