@@ -50,7 +50,6 @@ from jax.sharding import PartitionSpec as P
 from barlow_jax import (
   checkpointing,
   config_validation,
-  device_augment,
   finish,
   losses,
   models,
@@ -59,6 +58,7 @@ from barlow_jax import (
   parallel,
   progress,
 )
+from barlow_jax.data import device_augment
 
 # Side of the C heatmaps written to TensorBoard.
 HEATMAP_SIZE = 64
@@ -618,7 +618,8 @@ def _knn_monitor(state: TrainState, config: ml_collections.ConfigDict, mesh: Mes
   Features of both splits are computed on the mesh from global batches (every process feeds its
   shard) and replicated, so every process computes the same accuracy.
   """
-  from barlow_jax import evaluate, input_pipeline
+  from barlow_jax import data as input_pipeline
+  from barlow_jax import evaluate
 
   variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}
   variables = parallel.replicate(variables, mesh)
@@ -687,7 +688,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 def _train_and_evaluate(config, workdir: str, preemption: _PreemptionFlag) -> TrainResult:
   from clu import metric_writers
 
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   validate_config(config)
   workdir = prepare_workdir(workdir)

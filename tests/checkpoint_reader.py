@@ -42,7 +42,8 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from barlow_jax import checkpointing, convert, evaluate, input_pipeline, train
+  from barlow_jax import checkpointing, convert, evaluate, train
+  from barlow_jax import data as input_pipeline
 
   out: dict[str, np.ndarray] = {}
   export = os.path.join(workdir, "backbone")

@@ -13,7 +13,7 @@ import time
 
 from absl import app
 
-from barlow_jax import input_pipeline
+from barlow_jax import data as input_pipeline
 from barlow_jax import main as barlow_main
 
 _MAX_PAUSE_S = 300.0

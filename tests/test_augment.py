@@ -8,8 +8,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from barlow_jax import augment  # noqa: E402
 from barlow_jax import config as config_lib  # noqa: E402
+from barlow_jax.data import augment, colour, crop  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -64,13 +64,13 @@ def test_each_op_keeps_shape_dtype_and_range_inside_tf_data():
   image = _image(8, 8)
   seed = augment.example_seed(3, 1, 2, 0)
   ops = {
-    "flip": lambda x: augment.flip_left_right(x),
-    "jitter": lambda x: augment.color_jitter(x, seed, hue=0.5),
-    "gray": augment.to_grayscale,
-    "blur": lambda x: augment.gaussian_blur(x, 1.5, radius=augment.blur_radius(2.0)),
-    "solarize": augment.solarize,
-    "permute": lambda x: augment.permute_channels(x, seed),
-    "crop": lambda x: augment.random_resized_crop(x, seed, size=6),
+    "flip": lambda x: colour.flip_left_right(x),
+    "jitter": lambda x: colour.color_jitter(x, seed, hue=0.5),
+    "gray": colour.to_grayscale,
+    "blur": lambda x: colour.gaussian_blur(x, 1.5, radius=colour.blur_radius(2.0)),
+    "solarize": colour.solarize,
+    "permute": lambda x: colour.permute_channels(x, seed),
+    "crop": lambda x: crop.random_resized_crop(x, seed, size=6),
   }
   for name, op in ops.items():
     eager = op(tf.constant(image)).numpy()
@@ -83,10 +83,10 @@ def test_each_op_keeps_shape_dtype_and_range_inside_tf_data():
 
 def test_flip_solarize_grayscale_exact_on_known_pixels():
   image = np.array([[[0.1, 0.2, 0.3], [0.5, 0.6, 0.9]]], np.float32)  # [1, 2, 3]
-  np.testing.assert_array_equal(augment.flip_left_right(image).numpy(), image[:, ::-1])
-  solar = augment.solarize(tf.constant(image), 0.5).numpy()
+  np.testing.assert_array_equal(colour.flip_left_right(image).numpy(), image[:, ::-1])
+  solar = colour.solarize(tf.constant(image), 0.5).numpy()
   np.testing.assert_allclose(solar, [[[0.1, 0.2, 0.3], [0.5, 0.4, 1 - 0.9]]], atol=1e-7)
-  gray = augment.to_grayscale(tf.constant(image)).numpy()
+  gray = colour.to_grayscale(tf.constant(image)).numpy()
   expect = image.astype(np.float64) @ LUMA
   np.testing.assert_allclose(gray, np.repeat(expect[..., None], 3, -1), rtol=1e-6)
 
@@ -94,9 +94,9 @@ def test_flip_solarize_grayscale_exact_on_known_pixels():
 def test_blur_preserves_a_constant_image_and_sizes_its_kernel_from_sigma_max():
   # The kernel itself is tested against Pillow's box passes in test_blur.py.
   const = np.full((8, 8, 3), 0.37, np.float32)
-  blurred = augment.gaussian_blur(tf.constant(const), 2.0, radius=6).numpy()
+  blurred = colour.gaussian_blur(tf.constant(const), 2.0, radius=6).numpy()
   np.testing.assert_allclose(blurred, const, rtol=1e-6)
-  assert augment.blur_radius(2.0) == 6 and augment.blur_radius(2.0, 5) == 6  # Edges extend.
+  assert colour.blur_radius(2.0) == 6 and colour.blur_radius(2.0, 5) == 6  # Edges extend.
 
 
 def _grating(period=2.2, size=400):
@@ -111,12 +111,12 @@ def test_crop_resize_antialiases_like_pil_on_a_grating_and_a_photo():
 
   grating = _grating()  # 2.2 px period: far above 224 px's Nyquist limit once downscaled.
   whole = dict(size=224, area=(1.0, 1.0), aspect=(1.0, 1.0), method="bicubic")
-  ours = augment.random_resized_crop(grating, [0, 0], **whole).numpy()
+  ours = crop.random_resized_crop(grating, [0, 0], **whole).numpy()
   pil = np.asarray(Image.fromarray(grating[..., 0], mode="F").resize((224, 224), Image.BICUBIC))
   assert pil.std() < 0.02 and ours.std() < 0.02, (pil.std(), ours.std())  # Aliased: 0.25.
   photo = load_sample_image("china.jpg")  # 427 x 640.
   for method, pil_method in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
-    ours = augment.resize_image(photo.astype(np.float32) / 255, [224, 224], method).numpy()
+    ours = crop.resize_image(photo.astype(np.float32) / 255, [224, 224], method).numpy()
     pil = np.asarray(Image.fromarray(photo).resize((224, 224), pil_method))
     diff = np.abs(ours * 255 - pil)
     assert diff.mean() < 0.6 and np.percentile(diff, 99) < 2.0, (method, diff.mean())
@@ -128,7 +128,7 @@ def test_eval_resize_is_torchvision_resize_then_centre_crop_like_pil():
 
   photo = load_sample_image("flower.jpg")[:, 3:-2]  # 427 x 635: an odd crop offset.
   for method, pil_method in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
-    ours = augment.eval_resize_crop(photo, size=224, resize=256, method=method).numpy()
+    ours = crop.eval_resize_crop(photo, size=224, resize=256, method=method).numpy()
     # torchvision Resize(256): short side 256, long side int(256 * 635 / 427) = 380; then
     # CenterCrop(224): offsets round(16.0) = 16 and round(78.0) = 78.
     resized = Image.fromarray(photo).resize((380, 256), pil_method)
@@ -137,7 +137,7 @@ def test_eval_resize_is_torchvision_resize_then_centre_crop_like_pil():
     assert ours.shape == (224, 224, 3)
     assert diff.mean() < 0.6 and np.percentile(diff, 99) < 2.0, (method, diff.mean())
   with pytest.raises(ValueError, match="eval_interpolation"):
-    augment.eval_resize_crop(photo, size=224, resize=256, method="lanczos")
+    crop.eval_resize_crop(photo, size=224, resize=256, method="lanczos")
 
 
 def test_jitter_ops_match_torchvision_semantics_in_float64():
@@ -145,17 +145,17 @@ def test_jitter_ops_match_torchvision_semantics_in_float64():
   gray = image @ LUMA
   f = 1.3
   np.testing.assert_allclose(
-    augment.adjust_brightness(tf.constant(image, tf.float32), f).numpy(),
+    colour.adjust_brightness(tf.constant(image, tf.float32), f).numpy(),
     np.clip(f * image, 0, 1),
     rtol=1e-5,
   )
   np.testing.assert_allclose(
-    augment.adjust_contrast(tf.constant(image, tf.float32), f).numpy(),
+    colour.adjust_contrast(tf.constant(image, tf.float32), f).numpy(),
     np.clip(f * image + (1 - f) * gray.mean(), 0, 1),
     rtol=1e-5,
   )
   np.testing.assert_allclose(
-    augment.adjust_saturation(tf.constant(image, tf.float32), f).numpy(),
+    colour.adjust_saturation(tf.constant(image, tf.float32), f).numpy(),
     np.clip(f * image + (1 - f) * gray[..., None], 0, 1),
     rtol=1e-5,
   )
@@ -164,7 +164,7 @@ def test_jitter_ops_match_torchvision_semantics_in_float64():
   pixel = (0.8, 0.3, 0.1)
   h, s, v = colorsys.rgb_to_hsv(*pixel)
   expect = colorsys.hsv_to_rgb((h + 0.25) % 1.0, s, v)
-  got = augment.adjust_hue(tf.constant([[pixel]], tf.float32), 0.25).numpy()[0, 0]
+  got = colour.adjust_hue(tf.constant([[pixel]], tf.float32), 0.25).numpy()[0, 0]
   np.testing.assert_allclose(got, expect, atol=1e-5)
 
 
@@ -173,7 +173,7 @@ def test_jitter_order_is_random():
   # seeds the jittered output of one image must take more than one value for fixed factors.
   image = tf.constant(_image(4, 4))
   outs = {
-    augment.color_jitter(image, [i, 7], brightness=0.0, contrast=0.0, saturation=0.5, hue=0.3)
+    colour.color_jitter(image, [i, 7], brightness=0.0, contrast=0.0, saturation=0.5, hue=0.3)
     .numpy()
     .round(4)
     .tobytes()
@@ -184,12 +184,12 @@ def test_jitter_order_is_random():
 
 def test_crop_window_is_in_bounds_and_falls_back_to_a_centre_crop():
   for i in range(50):
-    y, x, h, w = augment.crop_window(30, 17, [i, 1], area=(0.08, 1.0), aspect=(0.75, 4 / 3))
+    y, x, h, w = crop.crop_window(30, 17, [i, 1], area=(0.08, 1.0), aspect=(0.75, 4 / 3))
     y, x, h, w = (int(v) for v in (y, x, h, w))
     assert 0 <= y and y + h <= 30 and 0 <= x and x + w <= 17 and h > 0 and w > 0
   # A 100x10 strip can't hold a full-area box of aspect 3/4..4/3: the fallback is the centred
   # box of aspect 3/4 (width 10, height round(10 / 0.75) = 13).
-  window = augment.crop_window(100, 10, [0, 0], area=(1.0, 1.0), aspect=(0.75, 4 / 3)).numpy()
+  window = crop.crop_window(100, 10, [0, 0], area=(1.0, 1.0), aspect=(0.75, 4 / 3)).numpy()
   np.testing.assert_array_equal(window, [(100 - 13) // 2, 0, 13, 10])
 
 
@@ -197,8 +197,8 @@ def test_fused_jpeg_decode_and_crop_equals_decode_then_crop():
   image = (_image(50, 40, seed=3) * 255).astype(np.uint8)
   jpeg = tf.io.encode_jpeg(image, quality=95)
   seed = [4, 2]
-  fused = augment.decode_and_random_resized_crop(jpeg, seed, size=16).numpy()
-  plain = augment.random_resized_crop(tf.io.decode_jpeg(jpeg, channels=3), seed, size=16).numpy()
+  fused = crop.decode_and_random_resized_crop(jpeg, seed, size=16).numpy()
+  plain = crop.random_resized_crop(tf.io.decode_jpeg(jpeg, channels=3), seed, size=16).numpy()
   np.testing.assert_allclose(fused, plain, atol=2 / 255)
 
 
@@ -213,9 +213,9 @@ def test_decode_image_converts_gray_rgba_and_16_bit_png():
   gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
   rgba = np.dstack([np.full((3, 4, 3), 200, np.uint8), np.full((3, 4), 7, np.uint8)])
   deep = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
-  out_gray = augment.decode_image(png(gray, "L")).numpy()
-  out_rgba = augment.decode_image(png(rgba, "RGBA")).numpy()
-  out_deep = augment.decode_image(tf.io.encode_png(deep[..., None])).numpy()
+  out_gray = crop.decode_image(png(gray, "L")).numpy()
+  out_rgba = crop.decode_image(png(rgba, "RGBA")).numpy()
+  out_deep = crop.decode_image(tf.io.encode_png(deep[..., None])).numpy()
   for out in (out_gray, out_rgba, out_deep):
     assert out.shape == (3, 4, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out_gray[..., 1], gray / 255, atol=1e-6)
@@ -227,7 +227,7 @@ def test_normalize_is_mean_std():
   image = _image(3, 3)
   mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
   np.testing.assert_allclose(
-    augment.normalize(image, mean, std).numpy(), (image - np.array(mean)) / np.array(std), rtol=1e-5
+    colour.normalize(image, mean, std).numpy(), (image - np.array(mean)) / np.array(std), rtol=1e-5
   )
 
 
@@ -298,4 +298,4 @@ def test_same_seed_same_view_and_bad_probability_is_a_clear_error():
   with pytest.raises(ValueError, match="blur_prob"):
     augment.augment_cropped(image, [1, 2], _view(blur_prob=1.5))
   with pytest.raises(ValueError, match="crop_area"):
-    augment.crop_window(8, 8, [0, 0], area=(0.5, 1.5), aspect=(1.0, 1.0))
+    crop.crop_window(8, 8, [0, 0], area=(0.5, 1.5), aspect=(1.0, 1.0))

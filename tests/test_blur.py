@@ -6,7 +6,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from barlow_jax import augment, blur  # noqa: E402
+from barlow_jax.data import blur, colour  # noqa: E402
 
 
 def _np_box(sigma):
@@ -56,7 +56,7 @@ def test_step_edge_spreads_by_sigma_like_pil(sigma):
 
   step = np.zeros((9, 40, 3), np.float32)
   step[:, 20:] = 1.0
-  ours = augment.gaussian_blur(tf.constant(step), sigma, radius=augment.blur_radius(2.0)).numpy()
+  ours = colour.gaussian_blur(tf.constant(step), sigma, radius=colour.blur_radius(2.0)).numpy()
   assert abs(_edge_spread(ours[4, :, 0]) - sigma) <= 0.1 * sigma
   pil = Image.fromarray((step[..., 0] * 255).astype(np.uint8)).filter(
     ImageFilter.GaussianBlur(radius=sigma)
@@ -84,15 +84,15 @@ def test_batch_blur_uses_each_examples_kernel_and_keeps_constants():
   rng = np.random.RandomState(0)
   images = rng.uniform(size=(3, 7, 5, 3)).astype(np.float32)  # Smaller than the kernel.
   sigmas = np.array([0.2, 1.1, 2.0], np.float32)
-  batch = augment.gaussian_blur(tf.constant(images), sigmas, radius=6).numpy()
+  batch = colour.gaussian_blur(tf.constant(images), sigmas, radius=6).numpy()
   for image, sigma, got in zip(images, sigmas, batch):
-    one = augment.gaussian_blur(tf.constant(image), sigma, radius=6).numpy()
+    one = colour.gaussian_blur(tf.constant(image), sigma, radius=6).numpy()
     np.testing.assert_allclose(got, one, atol=1e-6)
     expect = np.apply_along_axis(_np_three_passes_composed, 0, image, sigma)
     expect = np.apply_along_axis(_np_three_passes_composed, 1, expect, sigma)
     np.testing.assert_allclose(got, expect, atol=1e-5)
   const = np.full((1, 8, 8, 3), 0.37, np.float32)
-  blurred = augment.gaussian_blur(tf.constant(const), [2.0], radius=6).numpy()
+  blurred = colour.gaussian_blur(tf.constant(const), [2.0], radius=6).numpy()
   np.testing.assert_allclose(blurred, const, rtol=1e-6)
 
 

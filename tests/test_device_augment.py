@@ -14,11 +14,13 @@ import pytest
 from PIL import Image, ImageFilter
 
 from barlow_jax import config as config_lib
-from barlow_jax import datasets, device_augment, train
+from barlow_jax import train
+from barlow_jax.data import device_augment
+from barlow_jax.data import digits as datasets
 
 tf = pytest.importorskip("tensorflow")
-from barlow_jax import augment  # noqa: E402
-from barlow_jax import blur as blur_lib  # noqa: E402
+from barlow_jax.data import blur as blur_lib  # noqa: E402
+from barlow_jax.data import colour  # noqa: E402
 
 LEVEL = 1.0 / 255.0
 
@@ -80,10 +82,10 @@ def _host_reference(image: np.ndarray, row, view) -> np.ndarray:
   applied, order, factors, permutation, sigma = row
   x = tf.constant(image.astype(np.float32) / 255.0)
   host_ops = [
-    lambda x: augment.adjust_brightness(x, factors[0]),
-    lambda x: augment.adjust_contrast(x, factors[1]),
-    lambda x: augment.adjust_saturation(x, factors[2]),
-    lambda x: augment.adjust_hue(x, factors[3]),
+    lambda x: colour.adjust_brightness(x, factors[0]),
+    lambda x: colour.adjust_contrast(x, factors[1]),
+    lambda x: colour.adjust_saturation(x, factors[2]),
+    lambda x: colour.adjust_hue(x, factors[3]),
   ]
   if applied[0]:
     for op in order:
@@ -91,12 +93,12 @@ def _host_reference(image: np.ndarray, row, view) -> np.ndarray:
   if applied[1]:
     x = tf.gather(x, list(permutation), axis=-1)
   if applied[2]:
-    x = augment.to_grayscale(x)
+    x = colour.to_grayscale(x)
   if applied[3]:
-    radius = augment.blur_radius(view.blur_sigma[1])
-    x = augment.gaussian_blur(x, float(sigma), radius=radius)
+    radius = colour.blur_radius(view.blur_sigma[1])
+    x = colour.gaussian_blur(x, float(sigma), radius=radius)
   if applied[4]:
-    x = augment.solarize(x, float(view.solarize_threshold))
+    x = colour.solarize(x, float(view.solarize_threshold))
   return x.numpy()
 
 

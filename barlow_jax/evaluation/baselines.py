@@ -140,7 +140,8 @@ def supervised_row(
   Same optimizer, schedule and view-A crop + flip as pretraining, for its wall time or steps
   (`config.eval.supervised_match`); then probed like the other rows.
   """
-  from barlow_jax import input_pipeline, optim
+  from barlow_jax import data as input_pipeline
+  from barlow_jax import optim
 
   train_x, train_y = train
   test_x, test_y = test

@@ -84,7 +84,7 @@ def run_final_evaluation(
   Raises:
     progress.Stopped: `should_stop()` became true (SIGTERM).
   """
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   mesh = local_mesh() if mesh is None else mesh
   total_t0 = time.perf_counter()

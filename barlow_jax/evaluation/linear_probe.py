@@ -210,7 +210,7 @@ def crop_flip_config(
 
 def labelled_view_a(iterator, config):
   """Pretraining batches -> {"image": normalised view A, "label"}; raises without labels."""
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   for batch in iterator:
     if "label" not in batch:
@@ -241,7 +241,7 @@ def reference_linear_probe(
   Returns:
     {"top1", "top5", "steps", "seconds"}.
   """
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   mesh = default_mesh() if mesh is None else mesh
   batch_size = int(config.eval.probe_batch_size)

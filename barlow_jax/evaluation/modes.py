@@ -36,14 +36,14 @@ from barlow_jax.evaluation.linear_probe import (
 
 
 def _in_memory(config: ml_collections.ConfigDict) -> bool:
-  from barlow_jax import datasets
+  from barlow_jax.data import digits as datasets
 
   name = config.dataset.name
   return name in datasets.IN_MEMORY or name.split(":")[0].split("/")[0] in ("cifar10", "cifar100")
 
 
 def _num_classes(config: ml_collections.ConfigDict) -> int:
-  from barlow_jax import datasets
+  from barlow_jax.data import digits as datasets
 
   name = config.dataset.name
   if name in datasets.IN_MEMORY:
@@ -95,7 +95,7 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[s
 
 
 def _features_evaluation(config, backbone, variables, mesh, *, knn_only):
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
   test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
@@ -146,7 +146,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
   `select_subset` (seed `semisup_seed`, class-balanced if `semisup_balanced`), augmented on the
   devices with crop + flip (view A's crop settings), evaluated on `eval_split`.
   """
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   mesh = default_mesh()
   backbone, variables, model_config = load_backbone(

@@ -135,7 +135,8 @@ def multilabel_batches(
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  from barlow_jax import augment, input_pipeline
+  from barlow_jax import data as input_pipeline
+  from barlow_jax.data import colour, crop
 
   builder, names = _objects_features(config)
   t, image_key = config.transfer, config.dataset.image_key
@@ -150,12 +151,12 @@ def multilabel_batches(
   )
 
   def prepare(ex):
-    image = augment.eval_resize_crop(augment.decode_image(ex[image_key]), size=size, resize=resize)
+    image = crop.eval_resize_crop(crop.decode_image(ex[image_key]), size=size, resize=resize)
     objects = ex[t.objects_key]
     labels = objects[t.object_label_key]
     difficult = objects[t.object_difficult_key] if t.object_difficult_key else tf.zeros_like(labels)
     targets = multilabel_targets(labels, difficult, len(names))
-    return augment.normalize(image, mean, std), targets
+    return colour.normalize(image, mean, std), targets
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
 
@@ -178,7 +179,7 @@ def multilabel_batches(
 
 def _features(config, backbone, variables, split: str, mesh: Mesh):
   """(features [N, F], labels [N] or targets [N, C], class names or None) of one split."""
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   batch_size = int(config.transfer.batch_size)
   names = None
@@ -193,7 +194,7 @@ def _features(config, backbone, variables, split: str, mesh: Mesh):
 
 
 def _num_classes(config, *labels) -> int:
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   probe = ml_collections.ConfigDict(config.to_dict())
   probe.dataset.train_split = config.dataset.probe_split
@@ -201,7 +202,7 @@ def _num_classes(config, *labels) -> int:
 
 
 def _preprocessing(config) -> str:
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   size, resize = int(config.dataset.image_size), input_pipeline.eval_resize(config)
   if resize is None:

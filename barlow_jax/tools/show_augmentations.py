@@ -37,7 +37,7 @@ def render(config, out: str, *, pairs: int = 32, step: int = 0, columns: int = 4
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from barlow_jax import input_pipeline
+  from barlow_jax import data as input_pipeline
 
   if pairs <= 0 or columns <= 0:
     raise ValueError(f"--pairs and --columns must be positive, got {pairs} and {columns}.")

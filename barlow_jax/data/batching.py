@@ -1,0 +1,92 @@
+"""Batch sizes, process shards and the tf.data options every pipeline of the package shares.
+
+Multi-host: process p of P reads its own shard (an even split of the examples, or
+`tfds.split_for_jax_process`) and yields config.batch_size // P examples per step; the trainer
+assembles global arrays with `jax.make_array_from_process_local_data`.
+"""
+
+import tensorflow as tf
+
+try:  # TensorFlow must never take an accelerator from jax; every pipeline module imports this one.
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # Devices were already initialised (then this was done by whoever did it).
+  pass
+
+
+def process_defaults(process_index, process_count) -> tuple[int, int]:
+  """(process_index, process_count), jax's where None.
+
+  Raises:
+    ValueError: when process_index is not in [0, process_count).
+  """
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+      f"process_index must be in [0, process_count), got {process_index} of {process_count}."
+    )
+  return int(process_index), int(process_count)
+
+
+def check_batch_size(config, num_devices: int, num_processes: int) -> int:
+  """Checks that the global batch splits evenly; returns the per-process batch.
+
+  Raises:
+    ValueError: naming `config.batch_size` when it is not positive or not divisible by the
+      number of processes or of devices.
+  """
+  batch = int(config.batch_size)
+  if batch <= 0:
+    raise ValueError(f"config.batch_size must be positive, got {batch}.")
+  if batch % num_processes:
+    raise ValueError(
+      f"config.batch_size={batch} is not divisible by the number of processes ({num_processes}); "
+      f"use a multiple of {num_processes}."
+    )
+  if batch % num_devices:
+    raise ValueError(
+      f"config.batch_size={batch} is not divisible by the number of devices ({num_devices}); "
+      f"use a multiple of {num_devices}."
+    )
+  return batch // num_processes
+
+
+def local_batch(batch_size: int, process_count: int, key: str = "config.batch_size") -> int:
+  """The per-process share of a global batch; a ValueError naming `key` when it does not split."""
+  if batch_size <= 0:
+    raise ValueError(f"{key} must be positive, got {batch_size}.")
+  if batch_size % process_count:
+    raise ValueError(
+      f"{key}={batch_size} is not divisible by the number of processes ({process_count}); "
+      f"use a multiple of {process_count}."
+    )
+  return batch_size // process_count
+
+
+def shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """[start, end) of process `process_index`'s even shard of `num_examples` examples."""
+  return (
+    num_examples * process_index // process_count,
+    num_examples * (process_index + 1) // process_count,
+  )
+
+
+def options(config) -> tf.data.Options:
+  """The tf.data options of every pipeline here (deterministic, parallel, one thread per op)."""
+  options = tf.data.Options()
+  options.deterministic = True  # Resumability needs the same order every time.
+  # One thread per op and parallelism across examples, as the flax / big_vision pipelines do.
+  options.threading.max_intra_op_parallelism = 1
+  options.experimental_optimization.map_parallelization = True
+  options.experimental_optimization.parallel_batch = True
+  del config
+  return options
+
+
+def num_parallel_calls(config) -> int:
+  """`config.dataset.num_parallel_calls`, with a negative value meaning tf.data's AUTOTUNE."""
+  n = int(config.dataset.num_parallel_calls)
+  return tf.data.AUTOTUNE if n < 0 else n

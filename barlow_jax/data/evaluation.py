@@ -1,0 +1,111 @@
+"""The evaluation pipeline (tf.data): resize, centre crop and normalise, one pass in a fixed order.
+
+Every process yields the same number of batches (the last ones padded and masked), so the
+trainer can assemble global arrays from process-local batches.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from barlow_jax.data import batching, colour, crop, sources
+
+
+def eval_resize(config) -> int | None:
+  """Short side the eval images are resized to before the centre crop, or None (plain resize).
+
+  ImageNet-sized inputs (image_size >= 128) use `config.dataset.eval_resize` (256 for 224 crops);
+  small images are resized straight to image_size (a no-op when they already have that size).
+  """
+  size = int(config.dataset.image_size)
+  if size >= 128 and config.dataset.eval_resize > 0:
+    return int(config.dataset.eval_resize)
+  return None
+
+
+def _eval_local(config, source, process_index, process_count) -> tf.data.Dataset:
+  """The process's shard, preprocessed: dataset of (image [S, S, 3] normalised, label)."""
+  size = int(config.dataset.image_size)
+  resize = eval_resize(config)
+  mean, std = tuple(config.augment.mean), tuple(config.augment.std)
+  method = crop.check_resize_method(
+    str(config.dataset.eval_interpolation), "config.dataset.eval_interpolation"
+  )
+  stream = source.eval_stream(config, process_index=process_index, process_count=process_count)
+
+  def load(*element):
+    image, label = stream.load(*element)
+    image = crop.eval_resize_crop(image, size=size, resize=resize, method=method)
+    return colour.normalize(image, mean, std), tf.cast(label, tf.int32)
+
+  return stream.dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def create_eval_iterator(
+  config, split: str, *, batch_size: int, process_index=None, process_count=None
+) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over a split with evaluation preprocessing, in a fixed order.
+
+  Args:
+    config: the run config.
+    split: e.g. `config.dataset.eval_split`.
+    batch_size: global batch; each process yields batch_size // process_count examples per
+      batch, and every process yields the same number of batches (padding with masked batches),
+      so the trainer can assemble global arrays.
+    process_index, process_count: default jax's.
+
+  Yields:
+    {"image": float32 [B, S, S, 3] normalised, "label": int32 [B], "mask": bool [B]}; the last
+    batch is padded with zeros, mask False there. Labels are 0 for unlabelled data.
+  """
+  process_index, process_count = batching.process_defaults(process_index, process_count)
+  local_batch = batching.local_batch(int(batch_size), process_count, key="batch_size")
+  source = sources.open_source(config, split)
+  ds = _eval_local(config, source, process_index, process_count)
+  # Shards (even splits, or tfds.split_for_jax_process's) differ by at most one example: every
+  # process pads to the largest.
+  largest = -(-source.num_examples // process_count)
+  num_batches = -(-largest // local_batch)
+  ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(batching.options(config))
+  return _padded(ds.as_numpy_iterator(), local_batch, num_batches, int(config.dataset.image_size))
+
+
+def _padded(batches, local_batch: int, num_batches: int, size: int):
+  produced = 0
+  for image, label in batches:
+    n = len(label)
+    mask = np.zeros(local_batch, bool)
+    mask[:n] = True
+    if n < local_batch:
+      image = np.concatenate([image, np.zeros((local_batch - n, *image.shape[1:]), image.dtype)])
+      label = np.concatenate([label, np.zeros(local_batch - n, label.dtype)])
+    produced += 1
+    yield {"image": image, "label": label, "mask": mask}
+  for _ in range(num_batches - produced):
+    yield {
+      "image": np.zeros((local_batch, size, size, 3), np.float32),
+      "label": np.zeros(local_batch, np.int32),
+      "mask": np.zeros(local_batch, bool),
+    }
+
+
+def load_labelled_arrays(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole labelled split in memory, with evaluation preprocessing (small datasets).
+
+  Returns:
+    (images float32 [N, S, S, 3] normalised by config.augment.mean / std, labels int32 [N]).
+
+  Raises:
+    ValueError: when the split has no labels.
+  """
+  source = sources.open_source(config, split)
+  if not source.has_labels:
+    raise ValueError(f"split {split!r} of {config.dataset.name!r} has no labels.")
+  images, labels = [], []
+  for batch in create_eval_iterator(
+    config, split, batch_size=512, process_index=0, process_count=1
+  ):
+    images.append(batch["image"][batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  return np.concatenate(images), np.concatenate(labels)

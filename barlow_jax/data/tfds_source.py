@@ -1,0 +1,143 @@
+"""The "tfds" source kind: a TFDS dataset read from `config.dataset.data_dir`.
+
+Every dataset name no other kind claims (`imagenet2012`, `cifar10`, `stl10` with split
+"unlabelled", ...). Splits are read in file order (TFDS shuffles examples across files when it
+prepares them) and sharded over processes with `tfds.split_for_jax_process`; the pretraining
+stream shuffles through a `config.dataset.shuffle_buffer` seeded per epoch, and
+`config.dataset.cache` keeps a shard's encoded examples in memory after the first epoch.
+Encoded images are kept as bytes until the augmentation, which decodes each once for both
+views.
+"""
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from barlow_jax.data.crop import decode_image
+from barlow_jax.data.stream import MAX_EPOCHS, Source, Stream
+
+
+@dataclasses.dataclass
+class TfdsSource(Source):
+  """A TFDS split, read in file order (`tfds.split_for_jax_process` shards it)."""
+
+  builder: Any
+  split: str
+  num_examples: int
+  has_labels: bool
+  image_key: str
+  label_key: str
+
+  def num_classes(self) -> int:
+    return int(getattr(self._feature(self.label_key), "num_classes", 0) or 0)
+
+  def _feature(self, key):
+    return self.builder.info.features[key]
+
+  def _image_is_encoded(self) -> bool:
+    import tensorflow_datasets as tfds
+
+    return isinstance(self._feature(self.image_key), tfds.features.Image)
+
+  def _local(self, process_index, process_count) -> tf.data.Dataset:
+    """The process's shard: dataset of {"index", "image", ["label"]}, images kept encoded."""
+    import tensorflow_datasets as tfds
+
+    split = tfds.split_for_jax_process(
+      self.split, process_index=process_index, process_count=process_count
+    )
+    decoders = None
+    if self._image_is_encoded():
+      decoders = {self.image_key: tfds.decode.SkipDecoding()}
+    ds = self.builder.as_dataset(
+      split=split,
+      decoders=decoders,
+      shuffle_files=False,
+      read_config=tfds.ReadConfig(try_autocache=False),
+    )
+
+    def select(i, ex):
+      out = {"index": i * process_count + process_index, "image": ex[self.image_key]}
+      if self.has_labels:
+        out["label"] = tf.cast(ex[self.label_key], tf.int32)
+      return out
+
+    return ds.enumerate().map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _label(self, ex):
+    return ex["label"] if self.has_labels else tf.constant(0, tf.int32)
+
+  def train_stream(self, config, *, start_epoch, skip, per_epoch, process_index, process_count):
+    local = self._local(process_index, process_count)
+    if config.dataset.cache:
+      local = local.cache()
+    buffer, seed = int(config.dataset.shuffle_buffer), int(config.seed)
+
+    def epoch_examples(epoch):
+      shuffle_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
+      shuffled = local.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+      return shuffled.take(per_epoch).map(lambda ex: (epoch, ex))
+
+    stream = tf.data.Dataset.range(start_epoch, MAX_EPOCHS).flat_map(epoch_examples)
+    stream = stream.skip(skip)  # Bytes only: nothing is decoded.
+
+    def load(epoch, ex):
+      return epoch, ex["index"], ex["image"], self._label(ex)
+
+    return Stream(stream, load, self._image_is_encoded())
+
+  def eval_stream(self, config, *, process_index, process_count):
+    encoded = self._image_is_encoded()
+
+    def load(ex):
+      image = decode_image(ex["image"]) if encoded else ex["image"]
+      return image, self._label(ex)
+
+    return Stream(self._local(process_index, process_count), load)
+
+
+def _tfds_builder(config, other_names):
+  import tensorflow_datasets as tfds
+
+  data_dir = config.dataset.data_dir or None
+  try:
+    return tfds.builder(config.dataset.name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    named = ", ".join(repr(n) for n in sorted(other_names))
+    raise ValueError(
+      f"config.dataset.name={config.dataset.name!r} is neither {named} nor a TFDS dataset name "
+      f"({e.__class__.__name__})."
+    ) from None
+
+
+def _tfds_count(builder, split: str) -> int:
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except (KeyError, ValueError):
+    # Not in the metadata (e.g. under tfds.testing.mock_data): count the examples.
+    ds = builder.as_dataset(split=split)
+    n = int(ds.cardinality())
+    if n < 0:
+      n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+    return n
+
+
+def open_tfds(config, split: str, *, other_names=()) -> Source:
+  """Split `split` of the TFDS dataset `config.dataset.name` (`other_names`: the names other
+  source kinds serve, listed when no TFDS dataset has the name)."""
+  name, image_key = config.dataset.name, config.dataset.image_key
+  label_key = config.dataset.label_key
+  builder = _tfds_builder(config, other_names)
+  features = builder.info.features
+  if image_key not in features:
+    raise ValueError(
+      f"config.dataset.image_key={image_key!r} is not a feature of {name!r} "
+      f"(features: {sorted(features.keys())})."
+    )
+  has_labels = bool(label_key) and label_key in features
+  if split.split("[")[0] in ("unlabelled", "unlabeled"):
+    has_labels = False  # E.g. stl10's 100k unlabelled images carry label -1.
+  count = _tfds_count(builder, split)
+  return TfdsSource(builder, split, count, has_labels, image_key, label_key)
