@@ -1,0 +1,155 @@
+"""The data package's layout: one registry of source kinds that both pipelines go through, the
+old import paths, and a data side that imports no TensorFlow until a pipeline runs and no network
+code at all."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from barlow_jax import config as config_lib  # noqa: E402
+from barlow_jax import data  # noqa: E402
+from barlow_jax.data import augment, evaluation, pretrain, sources, stream  # noqa: E402
+
+NUM_FLAT = 24
+
+
+def _flat_colours(config, split):
+  """A made-up kind: 24 flat 6 x 6 images whose red channel encodes their index."""
+  del config
+  if split != "all":
+    raise ValueError(f"flat_colours has only the split 'all', got {split!r}.")
+  index = np.arange(NUM_FLAT)
+  images = np.zeros((NUM_FLAT, 6, 6, 3), np.float32)
+  images[..., 0] = (index * 10 / 255)[:, None, None]
+  images[..., 1] = 0.5
+  return stream.ArraySource(images, (index % 3).astype(np.int32))
+
+
+@pytest.fixture
+def flat_kind(monkeypatch):
+  monkeypatch.setitem(sources.SOURCE_KINDS, "flat", sources.SourceKind(_flat_colours, ("flat",)))
+  config = config_lib.base_config()
+  config.dataset.name = "flat"
+  config.dataset.train_split = config.dataset.eval_split = "all"
+  config.dataset.image_size = 6
+  config.batch_size = 8
+  for view in (config.augment.view_a, config.augment.view_b):  # Views = the images themselves.
+    view.update(dict(crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0), crop_method="bilinear"))
+    view.update({f"{op}_prob": 0.0 for op in augment.APPLIED_KEYS})
+  config.augment.mean, config.augment.std = (0.0,) * 3, (1.0,) * 3
+  return config
+
+
+def test_a_registered_kind_serves_both_pipelines_and_the_derived_values(flat_kind):
+  config = flat_kind
+  assert sources.source_kind("flat") == "flat"
+  assert data.num_classes(config) == 3 and data.steps_per_epoch(config) == NUM_FLAT // 8
+  iterator = pretrain.create_pretrain_iterator(config, process_index=0, process_count=1)
+  seen = []
+  for _ in range(NUM_FLAT // 8):  # One epoch: every image once, its label alongside.
+    batch = next(iterator)
+    index = np.round(batch["view_a"][:, 0, 0, 0] / 10).astype(int)
+    np.testing.assert_array_equal(batch["view_a"], batch["view_b"])
+    np.testing.assert_array_equal(batch["label"], index % 3)
+    seen.extend(index)
+  assert sorted(seen) == list(range(NUM_FLAT))
+  images, labels = evaluation.load_labelled_arrays(config, "all")
+  np.testing.assert_allclose(images, _flat_colours(config, "all").images, atol=1e-6)
+  np.testing.assert_array_equal(labels, np.arange(NUM_FLAT) % 3)
+  with pytest.raises(ValueError, match="only the split 'all'"):
+    data.create_eval_iterator(config, "train", batch_size=8, process_index=0, process_count=1)
+
+
+def test_names_route_to_their_kind_and_unknown_names_list_every_claimed_name(flat_kind):
+  assert [sources.source_kind(n) for n in ("digits", "cluttered_digits", "folder", "cifar10")] == [
+    "in_memory",
+    "in_memory",
+    "folder",
+    "tfds",
+  ]
+  flat_kind.dataset.name = "no_such_dataset_anywhere"
+  with pytest.raises(ValueError) as error:
+    data.num_classes(flat_kind)
+  assert str(error.value) == (
+    "config.dataset.name='no_such_dataset_anywhere' is neither 'cluttered_digits', 'digits', "
+    "'flat', 'folder' nor a TFDS dataset name (DatasetNotFoundError)."
+  )
+
+
+OLD_PATHS = {
+  "barlow_jax.input_pipeline": (
+    "barlow_jax.data",
+    "IN_MEMORY_SPLITS check_batch_size shard_bounds num_classes num_train_examples "
+    "steps_per_epoch two_view_fn normalize_views options create_pretrain_iterator eval_resize "
+    "create_eval_iterator load_labelled_arrays",
+  ),
+  "barlow_jax.augment": (
+    "barlow_jax.data.augment barlow_jax.data.crop barlow_jax.data.colour",
+    "LUMA NUM_CROP_ATTEMPTS APPLIED_KEYS example_seed to_uint8 to_float crop_window "
+    "RESIZE_METHODS check_resize_method resize_image random_resized_crop "
+    "decode_and_random_resized_crop decode_image_uint8 decode_whole decode_image flip_left_right "
+    "to_grayscale adjust_brightness adjust_contrast adjust_saturation adjust_hue color_jitter "
+    "blur_radius gaussian_blur solarize permute_channels normalize maybe_flip augment_cropped "
+    "crop_seed crop_view augment_view eval_resize_crop",
+  ),
+  "barlow_jax.datasets": (
+    "barlow_jax.data.digits",
+    "NUM_TRAIN_DIGITS NUM_TEST_DIGITS CLUTTERED_SIZE CLUTTERED_RENDERS DIGITS_SIZE "
+    "cluttered_digits digits IN_MEMORY",
+  ),
+  "barlow_jax.blur": (
+    "barlow_jax.data.blur",
+    "box_radius kernel_radius pil_gaussian_kernel blur_batch blur_image",
+  ),
+  "barlow_jax.device_augment": (
+    "barlow_jax.data.device_augment",
+    "LUMA APPLIED_KEYS JITTER_OPS validate_config to_grayscale adjust_brightness adjust_contrast "
+    "adjust_saturation rgb_to_hsv hsv_to_rgb adjust_hue blur_box_radius blur_half_width "
+    "blur_radius pil_gaussian_kernel gaussian_blur solarize normalize to_unit example_keys "
+    "sample_params color_jitter augment_image augment_views augment_batch prepare_views",
+  ),
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_PATHS))
+def test_old_import_paths_export_the_new_homes_objects(old):
+  import importlib
+
+  homes, names = OLD_PATHS[old]
+  old_module = importlib.import_module(old)
+  homes = [importlib.import_module(h) for h in homes.split()]
+  for name in names.split():
+    new = next((vars(h)[name] for h in homes if name in vars(h)), None)
+    new = getattr(homes[0], name) if new is None else new  # barlow_jax.data: loaded on use.
+    assert getattr(old_module, name) is new, f"{old}.{name}"
+
+
+def test_a_function_replaced_in_the_package_is_what_the_old_path_gives(monkeypatch):
+  from barlow_jax import input_pipeline
+
+  def fake(config, **kwargs):
+    del config, kwargs
+    return iter(())
+
+  monkeypatch.setattr(data, "create_pretrain_iterator", fake)
+  assert input_pipeline.create_pretrain_iterator is fake
+
+
+def test_the_data_side_loads_tensorflow_only_for_pipelines_and_never_network_code():
+  probe = (
+    "import importlib, pkgutil, sys, barlow_jax.data as d, barlow_jax.data.digits,"
+    " barlow_jax.data.device_augment;"
+    "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules];"
+    "bad and sys.exit(f'importing the package, digits, device_augment: imported {bad}');"
+    "names = [m.name for m in pkgutil.iter_modules(d.__path__)];"
+    "[importlib.import_module(f'barlow_jax.data.{n}') for n in names];"
+    "bad = [m for m in sys.modules if m.split('.')[0] == 'flax' or m in ('barlow_jax.models', "
+    "'barlow_jax.losses', 'barlow_jax.train', 'barlow_jax.evaluate', 'barlow_jax.evaluation')];"
+    "sys.exit(f'importing every data module: imported {bad}' if bad else 0)"
+  )
+  result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:] + result.stdout
