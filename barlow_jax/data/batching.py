@@ -39,19 +39,13 @@ def check_batch_size(config, num_devices: int, num_processes: int) -> int:
       number of processes or of devices.
   """
   batch = int(config.batch_size)
-  if batch <= 0:
-    raise ValueError(f"config.batch_size must be positive, got {batch}.")
-  if batch % num_processes:
-    raise ValueError(
-      f"config.batch_size={batch} is not divisible by the number of processes ({num_processes}); "
-      f"use a multiple of {num_processes}."
-    )
+  per_process = local_batch(batch, num_processes)
   if batch % num_devices:
     raise ValueError(
       f"config.batch_size={batch} is not divisible by the number of devices ({num_devices}); "
       f"use a multiple of {num_devices}."
     )
-  return batch // num_processes
+  return per_process
 
 
 def local_batch(batch_size: int, process_count: int, key: str = "config.batch_size") -> int:
