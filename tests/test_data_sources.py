@@ -106,7 +106,7 @@ OLD_PATHS = {
     "box_radius kernel_radius pil_gaussian_kernel blur_batch blur_image",
   ),
   "barlow_jax.device_augment": (
-    "barlow_jax.data.device_augment",
+    "barlow_jax.data.device_augment barlow_jax.data.device_colour",
     "LUMA APPLIED_KEYS JITTER_OPS validate_config to_grayscale adjust_brightness adjust_contrast "
     "adjust_saturation rgb_to_hsv hsv_to_rgb adjust_hue blur_box_radius blur_half_width "
     "blur_radius pil_gaussian_kernel gaussian_blur solarize normalize to_unit example_keys "

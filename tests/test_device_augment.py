@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 
 from barlow_jax import config as config_lib
 from barlow_jax import train
-from barlow_jax.data import device_augment
+from barlow_jax.data import device_augment, device_colour
 from barlow_jax.data import digits as datasets
 
 tf = pytest.importorskip("tensorflow")
@@ -128,7 +128,7 @@ def _device_blur(images, sigmas, radius=6):
   """Every image [N, H, W, 3] (levels) blurred with every sigma: float [N, S, H, W, 3] levels."""
   blur = jax.jit(
     jax.vmap(
-      jax.vmap(lambda x, s: device_augment.gaussian_blur(x, s, radius=radius), (None, 0)),
+      jax.vmap(lambda x, s: device_colour.gaussian_blur(x, s, radius=radius), (None, 0)),
       (0, None),
     )
   )
@@ -144,12 +144,12 @@ def test_host_and_device_blur_are_the_same_function():
   diff = np.abs(device - host)
   assert diff.max() <= 1.0, diff.max()  # Issue 15: within 1/255; measured ~1e-4 (float32).
   np.testing.assert_allclose(
-    np.asarray(device_augment.pil_gaussian_kernel(1.3, 6)),
+    np.asarray(device_colour.pil_gaussian_kernel(1.3, 6)),
     blur_lib.pil_gaussian_kernel(1.3, 6).numpy(),
     atol=1e-6,
   )
-  assert device_augment.blur_radius(2.0) == blur_lib.kernel_radius(2.0) == 6
-  assert device_augment.blur_half_width(2.0) == 2  # 5 taps per box pass at sigma 2.
+  assert device_colour.blur_radius(2.0) == blur_lib.kernel_radius(2.0) == 6
+  assert device_colour.blur_half_width(2.0) == 2  # 5 taps per box pass at sigma 2.
 
 
 def test_the_blur_is_pils_gaussian_blur_to_rounding():

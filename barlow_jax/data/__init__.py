@@ -15,7 +15,8 @@ It knows no network: nothing here imports models, training or evaluation code.
   crop.py            decoding, random resized crops, PIL-like resizes
   colour.py          colour jitter, grayscale, blur, solarize, normalisation (TensorFlow)
   blur.py            PIL's Gaussian blur kernel (TensorFlow)
-  device_augment.py  the colour ops in JAX, on the accelerator (`config.augment.on_device`)
+  device_augment.py  the colour augmentations in the train step (`config.augment.on_device`)
+  device_colour.py   their ops in JAX
 
 The pipeline's public functions are also attributes of this package (`barlow_jax.data.
 create_pretrain_iterator`, ...), loaded on first use: importing `barlow_jax.data` (or its NumPy /

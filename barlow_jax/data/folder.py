@@ -40,9 +40,6 @@ class FileSource(IndexedSource):
   def has_labels(self) -> bool:
     return self.labels is not None
 
-  def num_classes(self) -> int:
-    return int(self.labels.max()) + 1 if len(self.labels) else 0
-
   def _labels(self) -> np.ndarray:
     return self.labels if self.has_labels else np.zeros(self.num_examples, np.int32)
 

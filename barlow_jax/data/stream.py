@@ -59,7 +59,16 @@ class Source(abc.ABC):
 
 
 class IndexedSource(Source):
-  """A source with random access by index: each epoch is an exact permutation of the shard."""
+  """A source with random access by index: each epoch is an exact permutation of the shard.
+
+  Subclasses hold `labels` (int32 [N]) and set `is_bytes` when their payloads are files to read.
+  """
+
+  labels: np.ndarray
+  is_bytes = False
+
+  def num_classes(self) -> int:
+    return int(self.labels.max()) + 1 if len(self.labels) else 0
 
   @abc.abstractmethod
   def gather_tensors(self) -> tuple[tf.Tensor, tf.Tensor]:
@@ -94,14 +103,10 @@ class ArraySource(IndexedSource):
   images: np.ndarray
   labels: np.ndarray
   has_labels: bool = True
-  is_bytes = False
 
   @property
   def num_examples(self) -> int:
     return len(self.images)
-
-  def num_classes(self) -> int:
-    return int(self.labels.max()) + 1 if len(self.labels) else 0
 
   def gather_tensors(self):
     return tf.constant(self.images), tf.constant(self.labels)
