@@ -221,26 +221,33 @@ def eval_resize_crop(
   the short side becomes `resize`, the long side int(resize * long / short) (truncated, as
   torchvision), then the centre crop at offsets round((side - size) / 2) (half to even, as
   Python's round). Without, the image is resized straight to size x size (a no-op for images
-  already that size). Resizes antialias like PIL's (`resize_image`); `method` is
-  `config.dataset.eval_interpolation` (the reference's bilinear by default).
+  already that size). Either resize scales up or down, whatever the image's size (static, as
+  arrays in memory have, or known only per image, as decoded files). Resizes antialias like
+  PIL's (`resize_image`); `method` is `config.dataset.eval_interpolation` (the reference's
+  bilinear by default).
+
+  Raises:
+    ValueError: for a `size` or `resize` below 1, `resize < size` (the crop would not fit), or an
+      unknown `method`.
   """
   image = to_float(image)
   check_resize_method(method, "config.dataset.eval_interpolation")
+  if size < 1 or (resize is not None and resize < 1):
+    raise ValueError(f"eval crop size ({size}) and resize ({resize}) must be >= 1.")
   if resize is not None and resize < size:
     raise ValueError(f"eval resize ({resize}) must be >= the crop size ({size}).")
   shape = tf.shape(image)
   if resize is None:
-    same = (shape[0] == size) & (shape[1] == size)
-    return tf.cond(
-      same,
-      lambda: tf.ensure_shape(image, [size, size, 3]),
-      lambda: resize_image(image, [size, size], method),
-    )
-  h, w = shape[0], shape[1]
-  short, long = tf.minimum(h, w), tf.maximum(h, w)
-  new_long = (resize * long) // short  # int(resize * long / short) in exact integers.
-  new_hw = tf.where(h <= w, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
-  same = tf.reduce_all(new_hw == shape[:2])  # torchvision returns the image itself.
+    new_hw = tf.constant([size, size])
+  else:
+    h, w = shape[0], shape[1]
+    short, long = tf.minimum(h, w), tf.maximum(h, w)
+    new_long = (resize * long) // short  # int(resize * long / short) in exact integers.
+    new_hw = tf.where(h <= w, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
+  # torchvision returns the image itself when it already has the output size. The branches'
+  # static shapes differ whenever the input's is known (arrays in memory): the cond's output
+  # takes the shape both allow, and only the crop below fixes it to [size, size, 3].
+  same = tf.reduce_all(new_hw == shape[:2])
   image = tf.cond(same, lambda: image, lambda: resize_image(image, new_hw, method))
   offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2.0), tf.int32)
   oy, ox = offsets[0], offsets[1]

@@ -15,23 +15,50 @@ from barlow_jax.data import batching, colour, crop, sources
 def eval_resize(config) -> int | None:
   """Short side the eval images are resized to before the centre crop, or None (plain resize).
 
-  ImageNet-sized inputs (image_size >= 128) use `config.dataset.eval_resize` (256 for 224 crops);
-  small images are resized straight to image_size (a no-op when they already have that size).
+  ImageNet-sized inputs (image_size >= 128) use `config.dataset.eval_resize` (256 for 224 crops,
+  the reference's `Resize(256)`; 0 = none); small images are resized straight to image_size
+  (scaled up or down; a no-op when they already have that size).
+
+  Raises:
+    ValueError: naming `config.dataset.eval_resize` when it is below `config.dataset.image_size`
+      (the centre crop would not fit), or `config.dataset.image_size` when it is below 1.
   """
   size = int(config.dataset.image_size)
-  if size >= 128 and config.dataset.eval_resize > 0:
-    return int(config.dataset.eval_resize)
-  return None
+  if size < 1:
+    raise ValueError(f"config.dataset.image_size={size}: must be >= 1 (the crop side in pixels).")
+  resize = int(config.dataset.eval_resize)
+  if size < 128 or resize <= 0:
+    return None
+  if resize < size:
+    raise ValueError(
+      f"config.dataset.eval_resize={resize} is below config.dataset.image_size={size}: the "
+      f"centre {size}x{size} crop would not fit. Set it >= {size} (the reference's ratio: "
+      f"{size * 256 // 224}) or 0 to resize straight to {size}x{size}."
+    )
+  return resize
+
+
+def eval_preprocessing(config) -> tuple[int, int | None, str]:
+  """(crop size, `eval_resize(config)`, resize method) of the evaluation pipeline, checked.
+
+  Needs no data: call it at the start of a run so that a setting the evaluation cannot work
+  with fails there, not after pretraining.
+
+  Raises:
+    ValueError: naming the config key (`dataset.image_size`, `dataset.eval_resize`,
+      `dataset.eval_interpolation`) of a setting the evaluation cannot work with.
+  """
+  resize = eval_resize(config)
+  method = crop.check_resize_method(
+    str(config.dataset.eval_interpolation), "config.dataset.eval_interpolation"
+  )
+  return int(config.dataset.image_size), resize, method
 
 
 def _eval_local(config, source, process_index, process_count) -> tf.data.Dataset:
   """The process's shard, preprocessed: dataset of (image [S, S, 3] normalised, label)."""
-  size = int(config.dataset.image_size)
-  resize = eval_resize(config)
+  size, resize, method = eval_preprocessing(config)
   mean, std = tuple(config.augment.mean), tuple(config.augment.std)
-  method = crop.check_resize_method(
-    str(config.dataset.eval_interpolation), "config.dataset.eval_interpolation"
-  )
   stream = source.eval_stream(config, process_index=process_index, process_count=process_count)
 
   def load(*element):
@@ -61,6 +88,7 @@ def create_eval_iterator(
   """
   process_index, process_count = batching.process_defaults(process_index, process_count)
   local_batch = batching.local_batch(int(batch_size), process_count, key="batch_size")
+  eval_preprocessing(config)  # Bad settings fail before the source opens.
   source = sources.open_source(config, split)
   ds = _eval_local(config, source, process_index, process_count)
   # Shards (even splits, or tfds.split_for_jax_process's) differ by at most one example: every
@@ -99,6 +127,7 @@ def load_labelled_arrays(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   Raises:
     ValueError: when the split has no labels.
   """
+  eval_preprocessing(config)
   source = sources.open_source(config, split)
   if not source.has_labels:
     raise ValueError(f"split {split!r} of {config.dataset.name!r} has no labels.")
