@@ -25,6 +25,7 @@ from barlow_jax.evaluation.features import (
   to_host,
 )
 from barlow_jax.evaluation.linear_probe import (
+  linear_head_kernel_init,
   torch_sgd,
 )
 from barlow_jax.evaluation.metrics import topk_accuracy
@@ -135,7 +136,7 @@ class Classifier(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     features = self.backbone(x, train=train).astype(jnp.float32)
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), name="head")
+    head = nn.Dense(self.num_classes, kernel_init=linear_head_kernel_init, name="head")
     return head(features)
 
 

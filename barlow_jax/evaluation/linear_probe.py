@@ -54,13 +54,27 @@ def torch_sgd(lr_schedule, momentum: float, weight_decay) -> optax.GradientTrans
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr_schedule, momentum))
 
 
-def linear_head_init(key: jax.Array, dim: int, num_classes: int) -> dict[str, jax.Array]:
-  """The linear probe's initial head: kernel [dim, num_classes] float32, std 0.01; bias 0.
+# The reference's head initialisation (reference evaluate.py: `fc.weight.data.normal_(mean=0.0,
+# std=0.01)`, `fc.bias.data.zero_()`), as a flax initializer for heads inside modules.
+linear_head_kernel_init = nn.initializers.normal(0.01)
 
-  Reference evaluate.py: `fc.weight.data.normal_(mean=0.0, std=0.01)`, `fc.bias.data.zero_()`.
+
+def linear_head_init(key: jax.Array, dim: int, num_classes: int) -> dict[str, jax.Array]:
+  """A new linear head on `dim`-wide features: the one initialisation of every linear head.
+
+  Args:
+    key: PRNG key for the kernel.
+    dim: feature width D (int).
+    num_classes: number of classes C (int).
+
+  Returns:
+    {"kernel": [D, C] float32 ~ N(0, 0.01^2), "bias": [C] float32 zeros}; logits are
+    `features @ kernel + bias`. Used by the linear probes here, the online probe in training and
+    (as `linear_head_kernel_init`, same numbers for the same key) the fine-tuning `Classifier`.
+    Reference evaluate.py: `fc.weight.data.normal_(mean=0.0, std=0.01)`, `fc.bias.data.zero_()`.
   """
   return {
-    "kernel": 0.01 * jax.random.normal(key, (dim, num_classes), jnp.float32),
+    "kernel": linear_head_kernel_init(key, (dim, num_classes), jnp.float32),
     "bias": jnp.zeros((num_classes,), jnp.float32),
   }
 
