@@ -22,10 +22,10 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
-from barlow_jax import checkpointing, evaluate, progress
+from barlow_jax import checkpointing, parallel, progress
+from barlow_jax.evaluation import final_table
 
 # How long the other processes wait for process 0's evaluation (the coordination service's
 # heartbeats still stop them at once if process 0 dies).
@@ -137,11 +137,11 @@ def final_evaluation(
       workdir,
       seconds,
     )
-  variables = jax.tree.map(_to_host, dict(backbone))
+  variables = jax.tree.map(parallel.to_host, dict(backbone))
   results, stopped = None, False
   if jax.process_index() == 0:
     try:
-      results = evaluate.run_final_evaluation(
+      results = final_table.run_final_evaluation(
         config,
         workdir,
         variables,
@@ -154,26 +154,14 @@ def final_evaluation(
       logging.warning("%s; nothing was written. Rerun the same command to finish it.", e)
       stopped = True
     finally:
-      _wait_for_process_0("final_evaluation")
+      wait_for_process_0("final_evaluation")
   else:
     logging.info("Waiting for process 0's final evaluation.")
-    _wait_for_process_0("final_evaluation")
+    wait_for_process_0("final_evaluation")
     results = checkpointing.read_json(os.path.join(workdir, checkpointing.RESULTS_JSON))
     stopped = results is None or results.get("evaluation_settings") != settings
     results = None if stopped else results
   return results, stopped
-
-
-def _to_host(x):
-  """A host copy of a run's array: any process reads a replicated one from its own shard; a
-  sharded one is gathered (a collective: every process makes the same call)."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if x.is_fully_replicated:
-      return np.asarray(x.addressable_data(0))
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(x)
 
 
 def _keep_reason(existing, settings, seconds, config) -> str:
@@ -193,7 +181,8 @@ def _keep_reason(existing, settings, seconds, config) -> str:
   return ""
 
 
-def _wait_for_process_0(name: str) -> None:
+def wait_for_process_0(name: str) -> None:
+  """Every process waits here until all reach the barrier `name` (no-op with one process)."""
   if jax.process_count() == 1:
     return
   from orbax.checkpoint import multihost

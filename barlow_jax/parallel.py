@@ -1,5 +1,8 @@
 """Where the train state lives on the devices: the mesh, and the FSDP rule for wide leaves.
 
+Also the one way host batches reach a mesh and results come back (`shard_batch`,
+`put_replicated`, `to_host`): evaluation, fine-tuning and the end of a run.
+
 One `jax.jit` over a 1-D `Mesh` named `"data"` runs every step: the batch is split over the axis,
 and by default every leaf of the state is replicated. With `config.parallel.fsdp_min_size = N > 0`
 every parameter leaf with at least N elements, and the optimizer's copies of it (LARS momentum,
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -146,3 +150,52 @@ def bytes_per_device(tree, shardings) -> int:
     shard = sharding.shard_shape(tuple(np.shape(x)))
     total += math.prod(shard) * np.dtype(x.dtype).itemsize
   return total
+
+
+# --------------------------------------------------------------------------------------------------
+# Host batches onto a mesh and results back (evaluation, the final table, fine-tuning). Argument
+# order everywhere in this module: the tree first, the mesh second.
+
+
+def local_mesh() -> Mesh:
+  """A 1-D mesh named `"data"` over this process's devices only."""
+  # In-memory evaluation arrays are whole on every process: each process computes the same numbers
+  # on its own devices (process 0 writes them) instead of treating its copy as a slice of a global
+  # batch.
+  return create_mesh(jax.local_devices())
+
+
+def shard_batch(tree: Any, mesh: Mesh | None) -> Any:
+  """Process-local NumPy batch (any tree) -> global arrays split on axis 0 over `"data"`.
+
+  Each process passes its own [B_local, ...] slice; the global array is [B_local * processes, ...]
+  (`jax.make_array_from_process_local_data`). B_local must divide by the local device count.
+  `mesh=None` puts each leaf whole on the default device instead (for a last batch that does not
+  divide the mesh).
+  """
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, tree)
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def put_replicated(tree: Any, mesh: Mesh | None) -> Any:
+  """`tree` (host or device arrays) placed whole on every device of `mesh`; unchanged for None."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def to_host(x: Any) -> np.ndarray:
+  """A host NumPy copy of an array of a (possibly multi-process) run.
+
+  A replicated array is read from this process's own copy; a sharded one is gathered from every
+  process, which is a collective: every process must make the same call.
+  """
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)

@@ -17,8 +17,8 @@ import sys
 import configs_tiny
 import pytest
 
-from barlow_jax import checkpointing, evaluate, finish, progress, train
-from barlow_jax.evaluation import baselines
+from barlow_jax import checkpointing, finish, progress, train
+from barlow_jax.evaluation import baselines, final_table
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,7 +129,7 @@ def _fake_processes(monkeypatch, index: int, workdir: str, written: dict):
     if index == 1:
       checkpointing.write_json(os.path.join(workdir, checkpointing.RESULTS_JSON), written)
 
-  monkeypatch.setattr(finish, "_wait_for_process_0", wait)
+  monkeypatch.setattr(finish, "wait_for_process_0", wait)
   return waits
 
 
@@ -141,7 +141,7 @@ def test_process_1_waits_for_process_0_and_evaluates_nothing(monkeypatch, tmp_pa
   def must_not_run(*args, **kwargs):
     raise AssertionError("process 1 ran the final evaluation")
 
-  monkeypatch.setattr(evaluate, "run_final_evaluation", must_not_run)
+  monkeypatch.setattr(final_table, "run_final_evaluation", must_not_run)
   results, stopped = finish.final_evaluation(
     config, str(tmp_path), {"params": {}, "batch_stats": {}}, should_stop=lambda: False
   )
@@ -151,7 +151,7 @@ def test_process_1_waits_for_process_0_and_evaluates_nothing(monkeypatch, tmp_pa
 
 def test_process_1_reports_a_stop_when_process_0_wrote_nothing(monkeypatch, tmp_path):
   waits = _fake_processes(monkeypatch, 1, str(tmp_path), None)
-  monkeypatch.setattr(finish, "_wait_for_process_0", lambda name: waits.append(name))
+  monkeypatch.setattr(finish, "wait_for_process_0", lambda name: waits.append(name))
   results, stopped = finish.final_evaluation(
     _config(), str(tmp_path), {"params": {}, "batch_stats": {}}, should_stop=lambda: False
   )
@@ -167,7 +167,7 @@ def test_process_0_evaluates_once_then_releases_the_others(monkeypatch, tmp_path
     calls.append(kwargs)
     raise progress.Stopped("SIGTERM")
 
-  monkeypatch.setattr(evaluate, "run_final_evaluation", fake_evaluation)
+  monkeypatch.setattr(final_table, "run_final_evaluation", fake_evaluation)
   results, stopped = finish.final_evaluation(
     _config(), str(tmp_path), {"params": {}, "batch_stats": {}}, should_stop=lambda: True
   )

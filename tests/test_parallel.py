@@ -285,3 +285,19 @@ def test_the_memory_benchmark_command_compiles_for_another_device_count(tmp_path
 def _whole(x) -> bool:
   # The loaders give host NumPy arrays (whole by construction; barlow_jax.checkpointing).
   return isinstance(x, np.ndarray) or x.sharding.is_fully_replicated
+
+
+def test_host_batches_onto_the_mesh_and_back():
+  mesh = parallel.create_mesh()
+  batch = {"image": np.arange(48, dtype=np.float32).reshape(16, 3), "label": np.arange(16)}
+  sharded = parallel.shard_batch(batch, mesh)
+  assert sharded["image"].sharding.spec == P("data")
+  assert {s.data.shape for s in sharded["image"].addressable_shards} == {(2, 3)}
+  np.testing.assert_array_equal(parallel.to_host(sharded["image"]), batch["image"])
+  whole = parallel.shard_batch(batch, None)  # A last batch that does not divide the mesh.
+  assert len(whole["label"].devices()) == 1
+  replicated = parallel.put_replicated(batch, mesh)
+  assert replicated["image"].sharding.is_fully_replicated
+  assert len(replicated["image"].devices()) == 8
+  assert parallel.put_replicated(batch, None) is batch
+  assert parallel.local_mesh().devices.size == jax.local_device_count() == 8

@@ -3,7 +3,7 @@
 Read top-down (each module imports only those above it):
 - `metrics`: top-k accuracy.
 - `knn`: the weighted kNN classifier (the kNN monitor).
-- `features`: meshes, backbone building / loading (through `barlow_jax.checkpointing`), features.
+- `features`: backbone building / loading (through `barlow_jax.checkpointing`), features.
 - `linear_probe`: the linear probe, "features" and "reference" protocols.
 - `finetune`: backbone + head fine-tuning, labelled subsets (semi-supervised).
 - `baselines`: a table row (probe + kNN), BN recalibration, the supervised reference.

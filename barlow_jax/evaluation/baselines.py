@@ -16,15 +16,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from barlow_jax import progress
+from barlow_jax import parallel, progress
 from barlow_jax.evaluation.features import (
   array_batches,
   backbone_variables,
-  default_mesh,
   eval_batch_size,
-  replicate,
   round_to,
-  shard_batch,
 )
 from barlow_jax.evaluation.finetune import (
   Classifier,
@@ -93,7 +90,7 @@ def recalibrate_batch_stats(
   Returns:
     New `{"params", "batch_stats"}` (params unchanged).
   """
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = parallel.create_mesh() if mesh is None else mesh
   if batch_size % mesh.size:
     raise ValueError(f"batch_size {batch_size} must divide by the {mesh.size} devices")
   if num_batches < 1:
@@ -101,8 +98,8 @@ def recalibrate_batch_stats(
   variables = backbone_variables(variables)
   # Momentum 0: the "running" statistics a train-mode forward returns are that batch's own.
   batch_stats_of = backbone.clone(bn_momentum=0.0)
-  params = replicate(mesh, variables["params"])
-  stats0 = replicate(mesh, variables["batch_stats"])
+  params = parallel.put_replicated(variables["params"], mesh)
+  stats0 = parallel.put_replicated(variables["batch_stats"], mesh)
 
   @jax.jit
   def batch_stats(params, stats0, batch):
@@ -115,7 +112,9 @@ def recalibrate_batch_stats(
   total = None
   for _ in range(num_batches):
     idx = rng.choice(len(images), size=batch_size, replace=len(images) < batch_size)
-    stats = batch_stats(params, stats0, shard_batch(mesh, np.asarray(images[idx], np.float32)))
+    stats = batch_stats(
+      params, stats0, parallel.shard_batch(np.asarray(images[idx], np.float32), mesh)
+    )
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   mean = jax.tree.map(lambda t: t / num_batches, total)
   return {"params": variables["params"], "batch_stats": mean}

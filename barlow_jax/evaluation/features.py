@@ -2,7 +2,7 @@
 
 A backbone is a flax module plus its variables `{"params", "batch_stats"}` (eval-mode BatchNorm);
 `load_backbone` reads one from a pretraining workdir, a `backbone/` export or a converted PyTorch
-checkpoint. The mesh helpers place process-local NumPy batches on the devices.
+checkpoint. Batches reach the devices through `barlow_jax.parallel`.
 """
 
 import functools
@@ -16,46 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from barlow_jax import checkpointing
-
-
-def default_mesh() -> Mesh:
-  """One "data" axis over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def local_mesh() -> Mesh:
-  """One "data" axis over this process's devices."""
-  # In-memory arrays are whole on every process: each process computes the same numbers on its
-  # own devices (process 0 writes them) instead of treating its copy as a slice of a global batch.
-  return Mesh(np.asarray(jax.local_devices()), ("data",))
-
-
-def shard_batch(mesh: Mesh | None, tree):
-  """Process-local NumPy batch -> global arrays sharded on axis 0 over the mesh's "data" axis."""
-  if mesh is None:
-    return jax.tree.map(jnp.asarray, tree)
-  sharding = NamedSharding(mesh, P("data"))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
-
-
-def replicate(mesh: Mesh | None, tree):
-  """Places `tree` on every device of `mesh` (unchanged when mesh is None)."""
-  if mesh is None:
-    return tree
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-  """A (possibly multi-process) array as one NumPy array, gathered from every process."""
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+from barlow_jax import checkpointing, parallel
 
 
 def backbone_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,14 +78,14 @@ def extract_features(
   Returns:
     (features float32 [N, F], labels int32 [N]) as NumPy arrays.
   """
-  mesh = default_mesh() if mesh is None else mesh
-  variables = replicate(mesh, backbone_variables(variables))
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  variables = parallel.put_replicated(backbone_variables(variables), mesh)
   fn = _apply_features(backbone)
   feats, labels = [], []
   for batch in batches:
     images = np.asarray(batch["image"], np.float32)
     shard = mesh if len(images) % mesh.size == 0 else None
-    out = to_host(fn(variables, shard_batch(shard, images)))
+    out = parallel.to_host(fn(variables, parallel.shard_batch(images, shard)))
     mask = np.asarray(batch.get("mask", np.ones(len(images), bool)), bool)
     feats.append(out[mask])
     labels.append(np.asarray(batch["label"]).astype(np.int32)[mask])

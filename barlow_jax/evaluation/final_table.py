@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from barlow_jax import checkpointing, progress
+from barlow_jax import checkpointing, parallel, progress
 from barlow_jax.evaluation import baselines
 from barlow_jax.evaluation.baselines import recalibrate_batch_stats, supervised_row, with_labels
 from barlow_jax.evaluation.features import (
@@ -23,7 +23,6 @@ from barlow_jax.evaluation.features import (
   eval_batch_size,
   extract_features,
   init_backbone,
-  local_mesh,
   round_to,
 )
 from barlow_jax.evaluation.linear_probe import (
@@ -86,7 +85,7 @@ def run_final_evaluation(
   """
   from barlow_jax import data as input_pipeline
 
-  mesh = local_mesh() if mesh is None else mesh
+  mesh = parallel.local_mesh() if mesh is None else mesh
   total_t0 = time.perf_counter()
   probe_split, eval_split = config.dataset.probe_split, config.dataset.eval_split
   if not probe_split or not eval_split:

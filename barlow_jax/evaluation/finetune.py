@@ -17,12 +17,9 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
+from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
   backbone_variables,
-  default_mesh,
-  replicate,
-  shard_batch,
-  to_host,
 )
 from barlow_jax.evaluation.linear_probe import (
   linear_head_kernel_init,
@@ -181,7 +178,7 @@ def finetune(
     (Classifier variables {"params": {"backbone", "head"}, "batch_stats": {"backbone"}},
      {"steps", "seconds", "final_loss"}).
   """
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = parallel.create_mesh() if mesh is None else mesh
   if batch_size % mesh.size:
     raise ValueError(f"batch_size {batch_size} must divide by the {mesh.size} devices")
   model = Classifier(backbone=backbone, num_classes=num_classes)
@@ -232,13 +229,11 @@ def finetune(
     return step
 
   def batch_arrays(b):
-    return shard_batch(
-      mesh,
-      {
-        "image": np.asarray(b["image"], np.float32),
-        "label": np.asarray(b["label"]).astype(np.int32),
-      },
-    )
+    arrays = {
+      "image": np.asarray(b["image"], np.float32),
+      "label": np.asarray(b["label"]).astype(np.int32),
+    }
+    return parallel.shard_batch(arrays, mesh)
 
   key = jax.random.PRNGKey(seed + 1)
   if time_budget_s is not None:
@@ -251,7 +246,7 @@ def finetune(
     # for host inputs, the second for the device-resident outputs it feeds back.
     tx = make_tx(max(num_steps, 1))
     step = make_step(tx)
-    p, s = replicate(mesh, params), replicate(mesh, stats)
+    p, s = parallel.put_replicated(params, mesh), parallel.put_replicated(stats, mesh)
     o = tx.init(p)
     b = batch_arrays(first)
     for _ in range(2):
@@ -267,7 +262,7 @@ def finetune(
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
   tx = make_tx(num_steps)
   step = make_step(tx)
-  params, stats = replicate(mesh, params), replicate(mesh, stats)
+  params, stats = parallel.put_replicated(params, mesh), parallel.put_replicated(stats, mesh)
   opt_state = tx.init(params)
   t0 = time.perf_counter()
   batch = first
@@ -308,8 +303,8 @@ def classifier_accuracy(
   mesh: Mesh | None = None,
 ) -> dict[str, float]:
   """Top-1 / top-5 of a Classifier (eval-mode BN) over one pass of masked eval batches."""
-  mesh = default_mesh() if mesh is None else mesh
-  variables = replicate(mesh, variables)
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  variables = parallel.put_replicated(variables, mesh)
   k5 = min(5, model.num_classes)
 
   @jax.jit
@@ -329,7 +324,7 @@ def classifier_accuracy(
       "mask": np.asarray(b.get("mask", np.ones(len(b["image"]), bool)), bool),
     }
     shard = mesh if len(arrays["image"]) % mesh.size == 0 else None
-    total += to_host(counts(variables, shard_batch(shard, arrays)))
+    total += parallel.to_host(counts(variables, parallel.shard_batch(arrays, shard)))
   if total[2] == 0:
     raise ValueError("classifier_accuracy: no examples")
   return {"top1": float(total[0] / total[2]), "top5": float(total[1] / total[2])}

@@ -20,12 +20,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
   backbone_variables,
-  default_mesh,
-  replicate,
-  shard_batch,
-  to_host,
 )
 from barlow_jax.evaluation.metrics import topk_accuracy
 
@@ -257,7 +254,7 @@ def reference_linear_probe(
   """
   from barlow_jax import data as input_pipeline
 
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = parallel.create_mesh() if mesh is None else mesh
   batch_size = int(config.eval.probe_batch_size)
   train_config = crop_flip_config(config, split=config.dataset.probe_split, batch_size=batch_size)
   total = int(config.eval.probe_epochs) * input_pipeline.steps_per_epoch(train_config)
@@ -267,10 +264,11 @@ def reference_linear_probe(
     float(config.eval.probe_momentum),
     float(config.eval.probe_weight_decay),
   )
-  frozen = replicate(mesh, backbone_variables(variables))
+  frozen = parallel.put_replicated(backbone_variables(variables), mesh)
   size = int(config.dataset.image_size)
   dim = backbone.apply(frozen, jnp.zeros((1, size, size, 3)), train=False).shape[-1]
-  head = replicate(mesh, linear_head_init(jax.random.PRNGKey(config.seed), dim, num_classes))
+  head = linear_head_init(jax.random.PRNGKey(config.seed), dim, num_classes)
+  head = parallel.put_replicated(head, mesh)
   opt_state = tx.init(head)
 
   @jax.jit
@@ -294,7 +292,7 @@ def reference_linear_probe(
       "image": np.asarray(b["image"], np.float32),
       "label": np.asarray(b["label"], np.int32),
     }
-    head, opt_state, _ = step(head, opt_state, frozen, shard_batch(mesh, arrays))
+    head, opt_state, _ = step(head, opt_state, frozen, parallel.shard_batch(arrays, mesh))
   seconds = time.perf_counter() - t0
 
   @jax.jit
@@ -321,7 +319,7 @@ def reference_linear_probe(
       "label": np.asarray(b["label"], np.int32),
       "mask": np.asarray(b["mask"], bool),
     }
-    total_counts += to_host(counts(head, frozen, shard_batch(mesh, arrays)))
+    total_counts += parallel.to_host(counts(head, frozen, parallel.shard_batch(arrays, mesh)))
   return {
     "top1": float(total_counts[0] / total_counts[2]),
     "top5": float(total_counts[1] / total_counts[2]),

@@ -8,13 +8,12 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
   array_batches,
-  default_mesh,
   eval_batch_size,
   extract_features,
   load_backbone,
-  local_mesh,
   round_to,
 )
 from barlow_jax.evaluation.final_table import write_results
@@ -63,7 +62,7 @@ def _num_classes(config: ml_collections.ConfigDict) -> int:
 
 def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Linear probe (and kNN on the "features" protocol) of `config.eval.backbone`; writes results."""
-  mesh = default_mesh()
+  mesh = parallel.create_mesh()
   backbone, variables, model_config = load_backbone(
     config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
   )
@@ -83,7 +82,9 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[s
     **{f"probe_{k}": v for k, v in probe_kwargs_from_config(config).items()},
   }
   if protocol == "features":
-    results.update(_features_evaluation(config, backbone, variables, local_mesh(), knn_only=False))
+    results.update(
+      _features_evaluation(config, backbone, variables, parallel.local_mesh(), knn_only=False)
+    )
   else:
     results.update(
       reference_linear_probe(
@@ -130,7 +131,7 @@ def knn_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     "dataset": config.dataset.name,
     "knn_k": int(config.eval.knn_k),
     "knn_temperature": float(config.eval.knn_temperature),
-    **_features_evaluation(config, backbone, variables, local_mesh(), knn_only=True),
+    **_features_evaluation(config, backbone, variables, parallel.local_mesh(), knn_only=True),
   }
   write_results(workdir, results)
   return results
@@ -148,7 +149,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   from barlow_jax import data as input_pipeline
 
-  mesh = default_mesh()
+  mesh = parallel.create_mesh()
   backbone, variables, model_config = load_backbone(
     config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
   )
@@ -216,7 +217,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     eval_batches = array_batches(test_x, test_y, eval_bs)
     results["num_labelled"] = len(idx)
-    settings["mesh"] = local_mesh()
+    settings["mesh"] = parallel.local_mesh()
   trained, info = finetune(
     backbone,
     variables,

@@ -27,8 +27,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from barlow_jax import parallel
 from barlow_jax.evaluation import voc07
-from barlow_jax.evaluation.features import extract_features, load_backbone, local_mesh
+from barlow_jax.evaluation.features import extract_features, load_backbone
 from barlow_jax.evaluation.final_table import write_results
 from barlow_jax.evaluation.linear_probe import linear_probe_accuracy, probe_kwargs_from_config
 
@@ -233,7 +234,7 @@ def transfer_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict
   backbone, variables, model_config = load_backbone(
     config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
   )
-  mesh = local_mesh()
+  mesh = parallel.local_mesh()
   t0 = time.perf_counter()
   train_f, train_y, names = _features(config, backbone, variables, config.dataset.probe_split, mesh)
   test_f, test_y, _ = _features(config, backbone, variables, config.dataset.eval_split, mesh)
