@@ -26,6 +26,7 @@ from barlow_jax.evaluation.features import (
 from barlow_jax.evaluation.finetune import (
   Classifier,
   classifier_accuracy,
+  crop_flip_kwargs,
   finetune,
   random_batches,
 )
@@ -59,11 +60,6 @@ def evaluate_features(name, train_f, train_y, test_f, test_y, *, num_classes, co
     "eval_seconds": time.perf_counter() - t0,
     **extra,
   }
-
-
-def with_labels(feats, train_y, test_y):
-  """(train features, test features) -> the positional arguments of `evaluate_features`."""
-  return feats[0], train_y, feats[1], test_y
 
 
 def recalibrate_batch_stats(
@@ -137,53 +133,88 @@ def supervised_row(
   """The supervised reference row: the backbone trained from `random_vars` with labels.
 
   Same optimizer, schedule and view-A crop + flip as pretraining, for its wall time or steps
-  (`config.eval.supervised_match`); then probed like the other rows.
-  """
-  from barlow_jax import data as input_pipeline
-  from barlow_jax import optim
+  (`config.eval.supervised_match`); then probed like the other rows, with its own head's top-1.
 
-  train_x, train_y = train
-  test_x, test_y = test
+  Args:
+    train, test: (images [N, S, S, 3] float32, labels [N] int32) in memory.
+    features: `features(variables) -> (train features, test features)` of the backbone.
+  """
   match = config.eval.supervised_match
   if match not in ("time", "steps"):
     raise ValueError(f"config.eval.supervised_match={match!r}: use 'time' or 'steps'")
-  if pretrain_steps is None:
-    pretrain_steps = optim.total_train_steps(config, input_pipeline.steps_per_epoch(config))
-  batch_size = round_to(min(int(config.batch_size), len(train_x)), mesh.size)
-  view = config.augment.view_a
   budget = pretrain_seconds if match == "time" and pretrain_seconds else None
-  trained, info = finetune(
+  trained, info = train_supervised(
+    config,
     backbone,
     random_vars,
-    random_batches(train_x, train_y, batch_size, seed=int(config.seed)),
-    num_classes=num_classes,
-    num_steps=int(pretrain_steps),
-    batch_size=batch_size,
-    optimizer=functools.partial(_pretrain_optimizer, config, len(train_x) // batch_size),
-    augment={
-      "area": tuple(view.crop_area),
-      "aspect": tuple(view.crop_aspect),
-      "flip_prob": float(view.flip_prob),
-    },
+    train,
+    num_classes,
+    num_steps=pretrain_steps,
     time_budget_s=budget,
-    seed=int(config.seed),
     mesh=mesh,
-    on_step=_progress_callback("Supervised reference", should_stop),
+    should_stop=should_stop,
   )
   model = Classifier(backbone=backbone, num_classes=num_classes)
-  eval_bs = eval_batch_size(len(test_x), mesh.size)
-  head = classifier_accuracy(model, trained, array_batches(test_x, test_y, eval_bs), mesh=mesh)
-  inner = backbone_variables(trained)
-  name = f"supervised, same backbone ({info['steps']} steps, {info['seconds']:.0f} s)"
+  eval_bs = eval_batch_size(len(test[0]), mesh.size)
+  head = classifier_accuracy(model, trained, array_batches(*test, eval_bs), mesh=mesh)
+  train_f, test_f = features(backbone_variables(trained))
   return evaluate_features(
-    name,
-    *with_labels(features(inner), train_y, test_y),
+    f"supervised, same backbone ({info['steps']} steps, {info['seconds']:.0f} s)",
+    train_f,
+    train[1],
+    test_f,
+    test[1],
     num_classes=num_classes,
     config=config,
     supervised_head_top1=head["top1"],
     supervised_steps=info["steps"],
     supervised_seconds=info["seconds"],
     supervised_matched=match if budget or match == "steps" else "steps",
+  )
+
+
+def train_supervised(
+  config,
+  backbone,
+  random_vars,
+  train,
+  num_classes,
+  *,
+  num_steps,
+  time_budget_s,
+  mesh,
+  should_stop=None,
+):
+  """`finetune` with the pretraining's optimizer, schedule, batch size and view-A crop + flip.
+
+  Args:
+    train: (images [N, S, S, 3] float32, labels [N] int32).
+    num_steps: steps (None: the pretraining config's total); replaced by what fits
+      `time_budget_s` seconds when that is set.
+
+  Returns:
+    `finetune`'s (Classifier variables, {"steps", "seconds", "final_loss"}).
+  """
+  from barlow_jax import data as input_pipeline
+  from barlow_jax import optim
+
+  train_x, train_y = train
+  if num_steps is None:
+    num_steps = optim.total_train_steps(config, input_pipeline.steps_per_epoch(config))
+  batch_size = round_to(min(int(config.batch_size), len(train_x)), mesh.size)
+  return finetune(
+    backbone,
+    random_vars,
+    random_batches(train_x, train_y, batch_size, seed=int(config.seed)),
+    num_classes=num_classes,
+    num_steps=int(num_steps),
+    batch_size=batch_size,
+    optimizer=functools.partial(_pretrain_optimizer, config, len(train_x) // batch_size),
+    augment=crop_flip_kwargs(config.augment.view_a),
+    time_budget_s=time_budget_s,
+    seed=int(config.seed),
+    mesh=mesh,
+    on_step=_progress_callback("Supervised reference", should_stop),
   )
 
 

@@ -8,7 +8,7 @@ checkpoint. Batches reach the devices through `barlow_jax.parallel`.
 import functools
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -109,6 +109,41 @@ def array_batches(
       lab = np.concatenate([lab, np.zeros((pad,), lab.dtype)])
       mask = np.concatenate([mask, np.zeros((pad,), bool)])
     yield {"image": img, "label": lab, "mask": mask}
+
+
+def accuracy_over_batches(
+  counts: Callable[[dict[str, jax.Array]], jax.Array],
+  batches: Iterable[Mapping[str, np.ndarray]],
+  *,
+  mesh: Mesh,
+  what: str,
+) -> dict[str, float]:
+  """Top-1 / top-5 over one pass of eval batches.
+
+  Args:
+    counts: `counts(batch) -> metrics.topk_counts(...)` of a batch {"image" [B, S, S, 3] float32,
+      "label" [B] int32, "mask" [B] bool}, sharded over `mesh` when B divides by its size.
+    batches: dicts with "image", "label" and optionally "mask" (False on padding).
+    what: names the caller in the error.
+
+  Returns:
+    {"top1", "top5"} as Python floats.
+
+  Raises:
+    ValueError: no unmasked example.
+  """
+  total = np.zeros(3)
+  for b in batches:
+    arrays = {
+      "image": np.asarray(b["image"], np.float32),
+      "label": np.asarray(b["label"]).astype(np.int32),
+      "mask": np.asarray(b.get("mask", np.ones(len(b["image"]), bool)), bool),
+    }
+    shard = mesh if len(arrays["image"]) % mesh.size == 0 else None
+    total += parallel.to_host(counts(parallel.shard_batch(arrays, shard)))
+  if total[2] == 0:
+    raise ValueError(f"{what}: no examples")
+  return {"top1": float(total[0] / total[2]), "top5": float(total[1] / total[2])}
 
 
 def eval_batch_size(n: int, num_devices: int, preferred: int = 256) -> int:

@@ -2,6 +2,7 @@
 reference; its targets, its Markdown, and the results files of every evaluation.
 """
 
+import dataclasses
 import functools
 import os
 import time
@@ -16,7 +17,7 @@ from jax.sharding import Mesh
 
 from barlow_jax import checkpointing, parallel, progress
 from barlow_jax.evaluation import baselines
-from barlow_jax.evaluation.baselines import recalibrate_batch_stats, supervised_row, with_labels
+from barlow_jax.evaluation.baselines import recalibrate_batch_stats, supervised_row
 from barlow_jax.evaluation.features import (
   array_batches,
   create_backbone,
@@ -32,6 +33,7 @@ from barlow_jax.evaluation.linear_probe import (
 STANDARDISED_PIXELS = "raw pixels, per-image standardised (the backbone's input step)"
 
 
+# Long by its docstring (the table's definition); the steps are the helpers below.
 def run_final_evaluation(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -83,10 +85,40 @@ def run_final_evaluation(
   Raises:
     progress.Stopped: `should_stop()` became true (SIGTERM).
   """
-  from barlow_jax import data as input_pipeline
-
   mesh = parallel.local_mesh() if mesh is None else mesh
   total_t0 = time.perf_counter()
+  data = load_table_data(config)
+  rows = _TableRows(config, data, mesh, should_stop)
+  rows.add_backbone("Barlow Twins", lambda: variables)
+  if config.eval.baselines:
+    _add_baseline_rows(rows, pretrain_seconds=pretrain_seconds, pretrain_steps=pretrain_steps)
+  results = _table_results(config, data, rows.rows, pretrain_seconds, pretrain_steps)
+  results["eval_seconds"] = time.perf_counter() - total_t0
+  if settings is not None:
+    results["evaluation_settings"] = dict(settings)
+  write_results(workdir, results)
+  return results
+
+
+@dataclasses.dataclass(frozen=True)
+class TableData:
+  """The final table's labelled in-memory arrays: images [N, S, S, 3] float32, labels [N] int32."""
+
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+
+
+def load_table_data(config: ml_collections.ConfigDict) -> TableData:
+  """`config.dataset.probe_split` (train) and `eval_split` (test) as in-memory arrays.
+
+  Raises:
+    ValueError: either split is empty (the message names both keys and `config.eval.final`).
+  """
+  from barlow_jax import data as input_pipeline
+
   probe_split, eval_split = config.dataset.probe_split, config.dataset.eval_split
   if not probe_split or not eval_split:
     raise ValueError(
@@ -97,100 +129,18 @@ def run_final_evaluation(
   test_x, test_y = input_pipeline.load_labelled_arrays(config, eval_split)
   train_y, test_y = np.asarray(train_y, np.int32), np.asarray(test_y, np.int32)
   num_classes = int(max(train_y.max(), test_y.max())) + 1
-  backbone = create_backbone(config.model)
-  eval_bs = eval_batch_size(len(train_x), mesh.size)
-  common = dict(num_classes=num_classes, config=config)
+  return TableData(train_x, train_y, test_x, test_y, num_classes)
 
-  def features(vars_):
-    ftr, _ = extract_features(backbone, vars_, array_batches(train_x, train_y, eval_bs), mesh=mesh)
-    fte, _ = extract_features(backbone, vars_, array_batches(test_x, test_y, eval_bs), mesh=mesh)
-    return ftr, fte
 
-  standardised = bool(config.eval.baselines and config.model.get("standardize_input", False))
-  supervised = bool(config.eval.baselines and config.eval.supervised)
-  phases = progress.Phases(
-    "Final evaluation",
-    1 + (3 + standardised + supervised) * bool(config.eval.baselines),
-    should_stop,
-  )
-
-  def row(name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    phases.begin(name)
-    out = compute()
-    phases.end()
-    logging.info(
-      "Final evaluation: %s: linear top-1 %.1f%%, kNN top-1 %.1f%%",
-      name,
-      100 * out["linear_top1"],
-      100 * out["knn_top1"],
-    )
-    return out
-
-  def of_features(name: str, vars_fn: Callable[[], Mapping[str, Any]]):
-    return lambda: baselines.evaluate_features(
-      name, *with_labels(features(vars_fn()), train_y, test_y), **common
-    )
-
-  rows = [row("Barlow Twins", of_features("Barlow Twins", lambda: variables))]
-  if config.eval.baselines:
-    # Built inside the first row that needs it, so its compilation is part of a logged phase.
-    random_vars = functools.cache(
-      lambda: init_backbone(backbone, int(train_x.shape[1]), int(config.seed))
-    )
-    name = "random init (initial BN statistics)"
-    rows.append(row(name, of_features(name, random_vars)))
-    recal_bs = round_to(min(int(config.batch_size), len(train_x)), mesh.size)
-    name = "random init (BN recalibrated on train images)"
-    recalibrate = lambda: recalibrate_batch_stats(
-      backbone,
-      random_vars(),
-      train_x,
-      num_batches=int(config.eval.bn_recalibration_batches),
-      batch_size=recal_bs,
-      seed=int(config.seed),
-      mesh=mesh,
-    )
-    rows.append(row(name, of_features(name, recalibrate)))
-    flat = lambda x: np.asarray(x).reshape(len(x), -1)
-    pixels = lambda name, fn: (
-      lambda: baselines.evaluate_features(
-        name, flat(fn(train_x)), train_y, flat(fn(test_x)), test_y, **common
-      )
-    )
-    rows.append(row("raw pixels", pixels("raw pixels", lambda x: x)))
-    if standardised:
-      # What the backbone's fixed first step makes of the pixels: a stricter floor, reported
-      # beside the targets (which compare against the raw pixels).
-      from barlow_jax import models
-
-      standardise = jax.jit(lambda x: models.standardize_images(x, config.model.input_epsilon))
-      rows.append(row(STANDARDISED_PIXELS, pixels(STANDARDISED_PIXELS, standardise)))
-    if supervised:
-      rows.append(
-        row(
-          "supervised reference, same backbone",
-          lambda: supervised_row(
-            config,
-            backbone,
-            random_vars(),
-            (train_x, train_y),
-            (test_x, test_y),
-            num_classes,
-            pretrain_seconds=pretrain_seconds,
-            pretrain_steps=pretrain_steps,
-            mesh=mesh,
-            features=features,
-            should_stop=should_stop,
-          ),
-        )
-      )
-  results = {
+def _table_results(config, data: TableData, rows, pretrain_seconds, pretrain_steps) -> dict:
+  """results.json without its "eval_seconds" and "evaluation_settings"."""
+  return {
     "dataset": config.dataset.name,
-    "probe_split": probe_split,
-    "eval_split": eval_split,
-    "num_train": len(train_x),
-    "num_eval": len(test_x),
-    "num_classes": num_classes,
+    "probe_split": config.dataset.probe_split,
+    "eval_split": config.dataset.eval_split,
+    "num_train": len(data.train_x),
+    "num_eval": len(data.test_x),
+    "num_classes": data.num_classes,
     "seed": int(config.seed),
     "backbone": f"{config.model.backbone} width {config.model.width} stem {config.model.stem}",
     "pretrain_seconds": pretrain_seconds,
@@ -199,12 +149,114 @@ def run_final_evaluation(
     "knn": {"k": int(config.eval.knn_k), "temperature": float(config.eval.knn_temperature)},
     "rows": rows,
     "targets": table_targets(rows),
-    "eval_seconds": time.perf_counter() - total_t0,
   }
-  if settings is not None:
-    results["evaluation_settings"] = dict(settings)
-  write_results(workdir, results)
-  return results
+
+
+class _TableRows:
+  """The table's rows as they are computed: each one a logged, stoppable phase."""
+
+  def __init__(self, config, data: TableData, mesh: Mesh, should_stop):
+    self.config, self.data, self.mesh, self.should_stop = config, data, mesh, should_stop
+    self.backbone = create_backbone(config.model)
+    self.eval_bs = eval_batch_size(len(data.train_x), mesh.size)
+    self.standardised = bool(config.eval.baselines and config.model.get("standardize_input", False))
+    self.supervised = bool(config.eval.baselines and config.eval.supervised)
+    num_phases = 1 + (3 + self.standardised + self.supervised) * bool(config.eval.baselines)
+    self.phases = progress.Phases("Final evaluation", num_phases, should_stop)
+    self.rows: list[dict[str, Any]] = []
+
+  def features(self, variables) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) features of the backbone with `variables`."""
+    out = []
+    for images, labels in (
+      (self.data.train_x, self.data.train_y),
+      (self.data.test_x, self.data.test_y),
+    ):
+      batches = array_batches(images, labels, self.eval_bs)
+      out.append(extract_features(self.backbone, variables, batches, mesh=self.mesh)[0])
+    return out[0], out[1]
+
+  def evaluate(self, name: str, train_f, test_f, **extra) -> dict[str, Any]:
+    """A row of [N, D] train / [M, D] test features: linear probe + kNN."""
+    d = self.data
+    return baselines.evaluate_features(
+      name,
+      train_f,
+      d.train_y,
+      test_f,
+      d.test_y,
+      num_classes=d.num_classes,
+      config=self.config,
+      **extra,
+    )
+
+  def add_backbone(self, name: str, variables_fn: Callable[[], Mapping[str, Any]]) -> None:
+    """A row of the backbone's features with `variables_fn()` (called inside the phase)."""
+    self.add(name, lambda: self.evaluate(name, *self.features(variables_fn())))
+
+  def add_pixels(self, name: str, fn: Callable[[np.ndarray], Any]) -> None:
+    """A row of `fn(images)`, flattened to [N, S * S * 3]."""
+    flat = lambda x: np.asarray(x).reshape(len(x), -1)
+    self.add(
+      name, lambda: self.evaluate(name, flat(fn(self.data.train_x)), flat(fn(self.data.test_x)))
+    )
+
+  def add(self, name: str, compute: Callable[[], dict[str, Any]]) -> None:
+    """Appends `compute()` as one logged phase (stops between phases when asked to)."""
+    self.phases.begin(name)
+    out = compute()
+    self.phases.end()
+    logging.info(
+      "Final evaluation: %s: linear top-1 %.1f%%, kNN top-1 %.1f%%",
+      name,
+      100 * out["linear_top1"],
+      100 * out["knn_top1"],
+    )
+    self.rows.append(out)
+
+
+def _add_baseline_rows(rows: _TableRows, *, pretrain_seconds, pretrain_steps) -> None:
+  """Rows (b)-(d) of `run_final_evaluation`, in the table's order."""
+  config, data, mesh = rows.config, rows.data, rows.mesh
+  # Built inside the first row that needs it, so its compilation is part of a logged phase.
+  random_vars = functools.cache(
+    lambda: init_backbone(rows.backbone, int(data.train_x.shape[1]), int(config.seed))
+  )
+  rows.add_backbone("random init (initial BN statistics)", random_vars)
+  recal_bs = round_to(min(int(config.batch_size), len(data.train_x)), mesh.size)
+  recalibrate = lambda: recalibrate_batch_stats(
+    rows.backbone,
+    random_vars(),
+    data.train_x,
+    num_batches=int(config.eval.bn_recalibration_batches),
+    batch_size=recal_bs,
+    seed=int(config.seed),
+    mesh=mesh,
+  )
+  rows.add_backbone("random init (BN recalibrated on train images)", recalibrate)
+  rows.add_pixels("raw pixels", lambda x: x)
+  if rows.standardised:
+    # What the backbone's fixed first step makes of the pixels: a stricter floor, reported
+    # beside the targets (which compare against the raw pixels).
+    from barlow_jax import models
+
+    standardise = jax.jit(lambda x: models.standardize_images(x, config.model.input_epsilon))
+    rows.add_pixels(STANDARDISED_PIXELS, standardise)
+  if rows.supervised:
+    supervised = lambda: supervised_row(
+      config,
+      rows.backbone,
+      random_vars(),
+      (data.train_x, data.train_y),
+      (data.test_x, data.test_y),
+      data.num_classes,
+      pretrain_seconds=pretrain_seconds,
+      pretrain_steps=pretrain_steps,
+      mesh=mesh,
+      features=rows.features,
+      should_stop=rows.should_stop,
+    )
+    rows.add("supervised reference, same backbone", supervised)
 
 
 def table_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:

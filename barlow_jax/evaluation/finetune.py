@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -19,13 +20,14 @@ from jax.sharding import Mesh
 
 from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
+  accuracy_over_batches,
   backbone_variables,
 )
 from barlow_jax.evaluation.linear_probe import (
   linear_head_kernel_init,
   torch_sgd,
 )
-from barlow_jax.evaluation.metrics import topk_accuracy
+from barlow_jax.evaluation.metrics import topk_counts
 
 # Steps timed to size a time-matched fine-tuning run.
 _TIMED_STEPS = 10
@@ -124,6 +126,15 @@ def random_crop_flip(
   return jnp.where(flip[:, None, None, None], out[:, :, ::-1], out)
 
 
+def crop_flip_kwargs(view: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`random_crop_flip`'s keywords from a view of `config.augment` (crop area / aspect, flip)."""
+  return {
+    "area": tuple(view.crop_area),
+    "aspect": tuple(view.crop_aspect),
+    "flip_prob": float(view.flip_prob),
+  }
+
+
 class Classifier(nn.Module):
   """Backbone + one linear head (weights N(0, 0.01), bias 0): images -> [N, num_classes] logits."""
 
@@ -137,6 +148,7 @@ class Classifier(nn.Module):
     return head(features)
 
 
+# Long by its signature and docstring; the body is the steps' loop (its parts are helpers below).
 def finetune(
   backbone: nn.Module,
   variables: Mapping[str, Any],
@@ -182,87 +194,37 @@ def finetune(
   if batch_size % mesh.size:
     raise ValueError(f"batch_size {batch_size} must divide by the {mesh.size} devices")
   model = Classifier(backbone=backbone, num_classes=num_classes)
-  start = backbone_variables(variables)
   first = next(batches)
-  head = jax.jit(functools.partial(model.init, train=False))(
-    jax.random.PRNGKey(seed), jnp.asarray(first["image"][:1], jnp.float32)
-  )
-  params = {"backbone": start["params"], "head": head["params"]["head"]}
-  stats = {"backbone": start["batch_stats"]}
-
-  def make_tx(steps):
-    if optimizer is not None:
-      return optimizer(steps)
-
-    def part(lr):
-      rate = lr * batch_size / 256
-      sched = lambda t: rate * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, steps) / steps))
-      return torch_sgd(sched, momentum, 0.0)
-
-    decay = optax.add_decayed_weights(
-      weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  params, stats = _start_variables(model, variables, first["image"], seed)
+  if optimizer is None:
+    optimizer = functools.partial(
+      two_rate_sgd,
+      params,
+      batch_size=batch_size,
+      lr_backbone=lr_backbone,
+      lr_head=lr_head,
+      momentum=momentum,
+      weight_decay=weight_decay,
     )
-    labels = {"backbone": jax.tree.map(lambda _: "backbone", params["backbone"]), "head": {}}
-    labels["head"] = jax.tree.map(lambda _: "head", params["head"])
-    return optax.chain(
-      decay, optax.multi_transform({"backbone": part(lr_backbone), "head": part(lr_head)}, labels)
-    )
-
-  def make_step(tx):
-    @jax.jit
-    def step(params, stats, opt_state, batch, key):
-      images = batch["image"]
-      if augment is not None:
-        images = random_crop_flip(key, images, **augment)
-
-      def loss_fn(p):
-        logits, new = model.apply(
-          {"params": p, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, new["batch_stats"]
-
-      (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), new_stats, opt_state, loss
-
-    return step
-
-  def batch_arrays(b):
-    arrays = {
-      "image": np.asarray(b["image"], np.float32),
-      "label": np.asarray(b["label"]).astype(np.int32),
-    }
-    return parallel.shard_batch(arrays, mesh)
 
   key = jax.random.PRNGKey(seed + 1)
+  params, stats = parallel.put_replicated(params, mesh), parallel.put_replicated(stats, mesh)
   if time_budget_s is not None:
     logging.info(
       "Fine-tuning: compiling and timing %d steps to fit the %.0f s budget.",
       _TIMED_STEPS,
       time_budget_s,
     )
-    # Time steps of a throwaway run to size the real one. Two warm-up calls: the first compiles
-    # for host inputs, the second for the device-resident outputs it feeds back.
-    tx = make_tx(max(num_steps, 1))
-    step = make_step(tx)
-    p, s = parallel.put_replicated(params, mesh), parallel.put_replicated(stats, mesh)
-    o = tx.init(p)
-    b = batch_arrays(first)
-    for _ in range(2):
-      p, s, o, loss = step(p, s, o, b, key)
-    jax.block_until_ready(loss)
-    t0 = time.perf_counter()
-    for _ in range(_TIMED_STEPS):
-      p, s, o, loss = step(p, s, o, b, key)
-    jax.block_until_ready(loss)
-    per_step = (time.perf_counter() - t0) / _TIMED_STEPS
+    tx = optimizer(max(num_steps, 1))
+    state = (params, stats, tx.init(params))
+    per_step = _seconds_per_step(
+      _classifier_step(model, tx, augment), state, _labelled_arrays(first, mesh), key
+    )
     num_steps = max(1, int(time_budget_s / per_step))
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-  tx = make_tx(num_steps)
-  step = make_step(tx)
-  params, stats = parallel.put_replicated(params, mesh), parallel.put_replicated(stats, mesh)
+  tx = optimizer(num_steps)
+  step = _classifier_step(model, tx, augment)
   opt_state = tx.init(params)
   t0 = time.perf_counter()
   batch = first
@@ -271,13 +233,102 @@ def finetune(
     if i > 0:
       batch = next(batches)
     params, stats, opt_state, loss = step(
-      params, stats, opt_state, batch_arrays(batch), jax.random.fold_in(key, i)
+      params, stats, opt_state, _labelled_arrays(batch, mesh), jax.random.fold_in(key, i)
     )
     if on_step is not None:
       on_step(i + 1, num_steps)
   loss = float(loss)
   info = {"steps": num_steps, "seconds": time.perf_counter() - t0, "final_loss": loss}
   return {"params": params, "batch_stats": stats}, info
+
+
+def _labelled_arrays(batch, mesh: Mesh):
+  """{"image" float32, "label" int32} of a host batch, sharded over `mesh`."""
+  arrays = {
+    "image": np.asarray(batch["image"], np.float32),
+    "label": np.asarray(batch["label"]).astype(np.int32),
+  }
+  return parallel.shard_batch(arrays, mesh)
+
+
+def _start_variables(model: Classifier, variables, image, seed: int):
+  """(params {"backbone", "head"}, batch_stats {"backbone"}): the backbone's, a new head."""
+  start = backbone_variables(variables)
+  head = jax.jit(functools.partial(model.init, train=False))(
+    jax.random.PRNGKey(seed), jnp.asarray(image[:1], jnp.float32)
+  )
+  params = {"backbone": start["params"], "head": head["params"]["head"]}
+  return params, {"backbone": start["batch_stats"]}
+
+
+def two_rate_sgd(
+  params,
+  num_steps: int,
+  *,
+  batch_size: int,
+  lr_backbone: float,
+  lr_head: float,
+  momentum: float,
+  weight_decay: float,
+) -> optax.GradientTransformation:
+  """`finetune`'s default optimizer for Classifier `params` {"backbone", "head"} over num_steps.
+
+  SGD (torch semantics) with `lr * batch_size / 256` per part, each with a per-step cosine to 0;
+  weight decay on weights only (ndim > 1).
+  """
+
+  def part(lr):
+    rate = lr * batch_size / 256
+    sched = lambda t: rate * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, num_steps) / num_steps))
+    return torch_sgd(sched, momentum, 0.0)
+
+  decay = optax.add_decayed_weights(
+    weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  )
+  labels = {"backbone": jax.tree.map(lambda _: "backbone", params["backbone"]), "head": {}}
+  labels["head"] = jax.tree.map(lambda _: "head", params["head"])
+  return optax.chain(
+    decay, optax.multi_transform({"backbone": part(lr_backbone), "head": part(lr_head)}, labels)
+  )
+
+
+def _classifier_step(model: Classifier, tx: optax.GradientTransformation, augment):
+  """The jitted step `(params, stats, opt_state, batch, key) -> (..., loss)`: cross-entropy,
+  train-mode BatchNorm, `random_crop_flip(**augment)` on the devices unless augment is None."""
+
+  @jax.jit
+  def step(params, stats, opt_state, batch, key):
+    images = batch["image"]
+    if augment is not None:
+      images = random_crop_flip(key, images, **augment)
+
+    def loss_fn(p):
+      logits, new = model.apply(
+        {"params": p, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
+      )
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+      return loss, new["batch_stats"]
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+  return step
+
+
+def _seconds_per_step(step, state, batch, key) -> float:
+  """Seconds per call of `step` on `state` = (params, stats, opt_state), after compilation."""
+  # A throwaway run. Two warm-up calls: the first compiles for host inputs, the second for the
+  # device-resident outputs it feeds back.
+  p, s, o = state
+  for _ in range(2):
+    p, s, o, loss = step(p, s, o, batch, key)
+  jax.block_until_ready(loss)
+  t0 = time.perf_counter()
+  for _ in range(_TIMED_STEPS):
+    p, s, o, loss = step(p, s, o, batch, key)
+  jax.block_until_ready(loss)
+  return (time.perf_counter() - t0) / _TIMED_STEPS
 
 
 def random_batches(
@@ -305,26 +356,11 @@ def classifier_accuracy(
   """Top-1 / top-5 of a Classifier (eval-mode BN) over one pass of masked eval batches."""
   mesh = parallel.create_mesh() if mesh is None else mesh
   variables = parallel.put_replicated(variables, mesh)
-  k5 = min(5, model.num_classes)
 
   @jax.jit
   def counts(variables, batch):
     logits = model.apply(variables, batch["image"], train=False)
-    mask = batch["mask"].astype(jnp.float32)
-    n = jnp.sum(mask)
-    top1 = topk_accuracy(logits, batch["label"], 1, batch["mask"]) * n
-    top5 = topk_accuracy(logits, batch["label"], k5, batch["mask"]) * n
-    return jnp.stack([top1, top5, n])
+    return topk_counts(logits, batch["label"], batch["mask"])
 
-  total = np.zeros(3)
-  for b in batches:
-    arrays = {
-      "image": np.asarray(b["image"], np.float32),
-      "label": np.asarray(b["label"]).astype(np.int32),
-      "mask": np.asarray(b.get("mask", np.ones(len(b["image"]), bool)), bool),
-    }
-    shard = mesh if len(arrays["image"]) % mesh.size == 0 else None
-    total += parallel.to_host(counts(variables, parallel.shard_batch(arrays, shard)))
-  if total[2] == 0:
-    raise ValueError("classifier_accuracy: no examples")
-  return {"top1": float(total[0] / total[2]), "top5": float(total[1] / total[2])}
+  counts_fn = functools.partial(counts, variables)
+  return accuracy_over_batches(counts_fn, batches, mesh=mesh, what="classifier_accuracy")

@@ -50,6 +50,31 @@ def knn_accuracy(
   Returns:
     Accuracy in [0, 1] as a Python float.
   """
+  train_features, train_labels, test_features, test_labels = _checked_inputs(
+    train_features, train_labels, test_features, test_labels, k=k, temperature=temperature
+  )
+  if len(test_features) == 0:
+    return 0.0
+  n_train = len(train_features)
+  k = min(k, n_train)
+  chunk = int(max(1, min(len(test_features), KNN_MAX_SIMILARITIES // n_train)))
+  train_n = _l2_normalize(jnp.asarray(train_features))
+  train_lab = jnp.asarray(train_labels)
+  correct = 0
+  for start in range(0, len(test_features), chunk):
+    queries = test_features[start : start + chunk]
+    n = len(queries)
+    if n < chunk:  # Pad so every chunk reuses one compiled shape.
+      queries = np.concatenate([queries, np.zeros((chunk - n, queries.shape[1]), np.float32)])
+    pred = _knn_predict(
+      train_n, train_lab, jnp.asarray(queries), temperature, k=k, num_classes=num_classes
+    )
+    correct += int(np.sum(np.asarray(pred)[:n] == test_labels[start : start + n]))
+  return correct / len(test_features)
+
+
+def _checked_inputs(train_features, train_labels, test_features, test_labels, *, k, temperature):
+  """The arguments of `knn_accuracy` as float32 / int32 NumPy arrays, or a ValueError."""
   train_features = np.asarray(train_features, np.float32)
   test_features = np.asarray(test_features, np.float32)
   train_labels = np.asarray(train_labels).astype(np.int32)
@@ -69,24 +94,7 @@ def knn_accuracy(
     raise ValueError(f"k must be >= 1, got {k}")
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
-  if len(test_features) == 0:
-    return 0.0
-  n_train = len(train_features)
-  k = min(k, n_train)
-  chunk = int(max(1, min(len(test_features), KNN_MAX_SIMILARITIES // n_train)))
-  train_n = _l2_normalize(jnp.asarray(train_features))
-  train_lab = jnp.asarray(train_labels)
-  correct = 0
-  for start in range(0, len(test_features), chunk):
-    queries = test_features[start : start + chunk]
-    n = len(queries)
-    if n < chunk:  # Pad so every chunk reuses one compiled shape.
-      queries = np.concatenate([queries, np.zeros((chunk - n, queries.shape[1]), np.float32)])
-    pred = _knn_predict(
-      train_n, train_lab, jnp.asarray(queries), temperature, k=k, num_classes=num_classes
-    )
-    correct += int(np.sum(np.asarray(pred)[:n] == test_labels[start : start + n]))
-  return correct / len(test_features)
+  return train_features, train_labels, test_features, test_labels
 
 
 def knn_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from jax.sharding import Mesh
 
 from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
+  accuracy_over_batches,
   backbone_variables,
 )
-from barlow_jax.evaluation.metrics import topk_accuracy
+from barlow_jax.evaluation.metrics import topk_accuracy, topk_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +256,28 @@ def reference_linear_probe(
   from barlow_jax import data as input_pipeline
 
   mesh = parallel.create_mesh() if mesh is None else mesh
+  frozen = parallel.put_replicated(backbone_variables(variables), mesh)
+  head, steps, seconds = _train_reference_head(config, backbone, frozen, num_classes, mesh)
+
+  @jax.jit
+  def counts(head, frozen, batch):
+    feats = backbone.apply(frozen, batch["image"], train=False).astype(jnp.float32)
+    return topk_counts(feats @ head["kernel"] + head["bias"], batch["label"], batch["mask"])
+
+  eval_batches = input_pipeline.create_eval_iterator(
+    config, config.dataset.eval_split, batch_size=int(config.eval.probe_batch_size)
+  )
+  counts_fn = functools.partial(counts, head, frozen)
+  accuracy = accuracy_over_batches(
+    counts_fn, eval_batches, mesh=mesh, what="reference_linear_probe"
+  )
+  return {**accuracy, "steps": steps, "seconds": seconds}
+
+
+def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh):
+  """(head, steps, seconds): the reference protocol's training of the linear head."""
+  from barlow_jax import data as input_pipeline
+
   batch_size = int(config.eval.probe_batch_size)
   train_config = crop_flip_config(config, split=config.dataset.probe_split, batch_size=batch_size)
   total = int(config.eval.probe_epochs) * input_pipeline.steps_per_epoch(train_config)
@@ -264,7 +287,6 @@ def reference_linear_probe(
     float(config.eval.probe_momentum),
     float(config.eval.probe_weight_decay),
   )
-  frozen = parallel.put_replicated(backbone_variables(variables), mesh)
   size = int(config.dataset.image_size)
   dim = backbone.apply(frozen, jnp.zeros((1, size, size, 3)), train=False).shape[-1]
   head = linear_head_init(jax.random.PRNGKey(config.seed), dim, num_classes)
@@ -293,36 +315,4 @@ def reference_linear_probe(
       "label": np.asarray(b["label"], np.int32),
     }
     head, opt_state, _ = step(head, opt_state, frozen, parallel.shard_batch(arrays, mesh))
-  seconds = time.perf_counter() - t0
-
-  @jax.jit
-  def counts(head, frozen, batch):
-    feats = backbone.apply(frozen, batch["image"], train=False).astype(jnp.float32)
-    logits = feats @ head["kernel"] + head["bias"]
-    n = jnp.sum(batch["mask"].astype(jnp.float32))
-    k5 = min(5, num_classes)
-    return jnp.stack(
-      [
-        topk_accuracy(logits, batch["label"], 1, batch["mask"]) * n,
-        topk_accuracy(logits, batch["label"], k5, batch["mask"]) * n,
-        n,
-      ]
-    )
-
-  total_counts = np.zeros(3)
-  eval_batches = input_pipeline.create_eval_iterator(
-    config, config.dataset.eval_split, batch_size=batch_size
-  )
-  for b in eval_batches:
-    arrays = {
-      "image": np.asarray(b["image"], np.float32),
-      "label": np.asarray(b["label"], np.int32),
-      "mask": np.asarray(b["mask"], bool),
-    }
-    total_counts += parallel.to_host(counts(head, frozen, parallel.shard_batch(arrays, mesh)))
-  return {
-    "top1": float(total_counts[0] / total_counts[2]),
-    "top5": float(total_counts[1] / total_counts[2]),
-    "steps": total,
-    "seconds": seconds,
-  }
+  return head, total, time.perf_counter() - t0

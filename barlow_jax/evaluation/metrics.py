@@ -28,3 +28,16 @@ def topk_accuracy(logits: jax.Array, labels: jax.Array, k: int, mask: jax.Array 
     return jnp.mean(hit)
   mask = jnp.asarray(mask, jnp.float32)
   return jnp.sum(hit * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def topk_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """[3] float32 (top-1 hits, top-5 hits, examples) of the unmasked rows of one batch.
+
+  Top-5 is top-C when there are fewer than 5 classes. Summed over batches, hits / examples are
+  the accuracies (`barlow_jax.evaluation.features.accuracy_over_batches`).
+  """
+  n = jnp.sum(jnp.asarray(mask).astype(jnp.float32))
+  k5 = min(5, jnp.shape(logits)[-1])
+  top1 = topk_accuracy(logits, labels, 1, mask) * n
+  top5 = topk_accuracy(logits, labels, k5, mask) * n
+  return jnp.stack([top1, top5, n])

@@ -2,7 +2,9 @@
 `python -m barlow_jax.evaluate` (each writes results.json + results.md into the workdir).
 """
 
+import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
@@ -20,6 +22,7 @@ from barlow_jax.evaluation.final_table import write_results
 from barlow_jax.evaluation.finetune import (
   Classifier,
   classifier_accuracy,
+  crop_flip_kwargs,
   finetune,
   random_batches,
   select_subset,
@@ -147,8 +150,6 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
   `select_subset` (seed `semisup_seed`, class-balanced if `semisup_balanced`), augmented on the
   devices with crop + flip (view A's crop settings), evaluated on `eval_split`.
   """
-  from barlow_jax import data as input_pipeline
-
   mesh = parallel.create_mesh()
   backbone, variables, model_config = load_backbone(
     config.eval.backbone, checkpoint_step=int(config.eval.checkpoint_step)
@@ -159,15 +160,6 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "config.dataset.probe_split and eval_split are the same split: the labelled subset would "
       "overlap the evaluation data"
     )
-  subset = ev.semisup_subset
-  settings = dict(
-    lr_backbone=float(ev.semisup_lr_backbone),
-    lr_head=float(ev.semisup_lr_head),
-    momentum=0.9,
-    weight_decay=float(ev.semisup_weight_decay),
-    seed=int(ev.semisup_seed),
-    mesh=mesh,
-  )
   results: dict[str, Any] = {
     "mode": "semisup",
     "backbone_path": _location(ev.backbone),
@@ -176,63 +168,96 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
     **{k: v for k, v in ev.to_dict().items() if k.startswith("semisup_")},
   }
   eval_bs = round_to(int(ev.semisup_batch_size), mesh.size)
-  if subset:
-    if subset not in ("1pct", "10pct"):
-      raise ValueError(f"config.eval.semisup_subset={subset!r}: use '1pct', '10pct' or ''")
-    batch_size = int(ev.semisup_batch_size)
-    train_config = crop_flip_config(
-      config, split="train", batch_size=batch_size, name=f"imagenet2012_subset/{subset}"
-    )
-    steps = int(ev.semisup_epochs) * input_pipeline.steps_per_epoch(train_config)
-    num_classes = _num_classes(config)
-    batches = labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
-    augment = None
-    eval_batches = input_pipeline.create_eval_iterator(
-      config, config.dataset.eval_split, batch_size=eval_bs
-    )
-    results["num_labelled"] = input_pipeline.num_train_examples(train_config)
+  if ev.semisup_subset:
+    data = _imagenet_subset(config, eval_bs)
   else:
-    if not _in_memory(config):
-      raise ValueError(
-        f"config.eval.semisup_subset='' (a fraction) needs an in-memory dataset, not "
-        f"{config.dataset.name!r}: use semisup_subset='1pct'/'10pct' for ImageNet"
-      )
-    train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
-    test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    idx = select_subset(
-      train_y,
-      fraction=float(ev.semisup_fraction),
-      seed=int(ev.semisup_seed),
-      balanced=bool(ev.semisup_balanced),
-    )
-    batch_size = round_to(min(int(ev.semisup_batch_size), len(idx)), mesh.size)
-    steps = max(1, int(ev.semisup_epochs) * (len(idx) // batch_size))
-    batches = random_batches(train_x[idx], train_y[idx], batch_size, seed=int(ev.semisup_seed))
-    view = config.augment.view_a
-    augment = {
-      "area": tuple(view.crop_area),
-      "aspect": tuple(view.crop_aspect),
-      "flip_prob": float(view.flip_prob),
-    }
-    eval_batches = array_batches(test_x, test_y, eval_bs)
-    results["num_labelled"] = len(idx)
-    settings["mesh"] = parallel.local_mesh()
+    data = _labelled_fraction(config, eval_bs, num_devices=mesh.size)
+    mesh = parallel.local_mesh()
+  results["num_labelled"] = data.num_labelled
   trained, info = finetune(
     backbone,
     variables,
-    batches,
-    num_classes=num_classes,
-    num_steps=steps,
-    batch_size=batch_size,
-    augment=augment,
-    **settings,
+    data.batches,
+    num_classes=data.num_classes,
+    num_steps=data.steps,
+    batch_size=data.batch_size,
+    augment=data.augment,
+    lr_backbone=float(ev.semisup_lr_backbone),
+    lr_head=float(ev.semisup_lr_head),
+    momentum=0.9,
+    weight_decay=float(ev.semisup_weight_decay),
+    seed=int(ev.semisup_seed),
+    mesh=mesh,
   )
-  model = Classifier(backbone=backbone, num_classes=num_classes)
-  results.update(classifier_accuracy(model, trained, eval_batches, mesh=settings["mesh"]))
-  results.update(steps=info["steps"], seconds=info["seconds"], batch_size=batch_size)
+  model = Classifier(backbone=backbone, num_classes=data.num_classes)
+  results.update(classifier_accuracy(model, trained, data.eval_batches, mesh=mesh))
+  results.update(steps=info["steps"], seconds=info["seconds"], batch_size=data.batch_size)
   write_results(workdir, results)
   return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _SemisupData:
+  """What `finetune` and `classifier_accuracy` take for one labelled subset."""
+
+  batches: Iterator[dict[str, Any]]
+  eval_batches: Iterator[dict[str, Any]]
+  num_classes: int
+  num_labelled: int
+  batch_size: int
+  steps: int
+  augment: dict[str, Any] | None  # None: the batches come augmented.
+
+
+def _imagenet_subset(config: ml_collections.ConfigDict, eval_bs: int) -> _SemisupData:
+  """TFDS `imagenet2012_subset/<config.eval.semisup_subset>`, crop + flip in the pipeline."""
+  from barlow_jax import data as input_pipeline
+
+  ev = config.eval
+  subset = ev.semisup_subset
+  if subset not in ("1pct", "10pct"):
+    raise ValueError(f"config.eval.semisup_subset={subset!r}: use '1pct', '10pct' or ''")
+  batch_size = int(ev.semisup_batch_size)
+  train_config = crop_flip_config(
+    config, split="train", batch_size=batch_size, name=f"imagenet2012_subset/{subset}"
+  )
+  steps = int(ev.semisup_epochs) * input_pipeline.steps_per_epoch(train_config)
+  num_classes = _num_classes(config)
+  batches = labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
+  eval_batches = input_pipeline.create_eval_iterator(
+    config, config.dataset.eval_split, batch_size=eval_bs
+  )
+  num_labelled = input_pipeline.num_train_examples(train_config)
+  return _SemisupData(batches, eval_batches, num_classes, num_labelled, batch_size, steps, None)
+
+
+def _labelled_fraction(
+  config: ml_collections.ConfigDict, eval_bs: int, *, num_devices: int
+) -> _SemisupData:
+  """`config.eval.semisup_fraction` of an in-memory probe split, crop + flip on the devices."""
+  from barlow_jax import data as input_pipeline
+
+  ev = config.eval
+  if not _in_memory(config):
+    raise ValueError(
+      f"config.eval.semisup_subset='' (a fraction) needs an in-memory dataset, not "
+      f"{config.dataset.name!r}: use semisup_subset='1pct'/'10pct' for ImageNet"
+    )
+  train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
+  test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  idx = select_subset(
+    train_y,
+    fraction=float(ev.semisup_fraction),
+    seed=int(ev.semisup_seed),
+    balanced=bool(ev.semisup_balanced),
+  )
+  batch_size = round_to(min(int(ev.semisup_batch_size), len(idx)), num_devices)
+  steps = max(1, int(ev.semisup_epochs) * (len(idx) // batch_size))
+  batches = random_batches(train_x[idx], train_y[idx], batch_size, seed=int(ev.semisup_seed))
+  eval_batches = array_batches(test_x, test_y, eval_bs)
+  augment = crop_flip_kwargs(config.augment.view_a)
+  return _SemisupData(batches, eval_batches, num_classes, len(idx), batch_size, steps, augment)
 
 
 def _location(path: str) -> str:
