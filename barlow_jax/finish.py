@@ -125,11 +125,7 @@ def final_evaluation(
   if existing is not None:
     reason = _keep_reason(existing, settings, seconds, config)
     if reason:
-      if jax.process_index() == 0:
-        logging.info("Final evaluation: %s: reporting %s/results.md.", reason, workdir)
-        md = checkpointing.path(workdir) / checkpointing.RESULTS_MD
-        if md.exists():
-          print(md.read_text(), flush=True)
+      _report_existing(workdir, reason)
       return existing, False
     logging.info(
       "Final evaluation: the settings changed since %s/results.json was written: recomputing it "
@@ -162,6 +158,15 @@ def final_evaluation(
     stopped = results is None or results.get("evaluation_settings") != settings
     results = None if stopped else results
   return results, stopped
+
+
+def _report_existing(workdir: str, reason: str) -> None:
+  """Process 0 prints the workdir's results.md, saying why it stands."""
+  if jax.process_index() == 0:
+    logging.info("Final evaluation: %s: reporting %s/results.md.", reason, workdir)
+    md = checkpointing.path(workdir) / checkpointing.RESULTS_MD
+    if md.exists():
+      print(md.read_text(), flush=True)
 
 
 def _keep_reason(existing, settings, seconds, config) -> str:

@@ -164,58 +164,8 @@ def markdown(results: dict) -> str:
     f"torch {env['torch']}; {env['date_utc']} UTC.",
     "",
   ]
-  on_device = results.get("step_on_device") or {}
-  peers = {v["variant"]: v for v in (step.get("peer") or {}).get("variants", [])}
-  compiled = results.get("torch_compiled") or {}
-  for v in compiled.get("variants", []):
-    peers[v["variant"]] = v
-  if step or peers:
-    flops = step.get("flops_per_image")
-    peak = step.get("peak_flops")
-    lines += [
-      f"Training step, {step.get('backbone', '?')} + {step.get('projector', '?')}, "
-      f"batch {step.get('batch', '?')}, {step.get('image_size', '?')} px, device batch "
-      f"(median of {step.get('steps', '?')} timed steps); "
-      f"{_fmt(flops, '.2f', 1e-9)} GFLOPs per example (XLA cost analysis); "
-      f"MFU against {_fmt(peak, '.0f', 1e-12)} TFLOP/s dense bf16.",
-      "",
-      "| step | images/s | ms/step | MFU | JAX host-aug / this | note |",
-      "|---|---|---|---|---|---|",
-    ]
-    jax_ips = step.get("device_images_per_second")
-    rows = [("JAX, bf16, host augmentations", step, "")]
-    if on_device.get("device_images_per_second"):
-      rows.append(("JAX, bf16, `augment.on_device=True`", on_device, ""))
-    for key, label in (
-      ("reference", "PyTorch reference: fp16 autocast + GradScaler, LARS"),
-      ("tuned", "PyTorch tuned: bf16 autocast, channels_last, foreach LARS"),
-      ("tuned_compiled", "PyTorch tuned + torch.compile"),
-    ):
-      if key in peers:
-        rows.append((label, peers[key], "peer"))
-    for label, r, kind in rows:
-      if "error" in r:
-        lines.append(f"| {label} | - | - | - | - | failed: {r['error'][:120]} |")
-        continue
-      ips = r.get("images_per_second" if kind else "device_images_per_second")
-      sec = r.get("step_seconds" if kind else "device_step_seconds")
-      f = r.get("flops_per_image") or flops  # The peers do the host-augmentation step's work.
-      mfu = ips * f / peak if ips and f and peak else None
-      ratio = jax_ips / ips if ips and jax_ips else None
-      note = f"{r['skipped_steps']} updates skipped by GradScaler" if r.get("skipped_steps") else ""
-      lines.append(
-        f"| {label} | {_fmt(ips, '.0f')} | {_fmt(sec, '.1f', 1e3)} | {_fmt(mfu, '.1%')} | "
-        f"{_fmt(ratio, '.2f')}x | {note} |"
-      )
-    if step.get("device_step_seconds") and on_device.get("device_step_seconds"):
-      t_on, t_off = on_device["device_step_seconds"], step["device_step_seconds"]
-      f_on, f_off = on_device["flops_per_step"], step["flops_per_step"]
-      lines += [
-        "",
-        f"On-device augmentations: {(t_on - t_off) / t_on:.1%} of the step's time, "
-        f"{(f_on - f_off) / f_on:.2%} of its FLOPs.",
-      ]
-    lines.append("")
+  if step or _peers(results):
+    lines += _step_table(step, results.get("step_on_device") or {}, _peers(results))
   loss_rows = [row for part in results.get("loss", []) for row in part.get("rows", [])]
   if loss_rows:
     lines += ["Loss + gradient (float32, median of device-synchronised calls):", ""]
@@ -223,6 +173,66 @@ def markdown(results: dict) -> str:
   status = ", ".join(f"{k}: {v['status']}" for k, v in results["parts"].items())
   lines.append(f"Parts: {status}.")
   return "\n".join(lines)
+
+
+def _peers(results: dict) -> dict:
+  """The PyTorch peer's variants by name (eager and torch.compile runs)."""
+  step = results.get("step") or {}
+  peers = {v["variant"]: v for v in (step.get("peer") or {}).get("variants", [])}
+  for v in (results.get("torch_compiled") or {}).get("variants", []):
+    peers[v["variant"]] = v
+  return peers
+
+
+def _step_table(step: dict, on_device: dict, peers: dict) -> list[str]:
+  """The training-step table's lines: JAX (host / device augmentations) against the peers."""
+  flops = step.get("flops_per_image")
+  peak = step.get("peak_flops")
+  lines = [
+    f"Training step, {step.get('backbone', '?')} + {step.get('projector', '?')}, "
+    f"batch {step.get('batch', '?')}, {step.get('image_size', '?')} px, device batch "
+    f"(median of {step.get('steps', '?')} timed steps); "
+    f"{_fmt(flops, '.2f', 1e-9)} GFLOPs per example (XLA cost analysis); "
+    f"MFU against {_fmt(peak, '.0f', 1e-12)} TFLOP/s dense bf16.",
+    "",
+    "| step | images/s | ms/step | MFU | JAX host-aug / this | note |",
+    "|---|---|---|---|---|---|",
+  ]
+  jax_ips = step.get("device_images_per_second")
+  rows = [("JAX, bf16, host augmentations", step, "")]
+  if on_device.get("device_images_per_second"):
+    rows.append(("JAX, bf16, `augment.on_device=True`", on_device, ""))
+  for key, label in (
+    ("reference", "PyTorch reference: fp16 autocast + GradScaler, LARS"),
+    ("tuned", "PyTorch tuned: bf16 autocast, channels_last, foreach LARS"),
+    ("tuned_compiled", "PyTorch tuned + torch.compile"),
+  ):
+    if key in peers:
+      rows.append((label, peers[key], "peer"))
+  for label, r, kind in rows:
+    if "error" in r:
+      lines.append(f"| {label} | - | - | - | - | failed: {r['error'][:120]} |")
+      continue
+    ips = r.get("images_per_second" if kind else "device_images_per_second")
+    sec = r.get("step_seconds" if kind else "device_step_seconds")
+    f = r.get("flops_per_image") or flops  # The peers do the host-augmentation step's work.
+    mfu = ips * f / peak if ips and f and peak else None
+    ratio = jax_ips / ips if ips and jax_ips else None
+    note = f"{r['skipped_steps']} updates skipped by GradScaler" if r.get("skipped_steps") else ""
+    lines.append(
+      f"| {label} | {_fmt(ips, '.0f')} | {_fmt(sec, '.1f', 1e3)} | {_fmt(mfu, '.1%')} | "
+      f"{_fmt(ratio, '.2f')}x | {note} |"
+    )
+  if step.get("device_step_seconds") and on_device.get("device_step_seconds"):
+    t_on, t_off = on_device["device_step_seconds"], step["device_step_seconds"]
+    f_on, f_off = on_device["flops_per_step"], step["flops_per_step"]
+    lines += [
+      "",
+      f"On-device augmentations: {(t_on - t_off) / t_on:.1%} of the step's time, "
+      f"{(f_on - f_off) / f_on:.2%} of its FLOPs.",
+    ]
+  lines.append("")
+  return lines
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:

@@ -406,22 +406,10 @@ def run_variant(
     y1, y2 = (y.contiguous(memory_format=torch.channels_last) for y in (y1, y2))
   step = make_step(variant, model, device, batch)
   start = time.perf_counter()
-  warmup_steps = 0
-  for _ in range(max(warmup, max_warmup)):
-    step(y1, y2)
-    warmup_steps += 1
-    if warmup_steps >= warmup and not step.skipped:
-      break
+  warmup_steps = _warm_up(step, (y1, y2), warmup=warmup, max_warmup=max_warmup)
   _synchronize(device)
   warmup_seconds = time.perf_counter() - start
-  times, skipped = [], 0
-  loss = torch.zeros(())
-  for _ in range(steps):
-    t = time.perf_counter()
-    loss = step(y1, y2)
-    _synchronize(device)
-    times.append(time.perf_counter() - t)
-    skipped += bool(step.skipped)
+  times, skipped, loss = _timed_steps(step, (y1, y2), steps, device)
   median = statistics.median(times) if times else math.nan
   result = {
     "variant": variant,
@@ -447,6 +435,30 @@ def run_variant(
     torch.cuda.reset_peak_memory_stats(device)
     torch.cuda.empty_cache()
   return result
+
+
+def _warm_up(step: Callable, views, *, warmup: int, max_warmup: int) -> int:
+  """Runs `warmup` steps (at least one), more (up to `max_warmup`) while GradScaler skips."""
+  warmup_steps = 0
+  for _ in range(max(warmup, max_warmup)):
+    step(*views)
+    warmup_steps += 1
+    if warmup_steps >= warmup and not step.skipped:
+      break
+  return warmup_steps
+
+
+def _timed_steps(step: Callable, views, steps: int, device: torch.device):
+  """(seconds of each synchronised step, how many GradScaler skipped, the last loss)."""
+  times, skipped = [], 0
+  loss = torch.zeros(())
+  for _ in range(steps):
+    t = time.perf_counter()
+    loss = step(*views)
+    _synchronize(device)
+    times.append(time.perf_counter() - t)
+    skipped += bool(step.skipped)
+  return times, skipped, loss
 
 
 def _device_name(device: torch.device) -> str:
