@@ -269,7 +269,8 @@ def _frobenius_sq_partial_bwd(axis_name, residuals, cotangent):
 _frobenius_sq_partial.defvjp(_frobenius_sq_partial_fwd, _frobenius_sq_partial_bwd)
 
 
-def _default_block_size(d: int) -> int:
+def default_block_size(d: int) -> int:
+  """Columns per tile of `method="blockwise"` for embedding width `d` (a multiple of 128, <= d)."""
   block = max(128, (_BLOCK_TILE_BYTES // (4 * d)) // 128 * 128)
   return min(block, d)
 
@@ -314,8 +315,11 @@ def _offdiag_sumsq_blockwise(a, b, n_global, axis_name, block_size) -> jax.Array
   return jnp.sum(_blockwise_reduce(a, b, n_global, axis_name, block_size, tile_fn))
 
 
-def _choose_method(variant: str, n_global: int, d: int) -> str:
-  """The documented "auto" rule (module docstring)."""
+def choose_method(variant: str, n_global: int, d: int) -> str:
+  """What `method="auto"` picks for `variant` at global batch `n_global` and width `d`.
+
+  Returns "dense", "gram" or "blockwise" by the rule of the module docstring.
+  """
   dense_fits = 4 * d * d <= _AUTO_MAX_MATRIX_BYTES
   if variant in _NEEDS_ALL_OF_C:
     return "dense" if dense_fits else "blockwise"
@@ -397,9 +401,9 @@ def barlow_twins_loss_terms(
   _validate_options(variant, method, lambd, eps, temperature, block_size)
   n_global, d = _check_inputs("z_a", z_a, "z_b", z_b, axis_name)
   if method == "auto":
-    method = _choose_method(variant, n_global, d)
+    method = choose_method(variant, n_global, d)
   if block_size is None:
-    block_size = _default_block_size(d)
+    block_size = default_block_size(d)
 
   a = _normalise(z_a, variant, n_global, eps, axis_name)
   b = _normalise(z_b, variant, n_global, eps, axis_name)

@@ -47,7 +47,7 @@ def resolve_method(method: str, n: int, d: int) -> str:
     return method
   from barlow_jax import losses
 
-  return losses._choose_method("barlow_twins", n, d)
+  return losses.choose_method("barlow_twins", n, d)
 
 
 def estimate(method: str, n: int, d: int) -> tuple[float, float]:
@@ -60,7 +60,7 @@ def estimate(method: str, n: int, d: int) -> tuple[float, float]:
     return inputs + 4.0 * d * d * 4, 6.0 * n * d * d
   if method == "gram":
     return inputs + 4.0 * n * n * 4, 8.0 * n * n * d
-  block = losses._default_block_size(d)
+  block = losses.default_block_size(d)
   return inputs + 4.0 * d * block * 4, 8.0 * n * d * d
 
 

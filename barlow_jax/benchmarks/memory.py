@@ -111,6 +111,7 @@ def _abstract(tree, shardings):
   )
 
 
+# Long by its docstring and the abstract shapes it builds for its one compile, read top to bottom.
 def step_memory(
   config, mesh, *, num_classes: int, steps_per_epoch: int = 1, views_dtype: str = "uint8"
 ) -> dict:
@@ -130,14 +131,36 @@ def step_memory(
     `memory_analysis()` of the compiled step), `num_params`, `num_projector_params`,
     `lower_seconds`, `compile_seconds`.
   """
-  import jax
+  import functools
 
-  from barlow_jax import parallel
+  import jax
+  import jax.numpy as jnp
+
+  from barlow_jax import parallel, train
 
   t0 = time.perf_counter()
-  shapes, shardings, lowered = _lowered_step(
-    config, mesh, num_classes=num_classes, steps_per_epoch=steps_per_epoch, views_dtype=views_dtype
+  min_size = parallel.fsdp_min_size(config)
+  init = functools.partial(
+    train.create_train_state,
+    config,
+    mesh=mesh,
+    steps_per_epoch=steps_per_epoch,
+    num_classes=num_classes,
   )
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  shardings = train.state_shardings(shapes, mesh, fsdp_min_size=min_size)
+  state = _abstract(shapes, shardings)
+  batch_sharding = train.batch_sharding(mesh)
+  size = int(config.dataset.image_size)
+  view = jax.ShapeDtypeStruct(
+    (int(config.batch_size), size, size, 3), jnp.dtype(views_dtype), sharding=batch_sharding
+  )
+  batch = {"view_a": view, "view_b": view}
+  if num_classes:
+    batch["label"] = jax.ShapeDtypeStruct(
+      (int(config.batch_size),), jnp.int32, sharding=batch_sharding
+    )
+  lowered = train.jit_train_step(config, mesh, state).lower(state, batch)
   lower_seconds = time.perf_counter() - t0
   t0 = time.perf_counter()
   analysis = lowered.compile().memory_analysis()
@@ -163,38 +186,6 @@ def step_memory(
     "lower_seconds": lower_seconds,
     "compile_seconds": compile_seconds,
   }
-
-
-def _lowered_step(config, mesh, *, num_classes: int, steps_per_epoch: int, views_dtype: str):
-  """(state shapes, state shardings, the lowered train step) from abstract shapes only."""
-  import functools
-
-  import jax
-  import jax.numpy as jnp
-
-  from barlow_jax import parallel, train
-
-  init = functools.partial(
-    train.create_train_state,
-    config,
-    mesh=mesh,
-    steps_per_epoch=steps_per_epoch,
-    num_classes=num_classes,
-  )
-  shapes = jax.eval_shape(init, jax.random.key(0))
-  shardings = train.state_shardings(shapes, mesh, fsdp_min_size=parallel.fsdp_min_size(config))
-  state = _abstract(shapes, shardings)
-  batch_sharding = train.batch_sharding(mesh)
-  size = int(config.dataset.image_size)
-  view = jax.ShapeDtypeStruct(
-    (int(config.batch_size), size, size, 3), jnp.dtype(views_dtype), sharding=batch_sharding
-  )
-  batch = {"view_a": view, "view_b": view}
-  if num_classes:
-    batch["label"] = jax.ShapeDtypeStruct(
-      (int(config.batch_size),), jnp.int32, sharding=batch_sharding
-    )
-  return shapes, shardings, train.jit_train_step(config, mesh, state).lower(state, batch)
 
 
 def run(args) -> dict:
