@@ -69,9 +69,9 @@ def test_peak_flops_of_known_and_unknown_chips():
 
 
 def test_suite_part_time_limit_kills_a_silent_hang(tmp_path):
-  log = suite._Log(str(tmp_path / "suite.log"))
+  log = suite.SuiteLog(str(tmp_path / "suite.log"))
   cmd = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(600)"]
-  result = suite._run_part(log, "hang", cmd, timeout=3)
+  result = suite.run_part(log, "hang", cmd, timeout=3)
   log.close()
   assert result["status"] == "timeout after 3 s" and result["seconds"] < 30
   assert "[hang] started" in (tmp_path / "suite.log").read_text()
@@ -156,7 +156,7 @@ def test_suite_runs_jax_and_torch_apart_when_the_joint_step_part_leaves_nothing(
         json.dump(canned[name], f)
     return {"status": "ok" if name in canned else "failed (exit 1)", "seconds": 1.0}
 
-  monkeypatch.setattr(suite, "_run_part", fake_run_part)
+  monkeypatch.setattr(suite, "run_part", fake_run_part)
   argv = ["suite", "--tiny", f"--out_dir={tmp_path}", "--parts", "step", "loss"]
   assert suite.main(argv) == 0
   assert calls == ["step", "step_jax_alone", "torch_alone", "loss", "loss"]

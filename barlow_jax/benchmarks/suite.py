@@ -73,7 +73,7 @@ LOSS_RESERVE = 80.0
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml_collections", "torch")
 
 
-class _Log:
+class SuiteLog:
   """Lines to stdout and to suite.log at once, flushed, so a killed run keeps what it printed."""
 
   def __init__(self, path: str):
@@ -109,7 +109,7 @@ def _environment() -> dict:
   return env
 
 
-def _run_part(log: _Log, name: str, cmd: list[str], timeout: float) -> dict:
+def run_part(log: SuiteLog, name: str, cmd: list[str], timeout: float) -> dict:
   """Runs `cmd` with its output streamed into the log, killed after `timeout` s; never raises."""
   log(f"=== {name}: {' '.join(cmd)}  (limit {timeout:.0f} s)")
   start = time.perf_counter()
@@ -269,7 +269,7 @@ def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
   if "step" in args.parts:
     args.parts += FALLBACKS
   os.makedirs(args.out_dir, exist_ok=True)
-  log = _Log(os.path.join(args.out_dir, "suite.log"))
+  log = SuiteLog(os.path.join(args.out_dir, "suite.log"))
   sizes = TINY if args.tiny else FULL
   start = time.perf_counter()
   results = {"environment": _environment(), "parts": {}, "loss": []}
@@ -286,7 +286,7 @@ def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
       results["parts"][name] = {"status": f"not run: {remaining():.0f} s of budget left"}
       log(f"=== {name}: not run, {remaining():.0f} s of the budget left")
       return None
-    results["parts"][name] = _run_part(log, name, [sys.executable, "-m", *argv], limit)
+    results["parts"][name] = run_part(log, name, [sys.executable, "-m", *argv], limit)
     return _load(out_path)
 
   step_args = ["barlow_jax.benchmark", "step", *sizes["model"], *sizes["shape"], *sizes["timing"]]
