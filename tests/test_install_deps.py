@@ -129,4 +129,4 @@ def test_the_notebook_installs_around_a_preinstalled_tensorflow_and_jax(tmp_path
 
 def _freeze(python: str) -> dict[str, str]:
   out = subprocess.check_output([python, "-m", "pip", "list", "--format=json"], text=True)
-  return {install_deps._name(d["name"]): d["version"] for d in json.loads(out)}
+  return {install_deps.distribution_name(d["name"]): d["version"] for d in json.loads(out)}

@@ -34,7 +34,7 @@ _KEEP = re.compile(
 )
 
 
-def _name(requirement: str) -> str:
+def distribution_name(requirement: str) -> str:
   """The normalised distribution name of a requirement string (PEP 503)."""
   match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
   if not match:
@@ -54,12 +54,12 @@ def plan(requirements: Iterable[str], installed: Mapping[str, str]) -> tuple[lis
     The requirements with `tensorflow-cpu` renamed `tensorflow` when `tensorflow` is installed,
     and `name==version` pins of the installed runtime distributions (`_KEEP`).
   """
-  installed = {_name(k): v for k, v in installed.items()}
+  installed = {distribution_name(k): v for k, v in installed.items()}
   out = []
   for requirement in requirements:
     if re.search(r"extra\s*==", requirement):
       continue
-    if _name(requirement) == "tensorflow-cpu" and "tensorflow" in installed:
+    if distribution_name(requirement) == "tensorflow-cpu" and "tensorflow" in installed:
       requirement = re.sub(r"^\s*tensorflow[-_.]cpu", "tensorflow", requirement, flags=re.I)
     out.append(requirement)
   pins = [f"{name}=={version}" for name, version in sorted(installed.items()) if _KEEP.match(name)]
