@@ -24,6 +24,7 @@ from barlow_jax.evaluation.features import (
   backbone_variables,
 )
 from barlow_jax.evaluation.linear_probe import (
+  cosine_to_zero,
   linear_head_kernel_init,
   torch_sgd,
 )
@@ -277,10 +278,7 @@ def two_rate_sgd(
   weight decay on weights only (ndim > 1).
   """
 
-  def part(lr):
-    rate = lr * batch_size / 256
-    sched = lambda t: rate * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, num_steps) / num_steps))
-    return torch_sgd(sched, momentum, 0.0)
+  part = lambda lr: torch_sgd(cosine_to_zero(lr * batch_size / 256, num_steps), momentum, 0.0)
 
   decay = optax.add_decayed_weights(
     weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from barlow_jax import parallel
+from barlow_jax import optim, parallel
 from barlow_jax.evaluation.features import (
   accuracy_over_batches,
   backbone_variables,
@@ -44,6 +44,13 @@ class LinearProbe:
     """[N, D] features -> [N, C] logits."""
     x = (jnp.asarray(features, jnp.float32) - self.mean) / self.std
     return x @ self.kernel + self.bias
+
+
+def cosine_to_zero(base_lr: float, total_steps: int) -> optim.Schedule:
+  """The probes' per-step cosine from `base_lr` to 0 over `total_steps` (no warmup): optim's."""
+  return optim.warmup_cosine_schedule(
+    base_lr, warmup_steps=0, total_steps=total_steps, end_lr_factor=0.0
+  )
 
 
 def torch_sgd(lr_schedule, momentum: float, weight_decay) -> optax.GradientTransformation:
@@ -84,8 +91,7 @@ def _fit_linear(
   n, d = features.shape
   steps_per_epoch = n // batch_size
   total = epochs * steps_per_epoch
-  schedule = lambda step: lr * 0.5 * (1.0 + jnp.cos(jnp.pi * step / total))
-  tx = torch_sgd(schedule, momentum, weight_decay)
+  tx = torch_sgd(cosine_to_zero(lr, total), momentum, weight_decay)
   init_key, key = jax.random.split(key)
   params = linear_head_init(init_key, d, num_classes)
 
@@ -283,7 +289,7 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
   total = int(config.eval.probe_epochs) * input_pipeline.steps_per_epoch(train_config)
   rate = float(config.eval.probe_lr) * batch_size / 256
   tx = torch_sgd(
-    lambda t: rate * 0.5 * (1.0 + jnp.cos(jnp.pi * t / total)),
+    cosine_to_zero(rate, total),
     float(config.eval.probe_momentum),
     float(config.eval.probe_weight_decay),
   )
