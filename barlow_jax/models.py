@@ -43,6 +43,30 @@ def _channels(base: int, width: float) -> int:
   return max(1, int(round(base * width)))
 
 
+def _without_bias(layer, module: nn.Module, kernel_init):
+  """`layer` (nn.Conv / nn.Dense) without bias, in `module`'s dtype and param_dtype."""
+  return functools.partial(
+    layer,
+    use_bias=False,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    kernel_init=kernel_init,
+  )
+
+
+def _batch_norm(module: nn.Module, train: bool):
+  """`BatchNorm` with `module`'s bn_momentum, bn_epsilon, axis_name, dtype and param_dtype."""
+  return functools.partial(
+    BatchNorm,
+    use_running_average=not train,
+    momentum=module.bn_momentum,
+    epsilon=module.bn_epsilon,
+    axis_name=module.axis_name,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+  )
+
+
 def _shortcut(block, x):
   """torchvision's `downsample` (1x1 strided conv + BN) where the block changes shape, else x.
 
@@ -56,8 +80,10 @@ def _shortcut(block, x):
   return block.norm(name="downsample_bn")(identity)
 
 
-class BasicBlock(nn.Module):
-  """torchvision's BasicBlock: two 3x3 convolutions (ResNet-18 / 34)."""
+class _ResidualBlock(nn.Module):
+  """The fields of torchvision's residual blocks: `planes` channels (times `expansion` out),
+  `strides` on the block's strided convolution, its conv / BatchNorm partials, and whether the
+  branch's last BN starts at scale 0 (`zero_init_residual`, the reference's torchvision option)."""
 
   planes: int
   strides: int
@@ -67,32 +93,32 @@ class BasicBlock(nn.Module):
 
   expansion: ClassVar[int] = 1
 
+  @property
+  def last_bn_init(self):
+    return nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+
+
+class BasicBlock(_ResidualBlock):
+  """torchvision's BasicBlock: two 3x3 convolutions (ResNet-18 / 34)."""
+
   @nn.compact
   def __call__(self, x):
-    last_bn_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     y = self.conv(
       self.planes, (3, 3), (self.strides, self.strides), ((1, 1), (1, 1)), name="conv1"
     )(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.planes, (3, 3), (1, 1), ((1, 1), (1, 1)), name="conv2")(y)
-    y = self.norm(name="bn2", scale_init=last_bn_init)(y)
+    y = self.norm(name="bn2", scale_init=self.last_bn_init)(y)
     return nn.relu(y + _shortcut(self, x))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_ResidualBlock):
   """torchvision's Bottleneck, v1.5: 1x1 -> 3x3 (carries the stride) -> 1x1 with 4x expansion."""
-
-  planes: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  zero_init_residual: bool = True
 
   expansion: ClassVar[int] = 4
 
   @nn.compact
   def __call__(self, x):
-    last_bn_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     y = self.conv(self.planes, (1, 1), (1, 1), "VALID", name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(
@@ -100,7 +126,7 @@ class BottleneckBlock(nn.Module):
     )(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.planes * self.expansion, (1, 1), (1, 1), "VALID", name="conv3")(y)
-    y = self.norm(name="bn3", scale_init=last_bn_init)(y)
+    y = self.norm(name="bn3", scale_init=self.last_bn_init)(y)
     return nn.relu(y + _shortcut(self, x))
 
 
@@ -161,22 +187,8 @@ class ResNet(nn.Module):
       )
     if x.ndim != 4:
       raise ValueError(f"ResNet input x must be NHWC images [N, H, W, C], got shape {x.shape}.")
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=conv_kernel_init,
-    )
-    norm = functools.partial(
-      BatchNorm,
-      use_running_average=not train,
-      momentum=self.bn_momentum,
-      epsilon=self.bn_epsilon,
-      axis_name=self.axis_name,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
+    conv = _without_bias(nn.Conv, self, conv_kernel_init)
+    norm = _batch_norm(self, train)
     if self.standardize_input:
       x = standardize_images(x, self.input_epsilon)
     stem_channels = _channels(64, self.width)
@@ -273,25 +285,11 @@ class Projector(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     """Maps representations [N, F] to float32 embeddings [N, sizes[-1]]."""
-    dense = functools.partial(
-      nn.Dense,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=linear_kernel_init,
-    )
+    dense = _without_bias(nn.Dense, self, linear_kernel_init)
     for i, size in enumerate(self.sizes[:-1]):
       x = dense(size, name=f"linear{i}")(x)
       if self.use_batch_norm:
-        x = BatchNorm(
-          use_running_average=not train,
-          momentum=self.bn_momentum,
-          epsilon=self.bn_epsilon,
-          axis_name=self.axis_name,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"bn{i}",
-        )(x)
+        x = _batch_norm(self, train)(name=f"bn{i}")(x)
       x = nn.relu(x)
     x = dense(self.sizes[-1], name=f"linear{len(self.sizes) - 1}")(x)
     return x.astype(jnp.float32)

@@ -125,12 +125,16 @@ def relative_errors(actual, expected):
 # Tests.
 
 
-def test_lars_matches_the_reference_step_for_step_in_float64():
+def _reference_case():
+  """(config, float64 params, per-step gradients, the reference LARS's float64 result)."""
   config = small_config()
-  steps = NUM_EPOCHS * STEPS_PER_EPOCH
   params64 = make_params(np.float64)
-  grads = make_grads(params64, steps)
-  expected = reference_lars(params64, grads, config, STEPS_PER_EPOCH)
+  grads = make_grads(params64, NUM_EPOCHS * STEPS_PER_EPOCH)
+  return config, params64, grads, reference_lars(params64, grads, config, STEPS_PER_EPOCH)
+
+
+def test_lars_matches_the_reference_step_for_step_in_float64():
+  config, params64, grads, expected = _reference_case()
 
   with jax.enable_x64():
     tx, _ = optim.create_optimizer(config, STEPS_PER_EPOCH)
@@ -148,11 +152,7 @@ def test_lars_matches_the_reference_step_for_step_in_float64():
 
 
 def test_lars_matches_the_reference_in_float32():
-  config = small_config()
-  steps = NUM_EPOCHS * STEPS_PER_EPOCH
-  params64 = make_params(np.float64)
-  grads = make_grads(params64, steps)
-  expected = reference_lars(params64, grads, config, STEPS_PER_EPOCH)
+  config, _, grads, expected = _reference_case()
   tx, _ = optim.create_optimizer(config, STEPS_PER_EPOCH)
   params32 = make_params(np.float32)
   actual = run_optax(tx, jax.tree.map(jnp.asarray, params32), grads, jnp.float32)

@@ -5,6 +5,7 @@ A backbone is a flax module plus its variables `{"params", "batch_stats"}` (eval
 checkpoint. Batches reach the devices through `barlow_jax.parallel`.
 """
 
+import dataclasses
 import functools
 import math
 import os
@@ -109,6 +110,40 @@ def array_batches(
       lab = np.concatenate([lab, np.zeros((pad,), lab.dtype)])
       mask = np.concatenate([mask, np.zeros((pad,), bool)])
     yield {"image": img, "label": lab, "mask": mask}
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSplits:
+  """An in-memory labelled dataset: images [N, S, S, 3] float32, labels [N] int32 per split."""
+
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int  # The largest label of either split + 1.
+
+
+def load_labelled_splits(config: ml_collections.ConfigDict) -> LabelledSplits:
+  """`config.dataset.probe_split` (train) and `eval_split` (test) of an in-memory dataset."""
+  from barlow_jax import data as input_pipeline
+
+  train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
+  test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
+  train_y, test_y = np.asarray(train_y, np.int32), np.asarray(test_y, np.int32)
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  return LabelledSplits(train_x, train_y, test_x, test_y, num_classes)
+
+
+def split_features(
+  backbone: nn.Module, variables: Mapping[str, Any], data: LabelledSplits, *, mesh: Mesh
+) -> tuple[np.ndarray, np.ndarray]:
+  """(train [N, F], test [M, F]) float32 features of both splits (`extract_features`)."""
+  batch_size = eval_batch_size(len(data.train_x), mesh.size)
+  out = []
+  for images, labels in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
+    batches = array_batches(images, labels, batch_size)
+    out.append(extract_features(backbone, variables, batches, mesh=mesh)[0])
+  return out[0], out[1]
 
 
 def accuracy_over_batches(

@@ -2,7 +2,6 @@
 reference; its targets, its Markdown, and the results files of every evaluation.
 """
 
-import dataclasses
 import functools
 import os
 import time
@@ -19,12 +18,12 @@ from barlow_jax import checkpointing, parallel, progress
 from barlow_jax.evaluation import baselines
 from barlow_jax.evaluation.baselines import recalibrate_batch_stats, supervised_row
 from barlow_jax.evaluation.features import (
-  array_batches,
+  LabelledSplits,
   create_backbone,
-  eval_batch_size,
-  extract_features,
   init_backbone,
+  load_labelled_splits,
   round_to,
+  split_features,
 )
 from barlow_jax.evaluation.linear_probe import (
   probe_kwargs_from_config,
@@ -100,39 +99,21 @@ def run_final_evaluation(
   return results
 
 
-@dataclasses.dataclass(frozen=True)
-class TableData:
-  """The final table's labelled in-memory arrays: images [N, S, S, 3] float32, labels [N] int32."""
-
-  train_x: np.ndarray
-  train_y: np.ndarray
-  test_x: np.ndarray
-  test_y: np.ndarray
-  num_classes: int
-
-
-def load_table_data(config: ml_collections.ConfigDict) -> TableData:
+def load_table_data(config: ml_collections.ConfigDict) -> LabelledSplits:
   """`config.dataset.probe_split` (train) and `eval_split` (test) as in-memory arrays.
 
   Raises:
     ValueError: either split is empty (the message names both keys and `config.eval.final`).
   """
-  from barlow_jax import data as input_pipeline
-
-  probe_split, eval_split = config.dataset.probe_split, config.dataset.eval_split
-  if not probe_split or not eval_split:
+  if not config.dataset.probe_split or not config.dataset.eval_split:
     raise ValueError(
       "the final evaluation needs labelled data: set config.dataset.probe_split and "
       "config.dataset.eval_split, or config.eval.final=False"
     )
-  train_x, train_y = input_pipeline.load_labelled_arrays(config, probe_split)
-  test_x, test_y = input_pipeline.load_labelled_arrays(config, eval_split)
-  train_y, test_y = np.asarray(train_y, np.int32), np.asarray(test_y, np.int32)
-  num_classes = int(max(train_y.max(), test_y.max())) + 1
-  return TableData(train_x, train_y, test_x, test_y, num_classes)
+  return load_labelled_splits(config)
 
 
-def _table_results(config, data: TableData, rows, pretrain_seconds, pretrain_steps) -> dict:
+def _table_results(config, data: LabelledSplits, rows, pretrain_seconds, pretrain_steps) -> dict:
   """results.json without its "eval_seconds" and "evaluation_settings"."""
   return {
     "dataset": config.dataset.name,
@@ -155,10 +136,9 @@ def _table_results(config, data: TableData, rows, pretrain_seconds, pretrain_ste
 class _TableRows:
   """The table's rows as they are computed: each one a logged, stoppable phase."""
 
-  def __init__(self, config, data: TableData, mesh: Mesh, should_stop):
+  def __init__(self, config, data: LabelledSplits, mesh: Mesh, should_stop):
     self.config, self.data, self.mesh, self.should_stop = config, data, mesh, should_stop
     self.backbone = create_backbone(config.model)
-    self.eval_bs = eval_batch_size(len(data.train_x), mesh.size)
     self.standardised = bool(config.eval.baselines and config.model.get("standardize_input", False))
     self.supervised = bool(config.eval.baselines and config.eval.supervised)
     num_phases = 1 + (3 + self.standardised + self.supervised) * bool(config.eval.baselines)
@@ -167,14 +147,7 @@ class _TableRows:
 
   def features(self, variables) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) features of the backbone with `variables`."""
-    out = []
-    for images, labels in (
-      (self.data.train_x, self.data.train_y),
-      (self.data.test_x, self.data.test_y),
-    ):
-      batches = array_batches(images, labels, self.eval_bs)
-      out.append(extract_features(self.backbone, variables, batches, mesh=self.mesh)[0])
-    return out[0], out[1]
+    return split_features(self.backbone, variables, self.data, mesh=self.mesh)
 
   def evaluate(self, name: str, train_f, test_f, **extra) -> dict[str, Any]:
     """A row of [N, D] train / [M, D] test features: linear probe + kNN."""

@@ -216,13 +216,10 @@ def crop_flip_config(
     out.dataset.name = name
   out.batch_size = int(batch_size)
   out.num_train_examples = -1
+  off = ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "channel_permute_prob")
   for view in (out.augment.view_a, out.augment.view_b):
-    view.jitter_prob = 0.0
-    view.grayscale_prob = 0.0
-    view.blur_prob = 0.0
-    view.solarize_prob = 0.0
-    view.channel_permute_prob = 0.0
-    view.noise_std = 0.0
+    for key in (*off, "noise_std"):
+      view[key] = 0.0
   return out
 
 

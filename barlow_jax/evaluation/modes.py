@@ -13,10 +13,10 @@ from etils import epath
 from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
   array_batches,
-  eval_batch_size,
-  extract_features,
   load_backbone,
+  load_labelled_splits,
   round_to,
+  split_features,
 )
 from barlow_jax.evaluation.final_table import write_results
 from barlow_jax.evaluation.finetune import (
@@ -99,14 +99,9 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[s
 
 
 def _features_evaluation(config, backbone, variables, mesh, *, knn_only):
-  from barlow_jax import data as input_pipeline
-
-  train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
-  test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
-  num_classes = int(max(train_y.max(), test_y.max())) + 1
-  bs = eval_batch_size(len(train_x), mesh.size)
-  ftr, _ = extract_features(backbone, variables, array_batches(train_x, train_y, bs), mesh=mesh)
-  fte, _ = extract_features(backbone, variables, array_batches(test_x, test_y, bs), mesh=mesh)
+  data = load_labelled_splits(config)
+  train_y, test_y, num_classes = data.train_y, data.test_y, data.num_classes
+  ftr, fte = split_features(backbone, variables, data, mesh=mesh)
   out = {
     "num_train": len(ftr),
     "num_eval": len(fte),
@@ -235,17 +230,14 @@ def _labelled_fraction(
   config: ml_collections.ConfigDict, eval_bs: int, *, num_devices: int
 ) -> _SemisupData:
   """`config.eval.semisup_fraction` of an in-memory probe split, crop + flip on the devices."""
-  from barlow_jax import data as input_pipeline
-
   ev = config.eval
   if not _in_memory(config):
     raise ValueError(
       f"config.eval.semisup_subset='' (a fraction) needs an in-memory dataset, not "
       f"{config.dataset.name!r}: use semisup_subset='1pct'/'10pct' for ImageNet"
     )
-  train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
-  test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
-  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  data = load_labelled_splits(config)
+  train_x, train_y, num_classes = data.train_x, data.train_y, data.num_classes
   idx = select_subset(
     train_y,
     fraction=float(ev.semisup_fraction),
@@ -255,7 +247,7 @@ def _labelled_fraction(
   batch_size = round_to(min(int(ev.semisup_batch_size), len(idx)), num_devices)
   steps = max(1, int(ev.semisup_epochs) * (len(idx) // batch_size))
   batches = random_batches(train_x[idx], train_y[idx], batch_size, seed=int(ev.semisup_seed))
-  eval_batches = array_batches(test_x, test_y, eval_bs)
+  eval_batches = array_batches(data.test_x, data.test_y, eval_bs)
   augment = crop_flip_kwargs(config.augment.view_a)
   return _SemisupData(batches, eval_batches, num_classes, len(idx), batch_size, steps, augment)
 
