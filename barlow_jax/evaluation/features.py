@@ -197,6 +197,9 @@ def load_backbone(
 ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict]:
   """Reads a frozen backbone from any of the places a run or a conversion leaves one.
 
+  Finds the backbone, reads it through `checkpointing` and builds its module;
+  `checkpointing.load_backbone` (also `convert.load_backbone`) reads one backbone directory only.
+
   Args:
     path: one of
       - a backbone directory (`model_config.json` + orbax `{"params", "batch_stats"}`): a
