@@ -392,18 +392,9 @@ def run_variant(
   skipped), warmup_steps, loss (last), device, variant, and the settings.
   """
   device = torch.device(device)
-  if variant != "reference" and device.type == "cuda":
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-  torch.manual_seed(seed)
-  model = BarlowTwins(backbone, projector, batch_size=batch, width=width).to(device)
-  generator = torch.Generator(device="cpu").manual_seed(seed)
-  shape = (batch, 3, image_size, image_size)
-  y1, y2 = (torch.randn(shape, generator=generator).to(device) for _ in range(2))
-  if variant != "reference":
-    model = model.to(memory_format=torch.channels_last)
-    y1, y2 = (y.contiguous(memory_format=torch.channels_last) for y in (y1, y2))
+  model, y1, y2 = _model_and_views(
+    variant, device, backbone, projector, width, batch, image_size, seed
+  )
   step = make_step(variant, model, device, batch)
   start = time.perf_counter()
   warmup_steps = _warm_up(step, (y1, y2), warmup=warmup, max_warmup=max_warmup)
@@ -435,6 +426,23 @@ def run_variant(
     torch.cuda.reset_peak_memory_stats(device)
     torch.cuda.empty_cache()
   return result
+
+
+def _model_and_views(variant, device, backbone, projector, width, batch, image_size, seed):
+  """The seeded model and its two fixed N(0, 1) views on `device`, in the variant's layout."""
+  if variant != "reference" and device.type == "cuda":
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+  torch.manual_seed(seed)
+  model = BarlowTwins(backbone, projector, batch_size=batch, width=width).to(device)
+  generator = torch.Generator(device="cpu").manual_seed(seed)
+  shape = (batch, 3, image_size, image_size)
+  y1, y2 = (torch.randn(shape, generator=generator).to(device) for _ in range(2))
+  if variant != "reference":
+    model = model.to(memory_format=torch.channels_last)
+    y1, y2 = (y.contiguous(memory_format=torch.channels_last) for y in (y1, y2))
+  return model, y1, y2
 
 
 def _warm_up(step: Callable, views, *, warmup: int, max_warmup: int) -> int:
