@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from barlow_jax import evaluate
-from barlow_jax.evaluation import final_table, knn
+from barlow_jax.evaluation import final_table, knn, metrics
 
 
 def _separable_linear_data(rng, n, d, c, margin):
@@ -36,6 +36,22 @@ def test_topk_accuracy_hand_made():
   assert float(evaluate.topk_accuracy(logits, labels, 5, mask)) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="k must be"):
     evaluate.topk_accuracy(logits, labels, 8)
+
+
+def test_topk_counts_hand_made():
+  logits = np.array(
+    [
+      [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # label 6: top-1 hit.
+      [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # label 4: rank 5, top-5 hit only.
+      [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # label 0: a hit, but masked out.
+      [0.0, 9.0, 0.5, 0.2, 0.1, 0.3, 0.4],  # label 2: rank 2.
+    ],
+    np.float32,
+  )
+  labels, mask = np.array([6, 4, 0, 2]), np.array([True, True, False, True])
+  np.testing.assert_allclose(metrics.topk_counts(logits, labels, mask), [1.0, 3.0, 3.0])
+  # Fewer than 5 classes: "top-5" is top-C, every unmasked row a hit.
+  np.testing.assert_allclose(metrics.topk_counts(logits[:, :3], labels % 3, mask), [0.0, 3.0, 3.0])
 
 
 def _knn_numpy(train_x, train_y, test_x, k, t, c):
