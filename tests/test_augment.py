@@ -86,6 +86,8 @@ def test_flip_solarize_grayscale_exact_on_known_pixels():
   np.testing.assert_array_equal(colour.flip_left_right(image).numpy(), image[:, ::-1])
   solar = colour.solarize(tf.constant(image), 0.5).numpy()
   np.testing.assert_allclose(solar, [[[0.1, 0.2, 0.3], [0.5, 0.4, 1 - 0.9]]], atol=1e-7)
+  solar = colour.solarize(tf.constant(image), 0.6).numpy()  # A pixel at the threshold flips.
+  np.testing.assert_allclose(solar, [[[0.1, 0.2, 0.3], [0.5, 1 - 0.6, 1 - 0.9]]], atol=1e-7)
   gray = colour.to_grayscale(tf.constant(image)).numpy()
   expect = image.astype(np.float64) @ LUMA
   np.testing.assert_allclose(gray, np.repeat(expect[..., None], 3, -1), rtol=1e-6)

@@ -127,12 +127,31 @@ def blur_batch(images: tf.Tensor, kernels: tf.Tensor) -> tf.Tensor:
   return tf.transpose(tf.reshape(x, [h, w, b, c]), [2, 0, 1, 3])
 
 
+def _blur_rows(rows: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+  """[N, M] float32 -> [N, M]: every column convolved along N with `kernel`, edges extended.
+
+  A depthwise convolution over M channels of one-pixel-wide rows: for one image, measured
+  on one core faster than the same convolution over its 3 colour channels (`blur_batch`'s
+  layout), whose inner loop is 3 values long (224^2 image, sigma 1.8: 1.2 against 1.6 ms).
+  """
+  taps = kernel.shape[-1]
+  radius = taps // 2
+  n, m = tf.shape(rows)[0], tf.shape(rows)[1]
+  padded = tf.gather(rows, tf.clip_by_value(tf.range(-radius, n + radius), 0, n - 1))
+  weights = tf.tile(tf.reshape(kernel, [taps, 1, 1, 1]), [1, 1, m, 1])
+  out = tf.nn.depthwise_conv2d(
+    tf.reshape(padded, [1, n + 2 * radius, 1, m]), weights, [1, 1, 1, 1], "VALID"
+  )
+  return tf.reshape(out, [n, m])
+
+
 def blur_image(image: tf.Tensor, sigma, radius: int) -> tf.Tensor:
   """`blur_batch` of one [H, W, C] image with PIL's kernel for scalar `sigma`, trimmed.
 
   The kernel's half-width 3 (l + 1) depends on sigma (3 below sigma = sqrt(2), 6 up to 2.0):
   branching on it skips the zero taps of `radius`, half the work for most of U(0.1, 2.0).
-  Same pixels as the full-width kernel (up to float32 rounding).
+  Same pixels as `blur_batch` with the full-width kernel (up to float32 rounding). Each pass
+  runs down the rows of the image viewed as [H, W * C] (then of its transpose, `_blur_rows`).
 
   Args:
     image: float32 [H, W, C].
@@ -144,8 +163,17 @@ def blur_image(image: tf.Tensor, sigma, radius: int) -> tf.Tensor:
   l_max = max(radius // 3 - 1, 0)
   l_int = tf.floor((tf.sqrt(4.0 * tf.square(sigma[0]) + 1.0) - 1.0) / 2.0)
   l_int = tf.clip_by_value(tf.cast(l_int, tf.int32), 0, l_max)
+  shape = tf.shape(image)
+  h, w, c = shape[0], shape[1], shape[2]
 
   def branch(r):
-    return lambda: blur_batch(image[None], pil_gaussian_kernel(sigma, r))[0]
+    def blur():
+      kernel = pil_gaussian_kernel(sigma, r)[0]
+      x = _blur_rows(tf.reshape(image, [h, w * c]), kernel)  # Along the height.
+      x = tf.transpose(tf.reshape(x, [h, w, c]), [1, 0, 2])
+      x = _blur_rows(tf.reshape(x, [w, h * c]), kernel)  # Along the width.
+      return tf.transpose(tf.reshape(x, [w, h, c]), [1, 0, 2])
+
+    return blur
 
   return tf.switch_case(l_int, [branch(min(3 * (i + 1), radius)) for i in range(l_max + 1)])

@@ -35,19 +35,40 @@ def _blend(a: tf.Tensor, b: tf.Tensor, factor) -> tf.Tensor:
   return tf.clip_by_value(factor * a + (1.0 - factor) * b, 0.0, 1.0)
 
 
+# The jitter's ops are a few passes over the image each: on one core every elementwise pass over a
+# 224^2 view costs ~0.1 ms, so each does the fewest (measured per view: brightness 0.54 -> 0.32 ms,
+# contrast 0.56 -> 0.37, saturation 0.54 -> 0.45; same values to float32 rounding).
+
+
 def adjust_brightness(image, factor):
-  return _blend(image, tf.zeros_like(image), factor)
+  """torchvision's: factor * image (the blend with black), clipped to [0, 1]."""
+  return tf.clip_by_value(image * factor, 0.0, 1.0)
 
 
 def adjust_contrast(image, factor):
+  """torchvision's: the blend with the mean luma of each image, clipped to [0, 1]."""
+  image = tf.convert_to_tensor(image)
   # The mean luma is the luma of the mean colour (both linear): no grayscale image needed.
-  channel_means = tf.reduce_mean(image, axis=[-3, -2], keepdims=True)
-  mean = tf.reduce_sum(channel_means * tf.constant(LUMA, image.dtype), axis=-1, keepdims=True)
+  pixels = tf.reshape(image, tf.concat([tf.shape(image)[:-3], [-1, 3]], 0))
+  channel_means = tf.reduce_mean(pixels, axis=-2)  # [..., 3]
+  mean = tf.reduce_sum(channel_means * tf.constant(LUMA, image.dtype), axis=-1)
+  mean = tf.reshape(mean, tf.concat([tf.shape(mean), [1, 1, 1]], 0))
   return _blend(image, mean, factor)
 
 
 def adjust_saturation(image, factor):
-  return _blend(image, to_grayscale(image), factor)
+  """torchvision's: the blend with the grayscale image, clipped to [0, 1].
+
+  A scalar factor folds the blend into one 3 x 3 colour matrix (one matmul, one clip).
+  """
+  image = tf.convert_to_tensor(image)
+  factor = tf.convert_to_tensor(factor, image.dtype)
+  if factor.shape.rank != 0:
+    return _blend(image, to_grayscale(image), factor)
+  luma = tf.constant([[c] * 3 for c in LUMA], image.dtype)
+  matrix = factor * tf.eye(3, dtype=image.dtype) + (1.0 - factor) * luma
+  out = tf.matmul(tf.reshape(image, [-1, 3]), matrix)
+  return tf.clip_by_value(tf.reshape(out, tf.shape(image)), 0.0, 1.0)
 
 
 def adjust_hue(image, delta):
@@ -130,7 +151,10 @@ def gaussian_blur(image: tf.Tensor, sigma, *, radius: int) -> tf.Tensor:
 
 def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
   """x -> 1 - x where x >= threshold (on [0, 1] pixels; 128/255 in the 8-bit convention)."""
-  return tf.where(image >= threshold, 1.0 - image, image)
+  image = tf.convert_to_tensor(image)
+  # |x - 1| = 1 - x above the threshold, |x - 0| = x below: exact, and ~8x faster on one core
+  # than tf.where (0.2 against 1.7 ms for a 224^2 view; TensorFlow's select is slow here).
+  return tf.abs(image - tf.cast(image >= threshold, image.dtype))
 
 
 def permute_channels(image: tf.Tensor, seed) -> tf.Tensor:

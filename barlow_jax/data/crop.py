@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from barlow_jax.data import resample
+
 NUM_CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 boxes before the fallback.
 
 
@@ -99,20 +101,28 @@ def check_resize_method(method: str, key: str) -> str:
 
 
 def resize_image(image: tf.Tensor, size, method: str) -> tf.Tensor:
-  """PIL-like resize of float32 [..., H, W, 3] in [0, 1] to `size` ([h, w]), clipped to [0, 1].
+  """PIL-like resize of [..., H, W, 3] pixels to `size` ([h, w]): float32 in [0, 1].
 
+  `image` is uint8 (resized as is, no float copy first) or any dtype `to_float` takes.
   Antialiased (the kernel widens by the downscale factor, as PIL's resample filters do; a no-op
-  when upscaling). Bicubic overshoots, hence the clip.
+  when upscaling), through `resample.resize`. Bicubic overshoots, hence the clip.
   """
   method = check_resize_method(method, "resize method")
+  image = tf.convert_to_tensor(image)
+  unit = 1.0 / 255.0 if image.dtype == tf.uint8 else 1.0
+  if image.dtype not in (tf.uint8, tf.float32):
+    image = to_float(image)
   in_hw = tf.shape(image)[-3:-1]
   # Antialiasing only widens the kernel of a downscaled axis: an upscale gives the same pixels
-  # through the non-antialiased kernel, measured 3x faster on one core (0.7 vs 2.3 ms at 224).
+  # through the non-antialiased kernel, measured faster on one core (0.35 against 0.65 ms for a
+  # 180 x 170 crop to 224 through `resample.resize`).
   out = tf.cond(
     tf.reduce_all(in_hw <= tf.convert_to_tensor(size, tf.int32)),
     lambda: tf.image.resize(image, size, method=method),
-    lambda: tf.image.resize(image, size, method=method, antialias=True),
+    lambda: resample.resize(image, size, method),
   )
+  if unit != 1.0:
+    out = out * unit
   return tf.clip_by_value(out, 0.0, 1.0)
 
 
@@ -141,8 +151,7 @@ def random_resized_crop(
   image = tf.convert_to_tensor(image)
   shape = tf.shape(image)
   y, x, h, w = tf.unstack(crop_window(shape[0], shape[1], seed, area=area, aspect=aspect))
-  crop = to_float(image[y : y + h, x : x + w])
-  return _resize(crop, size, method)
+  return _resize(image[y : y + h, x : x + w], size, method)
 
 
 def decode_and_random_resized_crop(
@@ -165,7 +174,7 @@ def decode_and_random_resized_crop(
   shape = tf.io.extract_jpeg_shape(image_bytes)
   window = crop_window(shape[0], shape[1], seed, area=area, aspect=aspect)
   crop = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
-  return _resize(to_float(crop), size, method)
+  return _resize(crop, size, method)
 
 
 def decode_image_uint8(image_bytes: tf.Tensor) -> tf.Tensor:
