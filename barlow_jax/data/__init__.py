@@ -13,6 +13,7 @@ It knows no network: nothing here imports models, training or evaluation code.
   evaluation.py      resize + centre crop (`create_eval_iterator`, `load_labelled_arrays`)
   augment.py         one view: seeds and the per-view composition of the ops below
   crop.py            decoding, random resized crops, PIL-like resizes
+  resample.py        the antialiased resize as two vectorised 1-D passes (TensorFlow)
   colour.py          colour jitter, grayscale, blur, solarize, normalisation (TensorFlow)
   blur.py            PIL's Gaussian blur kernel (TensorFlow)
   device_augment.py  the colour augmentations in the train step (`config.augment.on_device`)

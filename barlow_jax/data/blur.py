@@ -132,7 +132,8 @@ def _blur_rows(rows: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
   A depthwise convolution over M channels of one-pixel-wide rows: for one image, measured
   on one core faster than the same convolution over its 3 colour channels (`blur_batch`'s
-  layout), whose inner loop is 3 values long (224^2 image, sigma 1.8: 1.2 against 1.6 ms).
+  layout), whose inner loop is 3 values long (224^2 view: 0.8 against 1.3 ms at sigma 1.8,
+  0.5 against 0.9 at sigma 0.8).
   """
   taps = kernel.shape[-1]
   radius = taps // 2
