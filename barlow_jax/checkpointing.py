@@ -9,6 +9,7 @@ A pretraining workdir:
                               `finished` once the last step is saved
     backbone/                 the backbone export (below), at the end
     results.json, results.md  the end-of-run evaluation table
+    metrics.jsonl             the logged scalars, a JSON line per write (`barlow_jax.metrics_file`)
     events.out.tfevents.*     TensorBoard scalars and images (clu metric writers)
 
 A backbone directory (`backbone/` of a workdir, or `python -m barlow_jax.convert --to DIR`):
@@ -34,6 +35,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from etils import epath
 
 CHECKPOINTS = "checkpoints"
@@ -90,6 +92,83 @@ def _json_default(value):
   if isinstance(value, tuple | set):
     return list(value)
   raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir itself and its config record.
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed and checks it is writable; returns it (local: absolute).
+
+  `workdir` is a local directory or a bucket location (gs://bucket/run): every file of the run
+  goes through etils.epath, orbax and TensorFlow's file system, which all speak gs://.
+
+  Raises:
+    ValueError: naming the workdir when it is empty or cannot be written.
+  """
+  import tensorflow as tf
+
+  if not workdir:
+    raise ValueError("--workdir is empty: give a directory for the run's checkpoints and logs.")
+  if "://" not in workdir:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    if "://" in workdir:
+      # Checked first: TensorFlow's gs:// file system hangs making directories in, or closing
+      # a file of, a missing bucket. Buckets have no directories to make.
+      scheme, rest = workdir.split("://", 1)
+      bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+      if not epath.Path(bucket).exists():
+        raise ValueError(
+          f"--workdir={workdir}: the bucket {bucket} does not exist or these credentials cannot "
+          "see it; create it (gcloud storage buckets create) or fix the name."
+        )
+    else:
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe = epath.Path(workdir) / f".write_test.{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    raise ValueError(
+      f"--workdir={workdir} is not a writable directory ({reason}); choose another path, fix its "
+      "permissions, or (gs://) check the bucket exists and your credentials may write it."
+    ) from e
+  return workdir
+
+
+def write_config(config, workdir: str | os.PathLike) -> None:
+  """config.txt / config.json of the run, written once (by process 0).
+
+  A rerun with other settings keeps the original record and logs the keys that differ.
+  """
+  if jax.process_index() != 0:
+    return
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  json_path = os.path.join(workdir, CONFIG_JSON)
+  before = read_json(json_path)
+  if before is not None:
+    changed = _changed_keys(before, json.loads(text))
+    if changed:
+      logging.warning(
+        "This invocation's config differs from %s in %s; the file keeps the settings the run "
+        "started with.",
+        json_path,
+        ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else ""),
+      )
+    return
+  write_text(os.path.join(workdir, CONFIG_TEXT), str(config))
+  write_text(json_path, text)
+
+
+def _changed_keys(before, after, prefix: str = "") -> list[str]:
+  if isinstance(before, dict) and isinstance(after, dict):
+    out = []
+    for key in sorted(set(before) | set(after)):
+      out += _changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")
+    return out
+  return [] if before == after else [prefix.rstrip(".")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,16 +6,23 @@ sentinel (`-1` = unset / automatic, `0` = off). A value that is neither the sent
 range is refused with a `ValueError` that names the key, e.g. `num_train_steps=0` (the run
 length is either unset, -1, or a positive step count; 0 used to fall back to `num_epochs`).
 
-`validate_numbers(config)` is called by `train.validate_config` (pretraining), by
+`validate_numbers(config)` is called by `validate_pretraining` (`train.validate_config`), by
 `optim.create_schedules` (for the `optim` keys) and by `evaluate.evaluate` (standalone evaluation).
-Checks that involve the environment or several keys (the batch against the device count, the
-warmup against the run length, an evaluation resize against the crop) stay with their owners.
+`validate_pretraining(config)` is the one check of a pretraining config: the numbers, plus what
+involves the environment or the model (the batch against the device count, the projector and
+backbone, the on-device augmentation). Checks tied to one owner's derived values (the warmup
+against the run length, an evaluation resize against the crop) stay with their owners.
 """
 
 import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
+
+import jax
+
+from barlow_jax import models
+from barlow_jax.data import device_augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,3 +234,33 @@ def validate_numbers(config, *, section: str = "") -> None:
     else:
       if not NUMERIC_KEYS[key].accepts(node):
         raise ValueError(error_message(key, node))
+
+
+def validate_pretraining(config) -> None:
+  """Fails fast, before anything compiles, on pretraining settings the run cannot work with.
+
+  The global batch against this run's devices and processes, the projector, backbone, stem and
+  dtype, the on-device augmentation, and every numeric key (`validate_numbers`). The dataset
+  (steps per epoch) and the optimizer are checked where they are built, also before compiling.
+
+  Raises:
+    ValueError: naming the config key and the fix.
+  """
+  batch, devices, processes = int(config.batch_size), jax.device_count(), jax.process_count()
+  if batch < 1:
+    raise ValueError(f"config.batch_size must be >= 1, got {batch}.")
+  if batch % devices:
+    raise ValueError(
+      f"config.batch_size={batch} (the global batch) must be divisible by the {devices} devices "
+      f"of this run; use a multiple of {devices}, e.g. {max(devices, batch // devices * devices)}."
+    )
+  if batch % processes:
+    raise ValueError(
+      f"config.batch_size={batch} must be divisible by the {processes} processes of this run."
+    )
+  models.parse_projector_sizes(config.model.projector)
+  if not NUMERIC_KEYS["parallel.fsdp_min_size"].accepts(config.parallel.fsdp_min_size):
+    raise ValueError(error_message("parallel.fsdp_min_size", config.parallel.fsdp_min_size))
+  models.backbone_features(config.model)  # Unknown backbone / stem / dtype: ValueError.
+  device_augment.validate_config(config)
+  validate_numbers(config)  # Every numeric key: its range or its sentinel.

@@ -3,11 +3,12 @@
 C is [D, D]: 16 GiB in float32 at D = 65536, replicated on every device under a batch-sharded
 `jit`. The training step only logs its diagonal, the mean |off-diagonal| and two 64 x 64
 pictures, so `correlation_summary` computes C a slab of D/64 rows at a time (256 MiB at
-D = 65536) and keeps only those reductions.
+D = 65536) and keeps only those reductions. `heatmap_image` colours the pictures for TensorBoard.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from barlow_jax import losses
@@ -58,3 +59,18 @@ def correlation_summary(z_a, z_b, *, eps: float, heatmap_size: int = 64) -> dict
     "heatmap_first": slab(0, k)[:, :k],
     "heatmap_block_rms": jnp.sqrt(tiles / float(b * b)),
   }
+
+
+def heatmap_image(c, *, vmax: float = 1.0) -> np.ndarray:
+  """[K, K] values in [-vmax, vmax] -> [1, K, K, 3] RGB in [0, 1]: blue < 0 < red, white at 0.
+
+  For TensorBoard's image tab (`write_images`): K is upsampled by the largest integer factor
+  that keeps the side <= 256 (at least 1).
+  """
+  v = np.clip(np.asarray(c, np.float32) / vmax, -1.0, 1.0)
+  pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+  rgb = np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1)
+  # Nearest-neighbour upsampling so a 64x64 matrix is not blurred by TensorBoard.
+  scale = max(1, 256 // rgb.shape[0])
+  rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
+  return rgb[None]

@@ -22,8 +22,9 @@ be restored onto another device count or unsharded: pass the target's shardings
 (`state_shardings` on the new mesh) to the restore.
 """
 
+import collections
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -102,7 +103,7 @@ def optimizer_shardings(tx, opt_state, params_shardings, mesh: Mesh):
 
 
 def state_shardings(state, mesh: Mesh, *, fsdp_min_size: int = 0):
-  """Shardings of a `train.TrainState` (or of its abstract shapes) on `mesh`.
+  """Shardings of a `train_state.TrainState` (or of its abstract shapes) on `mesh`.
 
   `params` and `probe_params` follow `fsdp_partition_spec`, `opt_state` and `probe_opt_state`
   follow their parameters, `step` and `batch_stats` are replicated. With `fsdp_min_size=0`
@@ -199,3 +200,43 @@ def to_host(x: Any) -> np.ndarray:
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global batches: the input pipeline's process-local NumPy rows -> arrays sharded over "data".
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches are split over the devices on their first axis: `NamedSharding(mesh, P("data"))`."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global arrays from this process's rows (first axis = local batch; works single-process).
+
+  Each process passes its own `B / processes` rows; the result's first axis is the global batch
+  B, sharded with `batch_sharding(mesh)` (`jax.make_array_from_process_local_data`).
+  """
+  return shard_batch({key: np.asarray(value) for key, value in local_batch.items()}, mesh)
+
+
+def device_prefetch(iterator: Iterator, mesh: Mesh, size: int) -> Iterator[dict[str, jax.Array]]:
+  """Global batches from an iterator of process-local batches, `size` of them in flight.
+
+  Keeping batches in flight overlaps their host-to-device copies with the running step
+  (`size` < 1 counts as 1).
+  """
+  queue = collections.deque()
+  size = max(int(size), 1)
+
+  def enqueue(n):
+    for _ in range(n):
+      try:
+        queue.append(global_batch(next(iterator), mesh))
+      except StopIteration:
+        return
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)

@@ -73,7 +73,7 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
     ),
     jax.random.key(0),
   )
-  manager = train._checkpoint_manager(workdir, config)
+  manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   try:
     state = train.restore_state(manager, target, mesh, step)
   finally:

@@ -38,3 +38,15 @@ def test_summary_equals_the_whole_matrix(d, k):
   for key, value in expected.items():
     assert summary[key].shape == np.shape(value), key
     np.testing.assert_allclose(summary[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_heatmap_image_is_red_above_zero_blue_below_white_at_zero_and_upsampled():
+  image = monitors.heatmap_image(np.array([[1.0, 0.0], [-2.0, 0.5]]))
+  assert image.shape == (1, 256, 256, 3)  # 2 x 2 repeated 128 times per side.
+  np.testing.assert_allclose(image[0, 0, 0], [1.0, 0.0, 0.0])
+  np.testing.assert_allclose(image[0, 0, 255], [1.0, 1.0, 1.0])
+  np.testing.assert_allclose(image[0, 255, 0], [0.0, 0.0, 1.0])  # Clipped at -vmax.
+  np.testing.assert_allclose(image[0, 255, 255], [1.0, 0.5, 0.5])
+  np.testing.assert_allclose(
+    monitors.heatmap_image(np.full((64, 64), 0.5), vmax=0.5)[0, 0, 0], [1, 0, 0]
+  )

@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import optim, parallel, train
+from barlow_jax import checkpointing, optim, parallel, train, train_state, train_step
 from barlow_jax.benchmarks import memory
 
 MIN_SIZE = 4096
@@ -96,7 +96,7 @@ def test_trust_ratio_and_norm_metrics_use_global_norms_of_a_sharded_leaf(devices
   # The test tells the two apart: the per-shard ratios are far from the global one.
   assert np.linalg.norm(per_shard - expected) > 0.5 * np.linalg.norm(expected)
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-12)
-  norm = jax.jit(train._global_norm)(put(p))
+  norm = jax.jit(train_step.global_norm)(put(p))
   np.testing.assert_allclose(float(norm), np.linalg.norm(p), rtol=1e-6)
 
 
@@ -128,7 +128,7 @@ def _run(config, mesh, num_steps=3):
     config, jax.random.key(0), mesh=mesh, steps_per_epoch=10, num_classes=10
   )
   initial = jax.device_get(state.params)  # A copy: the step donates the state's buffers.
-  step = train._TracedStep(config, mesh, state)
+  step = train.jit_train_step(config, mesh, state)
   rng = np.random.default_rng(0)
   metrics = []
   for i in range(num_steps):
@@ -195,9 +195,9 @@ def test_compiled_step_holds_a_sixth_of_the_parameters_and_optimizer_state(devic
 
 
 def _save_and_restore(state, config, workdir, mesh, min_size):
-  manager = train._checkpoint_manager(str(workdir), config)
+  manager = checkpointing.checkpoint_manager(str(workdir), max_to_keep=int(config.keep_checkpoints))
   try:
-    train._save(manager, state, 3)
+    train_state.save_state(manager, state, 3)
     manager.wait_until_finished()
     target = jax.eval_shape(lambda s: s, state)
     return train.restore_state(manager, target, mesh, 3, fsdp_min_size=min_size)
@@ -241,10 +241,12 @@ def test_evaluation_reads_the_backbone_of_a_sharded_checkpoint(
 
   (sharded, _, _), _ = sharded_and_replicated_runs
   config = fsdp_config()
-  train._write_config(config, str(tmp_path))
-  manager = train._checkpoint_manager(str(tmp_path), config)
+  checkpointing.write_config(config, str(tmp_path))
+  manager = checkpointing.checkpoint_manager(
+    str(tmp_path), max_to_keep=int(config.keep_checkpoints)
+  )
   try:
-    train._save(manager, sharded, 3)
+    train_state.save_state(manager, sharded, 3)
     manager.wait_until_finished()
   finally:
     manager.close()

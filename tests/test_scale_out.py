@@ -18,8 +18,8 @@ import jax
 import numpy as np
 import pytest
 
+from barlow_jax import checkpointing, train
 from barlow_jax import data as input_pipeline
-from barlow_jax import train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TESTS = os.path.join(_ROOT, "tests")
@@ -159,7 +159,7 @@ def _restore(workdir: str, step: int, devices) -> train.TrainState:
 
   # Shapes only: restoring needs the structure, not initialised values (and no compilation).
   target = jax.eval_shape(init, jax.random.key(0))
-  manager = train._checkpoint_manager(workdir, config)
+  manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   try:
     return train.restore_state(manager, target, mesh, step)
   finally:

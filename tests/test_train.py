@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from barlow_jax import data as input_pipeline
-from barlow_jax import losses, train
+from barlow_jax import losses, preemption, train
 
 STEPS = 40
 
@@ -95,8 +95,8 @@ def test_eight_devices_give_the_one_device_parameters(devices):
   host = jax.device_get(state8)  # A copy: state8's buffers are donated below.
   state1 = jax.device_put(host, train.state_shardings(state8, mesh1))
   p0 = _flat(host.params)
-  step8 = train._TracedStep(config, mesh8, state8)
-  step1 = train._TracedStep(config, mesh1, state1)
+  step8 = train.jit_train_step(config, mesh8, state8)
+  step1 = train.jit_train_step(config, mesh1, state1)
   rng = np.random.default_rng(0)
   for i in range(3):
     batch = {
@@ -203,7 +203,7 @@ def test_sigterm_saves_and_the_resumed_run_ends_where_the_uninterrupted_one_did(
   assert first.preempted and 10 < first.step < STEPS
   assert _checkpoint_steps(workdir)[-1] == first.step
   handler = signal.getsignal(signal.SIGTERM)
-  assert not isinstance(getattr(handler, "__self__", None), train._PreemptionFlag)  # Put back.
+  assert not isinstance(getattr(handler, "__self__", None), preemption.PreemptionFlag)  # Put back.
 
   patch_batches(lambda index, batch: batch)
   second = train.train_and_evaluate(tiny_config(), workdir)

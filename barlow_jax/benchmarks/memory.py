@@ -136,21 +136,21 @@ def step_memory(
   import jax
   import jax.numpy as jnp
 
-  from barlow_jax import parallel, train
+  from barlow_jax import parallel, train_state, train_step
 
   t0 = time.perf_counter()
   min_size = parallel.fsdp_min_size(config)
   init = functools.partial(
-    train.create_train_state,
+    train_state.create_train_state,
     config,
     mesh=mesh,
     steps_per_epoch=steps_per_epoch,
     num_classes=num_classes,
   )
   shapes = jax.eval_shape(init, jax.random.key(0))
-  shardings = train.state_shardings(shapes, mesh, fsdp_min_size=min_size)
+  shardings = parallel.state_shardings(shapes, mesh, fsdp_min_size=min_size)
   state = _abstract(shapes, shardings)
-  batch_sharding = train.batch_sharding(mesh)
+  batch_sharding = parallel.batch_sharding(mesh)
   size = int(config.dataset.image_size)
   view = jax.ShapeDtypeStruct(
     (int(config.batch_size), size, size, 3), jnp.dtype(views_dtype), sharding=batch_sharding
@@ -160,7 +160,7 @@ def step_memory(
     batch["label"] = jax.ShapeDtypeStruct(
       (int(config.batch_size),), jnp.int32, sharding=batch_sharding
     )
-  lowered = train.jit_train_step(config, mesh, state).lower(state, batch)
+  lowered = train_step.jit_train_step(config, mesh, state).lower(state, batch)
   lower_seconds = time.perf_counter() - t0
   t0 = time.perf_counter()
   analysis = lowered.compile().memory_analysis()
@@ -192,7 +192,7 @@ def run(args) -> dict:
   """Compiles the step for `args.devices` devices; returns the per-device figures (bytes)."""
   import jax
 
-  from barlow_jax import parallel, train
+  from barlow_jax import config_validation, parallel
 
   if jax.device_count() != args.devices:
     raise ValueError(
@@ -200,7 +200,7 @@ def run(args) -> dict:
       "--native to compile for emulated CPU devices."
     )
   config = config_for(args)
-  train.validate_config(config)
+  config_validation.validate_pretraining(config)
   # The ImageNet epoch only sets the schedule's length.
   steps_per_epoch = max(1_281_167 // args.batch, 1)
   result = {

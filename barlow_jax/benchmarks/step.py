@@ -188,7 +188,7 @@ def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
   """Compiles the step for one `config.augment.on_device` setting and times it."""
   import jax
 
-  from barlow_jax import train
+  from barlow_jax import parallel, train_state, train_step
 
   out = {"on_device": on_device}
   with tempfile.TemporaryDirectory() as folder:
@@ -196,16 +196,16 @@ def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
     num_images = max(2 * args.batch, 64)
     config = _config(args, folder, on_device)
     config.num_train_examples = num_images
-    mesh = train.create_mesh()
+    mesh = parallel.create_mesh()
     # The schedule's length does not change the step's work; no dataset needed for it.
-    state = train.create_train_state(
+    state = train_state.create_train_state(
       config, jax.random.key(0), mesh=mesh, steps_per_epoch=num_images // args.batch
     )
-    step = train.jit_train_step(config, mesh, state)
+    step = train_step.jit_train_step(config, mesh, state)
     rng = np.random.default_rng(0)
     shape = (args.batch // jax.process_count(), args.image_size, args.image_size, 3)
     local = {v: rng.integers(0, 256, size=shape, dtype=np.uint8) for v in ("view_a", "view_b")}
-    device_batch = train.global_batch(local, mesh)
+    device_batch = parallel.global_batch(local, mesh)
 
     lowered = step.lower(state, device_batch)
     out["flops_per_step"] = _flops(lowered)
@@ -253,7 +253,7 @@ def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
 
       _write_jpegs(folder, num_images, source)
       out["source_size"] = source
-      batches = train.device_prefetch(
+      batches = parallel.device_prefetch(
         input_pipeline.create_pretrain_iterator(config), mesh, config.dataset.prefetch
       )
       timed(batches, args.warmup, False)

@@ -1,0 +1,199 @@
+"""One pretraining update on a global batch, and that update jitted over a mesh.
+
+`train_step` is a pure function of (state, batch, monitor): the Barlow Twins loss of the two
+views' embeddings (`barlow_jax.losses`), its gradient, the optimizer's update, the online linear
+probe's update on the stop-gradient representations, and the logged monitors (collapse
+statistics and pictures of the cross-correlation matrix C, `barlow_jax.monitors`). Under a
+batch-sharded `jit` every batch statistic is global (see `barlow_jax.parallel`).
+
+`jit_train_step` gives the step as the trainer runs it: state donated, batch sharded over the
+mesh, and a count of compilations (a recompilation mid-run logs a warning).
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from barlow_jax import losses, monitors, parallel
+from barlow_jax.data import device_augment
+from barlow_jax.train_state import TrainState
+
+# Side of the C heatmaps written to TensorBoard.
+HEATMAP_SIZE = 64
+
+
+def global_norm(tree) -> jax.Array:
+  """float32 L2 norm of every leaf of `tree` together (`optax.global_norm` in float32)."""
+  return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def effective_rank(x: jax.Array) -> jax.Array:
+  """exp(entropy of the normalised singular values) of x [N, F] (RankMe); 1 when collapsed."""
+  s = jnp.linalg.svd(x.astype(jnp.float32), compute_uv=False)
+  p = s / jnp.maximum(jnp.sum(s), 1e-12)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  return jnp.exp(entropy)
+
+
+def _monitors(config, representation, z_a, z_b) -> dict[str, jax.Array]:
+  z_a = z_a.astype(jnp.float32)
+  # C a slab at a time: whole, it is 16 GiB per device at D = 65536.
+  summary = monitors.correlation_summary(
+    z_a, z_b.astype(jnp.float32), eps=float(config.loss.eps), heatmap_size=HEATMAP_SIZE
+  )
+  return {
+    "embedding_std": jnp.mean(jnp.std(z_a, axis=0)),
+    "corr_diag_mean": jnp.mean(summary["diag"]),
+    "corr_offdiag_abs_mean": summary["offdiag_abs_mean"],
+    "representation_rank": effective_rank(representation),
+    "heatmap_first": summary["heatmap_first"],
+    "heatmap_block_rms": summary["heatmap_block_rms"],
+  }
+
+
+def _probe_update(state: TrainState, representation, labels):
+  """The online probe's SGD step on stop-gradient representations: (params, opt state, metrics)."""
+  features = jax.lax.stop_gradient(representation).astype(jnp.float32)
+  labels = labels.astype(jnp.int32)
+
+  def probe_loss_fn(p):
+    logits = features @ p["kernel"] + p["bias"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.mean(ce), logits
+
+  (probe_loss, logits), grads = jax.value_and_grad(probe_loss_fn, has_aux=True)(state.probe_params)
+  updates, opt_state = state.probe_tx.update(grads, state.probe_opt_state, state.probe_params)
+  params = optax.apply_updates(state.probe_params, updates)
+  accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+  return params, opt_state, {"probe_loss": probe_loss, "probe_accuracy": accuracy}
+
+
+def train_step(
+  state: TrainState, batch: Mapping[str, jax.Array], monitor: jax.Array | bool, *, config
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the network (and of the online probe) on a global batch.
+
+  Args:
+    state: the current `TrainState`.
+    batch: `{"view_a": [B, S, S, 3], "view_b": same, "label": [B] int (optional)}`, B the
+      global batch (sharded over devices under jit). Views are uint8 crops (normalised here,
+      and colour-augmented here with `config.augment.on_device`) or already normalised floats
+      (`device_augment.prepare_views`).
+    monitor: bool scalar; when true the collapse monitors and heatmaps of C are computed too
+      (an SVD of the representations: only on the steps that log them). A traced argument, so
+      switching it does not recompile.
+    config: the run config (static: loss options, online probe).
+
+  Returns:
+    `(new_state, metrics)`: float32 scalars `loss`, `invariance`, `redundancy`, `grad_norm`,
+    `param_norm`, (`probe_loss`, `probe_accuracy` with the probe), `embedding_std`,
+    `corr_diag_mean`, `corr_offdiag_abs_mean`, `representation_rank` (0 when `monitor` is false)
+    and `heatmap_first` / `heatmap_block_rms` [64, 64] pictures of C.
+  """
+  model = state.model
+  loss_config = config.loss
+  view_a, view_b = device_augment.prepare_views(batch, state.step, config=config)
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    (rep_a, _, z_a, z_b), updates = model.apply(
+      variables, view_a, view_b, train=True, mutable=["batch_stats"]
+    )
+    # The loss and C in float32 whatever the compute dtype (docs/reference.md §3).
+    terms = losses.barlow_twins_loss_terms(
+      z_a.astype(jnp.float32),
+      z_b.astype(jnp.float32),
+      lambd=float(loss_config.lambd),
+      variant=loss_config.variant,
+      method=loss_config.method,
+      eps=float(loss_config.eps),
+      temperature=float(loss_config.temperature),
+    )
+    return terms["loss"], (terms, updates["batch_stats"], rep_a, z_a, z_b)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, (terms, batch_stats, rep_a, z_a, z_b)), grads = grad_fn(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
+  metrics["grad_norm"] = global_norm(grads)
+  metrics["param_norm"] = global_norm(params)
+
+  probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
+  if state.probe_tx is not None and "label" in batch:
+    probe_params, probe_opt_state, probe_metrics = _probe_update(state, rep_a, batch["label"])
+    metrics.update(probe_metrics)
+
+  monitor_args = (jax.lax.stop_gradient(rep_a), jax.lax.stop_gradient(z_a), z_b)
+  monitor_fn = lambda *a: _monitors(config, *a)
+  skipped = jax.eval_shape(monitor_fn, *monitor_args)
+  zeros = lambda *a: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), skipped)
+  metrics.update(jax.lax.cond(jnp.asarray(monitor), monitor_fn, zeros, *monitor_args))
+
+  new_state = state.replace(
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    probe_params=probe_params,
+    probe_opt_state=probe_opt_state,
+  )
+  return new_state, metrics
+
+
+class TracedStep:
+  """`train_step` under jit over `mesh`, with a count of its traces (each is a compilation).
+
+  Call it as `step(state, batch, monitor) -> (state, metrics)` with a global batch
+  (`parallel.global_batch`); `state` is donated.
+
+  Attributes:
+    num_traces: how many times the step was traced (1 in a healthy run).
+  """
+
+  def __init__(self, config, mesh: Mesh, state: TrainState):
+    self.num_traces = 0
+
+    def step(state, batch, monitor):
+      self.num_traces += 1
+      return train_step(state, batch, monitor, config=config)
+
+    shardings = parallel.state_shardings(state, mesh, fsdp_min_size=parallel.fsdp_min_size(config))
+    self._fn = jax.jit(
+      step,
+      in_shardings=(shardings, parallel.batch_sharding(mesh), NamedSharding(mesh, P())),
+      out_shardings=(shardings, NamedSharding(mesh, P())),
+      donate_argnums=(0,),
+    )
+
+  def __call__(self, state, batch, monitor: bool):
+    before = self.num_traces
+    out = self._fn(state, batch, np.bool_(monitor))
+    if self.num_traces > before and self.num_traces > 1:
+      shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype)), batch)
+      logging.warning(
+        "train_step compiled again (%d compilations so far) for batch %s: something changed "
+        "shape, dtype or sharding between steps; every recompilation costs a full compile.",
+        self.num_traces,
+        shapes,
+      )
+    return out
+
+  def lower(self, state, batch, monitor: bool = False):
+    """The jitted step lowered for these arguments (`.cost_analysis()`, `.compile()`)."""
+    return self._fn.lower(state, batch, np.bool_(monitor))
+
+
+def jit_train_step(config, mesh: Mesh, state: TrainState) -> TracedStep:
+  """`train_step` jitted over `mesh` as the trainer runs it (state donated, batch sharded).
+
+  Call it as `step(state, batch, monitor) -> (state, metrics)`; `step.lower(state, batch)` gives
+  XLA's view of it; `step.num_traces` counts compilations.
+  """
+  return TracedStep(config, mesh, state)
