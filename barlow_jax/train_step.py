@@ -57,6 +57,15 @@ def _monitors(config, representation, z_a, z_b) -> dict[str, jax.Array]:
   }
 
 
+def _monitors_when(monitor, config, representation, z_a, z_b) -> dict[str, jax.Array]:
+  """`_monitors` when `monitor` is true, zeros of the same shapes otherwise (one program)."""
+  args = (jax.lax.stop_gradient(representation), jax.lax.stop_gradient(z_a), z_b)
+  monitor_fn = lambda *a: _monitors(config, *a)
+  skipped = jax.eval_shape(monitor_fn, *args)
+  zeros = lambda *a: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), skipped)
+  return jax.lax.cond(jnp.asarray(monitor), monitor_fn, zeros, *args)
+
+
 def _probe_update(state: TrainState, representation, labels):
   """The online probe's SGD step on stop-gradient representations: (params, opt state, metrics)."""
   features = jax.lax.stop_gradient(representation).astype(jnp.float32)
@@ -130,11 +139,7 @@ def train_step(
     probe_params, probe_opt_state, probe_metrics = _probe_update(state, rep_a, batch["label"])
     metrics.update(probe_metrics)
 
-  monitor_args = (jax.lax.stop_gradient(rep_a), jax.lax.stop_gradient(z_a), z_b)
-  monitor_fn = lambda *a: _monitors(config, *a)
-  skipped = jax.eval_shape(monitor_fn, *monitor_args)
-  zeros = lambda *a: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), skipped)
-  metrics.update(jax.lax.cond(jnp.asarray(monitor), monitor_fn, zeros, *monitor_args))
+  metrics.update(_monitors_when(monitor, config, rep_a, z_a, z_b))
 
   new_state = state.replace(
     step=state.step + 1,

@@ -7,6 +7,7 @@ global batch 16, 14 steps, a checkpoint every 6), through `tests/scale_out_worke
 The children share a persistent compilation cache, so only the first run compiles the step.
 """
 
+import json
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import checkpointing, train
+from barlow_jax import checkpointing, metrics_file, train
 from barlow_jax import data as input_pipeline
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,6 +184,10 @@ def test_the_2x4_run_logs_from_process_0_and_writes_one_checkpoint_per_save(run_
   assert re.search(r"^\[p1\] .*Process 1/2, 4 local devices of 8", output, re.MULTILINE), output
   progress = re.findall(r"^\[p(\d)\] .*step (\d+)/14 ", output, re.MULTILINE)
   assert progress == [("0", "5"), ("0", "10"), ("0", "14")], progress
+  # metrics.jsonl from process 0 alone: one line per logged step.
+  lines = (checkpointing.path(workdir) / metrics_file.FILENAME).read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [5, 10, 14]
+  assert sorted(metrics_file.read_metrics(workdir)) == [5, 10, 14]
   assert _checkpoint_steps(workdir) == [6, 12, 14]
   assert os.path.exists(os.path.join(workdir, "backbone", "model_config.json"))
 

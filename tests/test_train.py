@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from barlow_jax import data as input_pipeline
-from barlow_jax import losses, preemption, train
+from barlow_jax import losses, metrics_file, preemption, train
 
 STEPS = 40
 
@@ -83,7 +83,8 @@ def patch_batches(monkeypatch):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+  # The kNN monitor once, at the end (it changes no parameter: the resumed run below has none).
+  return workdir, train.train_and_evaluate(tiny_config(eval_every_steps=STEPS), workdir)
 
 
 def test_eight_devices_give_the_one_device_parameters(devices):
@@ -175,6 +176,13 @@ def test_a_run_compiles_once_logs_everything_and_learns(uninterrupted):
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir))
 
 
+def test_metrics_jsonl_holds_every_logged_scalar_and_the_knn_monitor(uninterrupted):
+  workdir, result = uninterrupted
+  assert 0.0 < result.history[-1][1]["knn_accuracy"] <= 1.0
+  assert all("knn_accuracy" not in scalars for _, scalars in result.history[:-1])
+  assert metrics_file.read_metrics(workdir) == dict(result.history)
+
+
 def test_keep_k_checkpoints_and_the_backbone_export(uninterrupted):
   workdir, result = uninterrupted
   assert _checkpoint_steps(workdir) == [30, 40]
@@ -208,6 +216,10 @@ def test_sigterm_saves_and_the_resumed_run_ends_where_the_uninterrupted_one_did(
   patch_batches(lambda index, batch: batch)
   second = train.train_and_evaluate(tiny_config(), workdir)
   assert second.step == STEPS and not second.preempted
+  # metrics.jsonl: the steps logged before SIGTERM, then the resumed run's, in one file.
+  logged = metrics_file.read_metrics(workdir)
+  assert sorted(logged) == list(range(5, STEPS + 1, 5))
+  assert logged == dict(first.history) | dict(second.history)
   for name in ("params", "batch_stats", "opt_state", "probe_params"):
     a, b = _flat(getattr(second.state, name)), _flat(getattr(reference.state, name))
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
