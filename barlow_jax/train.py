@@ -296,43 +296,45 @@ class _Loop:
 
 
 def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
-  """Final checkpoint, pretraining record, backbone export, then the final evaluation."""
+  """The last checkpoint, the pretraining record, the backbone export, the final evaluation."""
   train_seconds = loop.clock()
-  step_fn = loop.step_fn
-  if step_fn.num_traces > 1:
-    logging.warning("train_step was compiled %d times in this run.", step_fn.num_traces)
+  num_compiles = loop.step_fn.num_traces
+  if num_compiles > 1:
+    logging.warning("train_step was compiled %d times in this run.", num_compiles)
   result = TrainResult(
     state=loop.state,
     step=loop.step,
     total_steps=setup.total_steps,
     preempted=loop.preempted,
-    num_compiles=step_fn.num_traces,
+    num_compiles=num_compiles,
     history=loop.history,
   )
-  manager, config, workdir, total_steps = (
-    setup.manager,
-    setup.config,
-    setup.workdir,
-    setup.total_steps,
-  )
   if loop.preempted:
-    manager.close()
+    setup.manager.close()
     writer.close()
     return result
-  if loop.last_saved != total_steps:
-    train_state.save_state(manager, loop.state, total_steps)
+  _save_the_end(setup, loop.state, loop.last_saved, train_seconds)
+  writer.close()
+  if setup.config.eval.final:
+    result.evaluation, stopped = finish.final_evaluation(
+      setup.config,
+      setup.workdir,
+      train_state.backbone_of(loop.state),
+      should_stop=lambda: flag.received,
+    )
+    result.preempted = stopped
+  return result
+
+
+def _save_the_end(setup, state, last_saved: int, train_seconds: float) -> None:
+  manager, total_steps = setup.manager, setup.total_steps
+  if last_saved != total_steps:
+    train_state.save_state(manager, state, total_steps)
   manager.wait_until_finished()
   manager.close()
   # Written once, when the last checkpoint is committed; a rerun keeps the original record.
   setup.clock.saved(total_steps, train_seconds, total_steps=total_steps, finished=True)
-  export = os.path.join(workdir, checkpointing.BACKBONE)
+  export = os.path.join(setup.workdir, checkpointing.BACKBONE)
   if setup.start_step < total_steps or not checkpointing.is_backbone_dir(export):
     logging.info("Exporting the backbone to %s.", export)
-    train_state.export_backbone(loop.state, config, export)
-  writer.close()
-  if config.eval.final:
-    result.evaluation, stopped = finish.final_evaluation(
-      config, workdir, train_state.backbone_of(loop.state), should_stop=lambda: flag.received
-    )
-    result.preempted = stopped
-  return result
+    train_state.export_backbone(state, setup.config, export)
