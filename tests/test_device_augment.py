@@ -376,17 +376,17 @@ sys.modules["tensorflow"] = None
 import jax, jax.numpy as jnp
 sys.path.insert(0, "tests")
 import configs_tiny
-from barlow_jax import train
+from barlow_jax import parallel, train_state, train_step
 config = configs_tiny.get_config()
 config.augment.on_device = True
 config.augment.view_b.channel_permute_prob = 0.3
 config.augment.view_b.noise_std = 0.02
-mesh = train.create_mesh(jax.devices()[:1])
-state = jax.eval_shape(lambda: train.create_train_state(
+mesh = parallel.create_mesh(jax.devices()[:1])
+state = jax.eval_shape(lambda: train_state.create_train_state(
     config, jax.random.key(0), mesh=mesh, steps_per_epoch=10, num_classes=10))
 batch = {k: jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.uint8) for k in ("view_a", "view_b")}
 out, metrics = jax.eval_shape(
-    lambda s, b: train.train_step(s, b, True, config=config), state, batch)
+    lambda s, b: train_step.train_step(s, b, True, config=config), state, batch)
 assert "tensorflow" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
 print("ok", metrics["loss"].dtype)
 """
