@@ -77,3 +77,53 @@ def test_the_installed_console_script_starts_a_run(tmp_path):
   )
   assert result.returncode != 0
   assert "--workdir is empty" in result.stderr, result.stderr[-3000:]
+
+
+def _run_timing_lines(args: list[str], timeout: float):
+  """Runs `python -m barlow_jax.main ARGS`: (exit code, [(arrival time, line)], exit time)."""
+  import threading
+  import time
+
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "barlow_jax.main", *args],
+    cwd=_ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  lines = []
+
+  def read():
+    for line in proc.stdout:
+      lines.append((time.monotonic(), line.rstrip("\n")))
+
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  code = proc.wait(timeout=timeout)
+  exited = time.monotonic()
+  reader.join(timeout=10)
+  return code, lines, exited
+
+
+@pytest.mark.slow
+def test_the_process_exits_promptly_after_the_results_table(tmp_path):
+  """Issue 14, item 10: the default job spent 0-53 s after printing its table inside the
+  destructor of the pretraining's tf.data iterator (TF's autotuning thread sleeping out its
+  period); the iterator lives through the final evaluation here, as it does there."""
+  code, lines, exited = _run_timing_lines(
+    [
+      "--config=tests/configs_tiny.py",
+      f"--workdir={tmp_path}",
+      "--config.eval.final=True",
+      "--config.eval.baselines=False",
+      "--config.eval.probe_epochs=30",
+    ],
+    timeout=600,
+  )
+  text = "\n".join(line for _, line in lines)
+  assert code == 0, text[-3000:]
+  table = [t for t, line in lines if line.startswith("Linear probe: ")]
+  assert table, text[-3000:]
+  # Normal teardown (results written, interpreter and XLA shut down) takes 1-7 s on a shared
+  # 2-core CPU at load ~10.
+  assert exited - table[-1] < 12.0, text[-1500:]
