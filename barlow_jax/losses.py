@@ -62,11 +62,13 @@ All statistics and matmuls run in float32 with `precision=HIGHEST` whatever the 
 """
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from barlow_jax import loss_kernels
+from barlow_jax.loss_kernels import default_block_size  # Public here since before the split.
 
 VARIANTS = (
   "barlow_twins",
@@ -83,14 +85,6 @@ METHODS = ("auto", "dense", "gram", "blockwise")
 _NEEDS_ALL_OF_C = ("cross_entropy",)
 # Largest N x N or D x D float32 matrix "auto" is willing to materialise.
 _AUTO_MAX_MATRIX_BYTES = 1 << 30
-# Default blockwise tile: D x block_size float32 values at most this many bytes.
-_BLOCK_TILE_BYTES = 128 << 20
-
-_HIGHEST = lax.Precision.HIGHEST
-
-
-def _psum(x, axis_name):
-  return x if axis_name is None else lax.psum(x, axis_name)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -175,144 +169,14 @@ def _normalise(z, variant: str, n_global: int, eps: float, axis_name) -> jax.Arr
   z = z.astype(jnp.float32)
   if variant == "feature_norm":
     return z * lax.rsqrt(jnp.mean(z * z, axis=1, keepdims=True) + eps)
-  mean = _psum(jnp.sum(z, axis=0), axis_name) / n_global
+  mean = loss_kernels.psum(jnp.sum(z, axis=0), axis_name) / n_global
   centred = z - mean
   if variant == "cross_covariance":
     return centred
   # Two passes (mean, then centred squares) rather than E[z^2] - E[z]^2: embeddings with a large
   # common offset would otherwise lose their variance to cancellation.
-  var = _psum(jnp.sum(centred * centred, axis=0), axis_name) / n_global
+  var = loss_kernels.psum(jnp.sum(centred * centred, axis=0), axis_name) / n_global
   return centred * lax.rsqrt(var + eps)
-
-
-def _column_dots(a, b, n_global: int, axis_name) -> jax.Array:
-  """diag(A^T B) / N: [D]."""
-  return _psum(jnp.sum(a * b, axis=0), axis_name) / n_global
-
-
-def _full_matrix(a, b, n_global: int, axis_name) -> jax.Array:
-  """C = A^T B / N: [D, D]."""
-  c = jnp.einsum("nd,ne->de", a, b, precision=_HIGHEST)
-  return _psum(c, axis_name) / n_global
-
-
-def _offdiag_mask(shape, column_offset=0) -> jax.Array:
-  rows = lax.broadcasted_iota(jnp.int32, shape, 0)
-  cols = lax.broadcasted_iota(jnp.int32, shape, 1) + column_offset
-  return rows != cols
-
-
-def _offdiag_sumsq_dense(a, b, n_global, axis_name) -> jax.Array:
-  c = _full_matrix(a, b, n_global, axis_name)
-  return jnp.sum(jnp.where(_offdiag_mask(c.shape), c * c, 0.0))
-
-
-@jax.custom_vjp
-def _frobenius_sq_via_gram(a, b) -> jax.Array:
-  """||A^T B||_F^2 = sum((A A^T) * (B B^T)) for [N, D] arrays, without the D x D product."""
-  return _frobenius_sq_via_gram_fwd(a, b)[0]
-
-
-def _frobenius_sq_via_gram_fwd(a, b):
-  gram_a = jnp.einsum("nd,md->nm", a, a, precision=_HIGHEST)
-  gram_b = jnp.einsum("nd,md->nm", b, b, precision=_HIGHEST)
-  return jnp.sum(gram_a * gram_b), (a, b, gram_a, gram_b)
-
-
-def _frobenius_sq_via_gram_bwd(residuals, cotangent):
-  # d/dA tr(A A^T B B^T) = 2 (B B^T) A: one N x N x D product per view. Autodiff of the einsum
-  # cannot use the symmetry of A A^T and spends two.
-  a, b, gram_a, gram_b = residuals
-  grad_a = jnp.einsum("nm,md->nd", gram_b, a, precision=_HIGHEST)
-  grad_b = jnp.einsum("nm,md->nd", gram_a, b, precision=_HIGHEST)
-  return 2.0 * cotangent * grad_a, 2.0 * cotangent * grad_b
-
-
-_frobenius_sq_via_gram.defvjp(_frobenius_sq_via_gram_fwd, _frobenius_sq_via_gram_bwd)
-
-
-def _offdiag_sumsq_gram(a, b, diag, n_global, axis_name) -> jax.Array:
-  """sum_{i != j} C_ij^2 = ||A^T B||_F^2 / N^2 - sum_i C_ii^2, from N x N Gram matrices."""
-  if axis_name is None:
-    return _frobenius_sq_via_gram(a, b) / (float(n_global) ** 2) - jnp.sum(diag * diag)
-  frobenius_sq = lax.psum(_frobenius_sq_partial(a, b, axis_name), axis_name)
-  return frobenius_sq / (float(n_global) ** 2) - jnp.sum(diag * diag)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _frobenius_sq_partial(a, b, axis_name) -> jax.Array:
-  """This device's share of ||A^T B||_F^2: sum over its rows of (A A^T) * (B B^T).
-
-  Its gradient is that of the psum over devices (each device's rows of 2 (B B^T) A), which is
-  what the surrounding psum needs: every device receives the same cotangent for its share.
-  Autodiff would spend a second N_local x N x D product and a reduce-scatter per view.
-  """
-  return _frobenius_sq_partial_fwd(a, b, axis_name)[0]
-
-
-def _frobenius_sq_partial_fwd(a, b, axis_name):
-  a_all = lax.all_gather(a, axis_name, tiled=True)
-  b_all = lax.all_gather(b, axis_name, tiled=True)
-  # This device's rows of A A^T and B B^T: [N_local, N_global].
-  gram_a = jnp.einsum("nd,md->nm", a, a_all, precision=_HIGHEST)
-  gram_b = jnp.einsum("nd,md->nm", b, b_all, precision=_HIGHEST)
-  return jnp.sum(gram_a * gram_b), (a_all, b_all, gram_a, gram_b)
-
-
-def _frobenius_sq_partial_bwd(axis_name, residuals, cotangent):
-  a_all, b_all, gram_a, gram_b = residuals
-  grad_a = jnp.einsum("nm,md->nd", gram_b, a_all, precision=_HIGHEST)
-  grad_b = jnp.einsum("nm,md->nd", gram_a, b_all, precision=_HIGHEST)
-  return 2.0 * cotangent * grad_a, 2.0 * cotangent * grad_b
-
-
-_frobenius_sq_partial.defvjp(_frobenius_sq_partial_fwd, _frobenius_sq_partial_bwd)
-
-
-def default_block_size(d: int) -> int:
-  """Columns per tile of `method="blockwise"` for embedding width `d` (a multiple of 128, <= d)."""
-  block = max(128, (_BLOCK_TILE_BYTES // (4 * d)) // 128 * 128)
-  return min(block, d)
-
-
-def _blockwise_reduce(
-  a,
-  b,
-  n_global: int,
-  axis_name,
-  block_size: int,
-  tile_fn: Callable[[jax.Array, jax.Array], jax.Array],
-) -> jax.Array:
-  """Applies `tile_fn(c_tile, off_diagonal_mask)` to column tiles of C = A^T B / N.
-
-  Returns the per-tile results stacked: [num_tiles]. Columns past D (padding) are masked out.
-  """
-  n_local, d = b.shape
-  num_tiles = -(-d // block_size)
-  padded = num_tiles * block_size
-  if padded != d:
-    b = jnp.pad(b, ((0, 0), (0, padded - d)))
-  tiles = b.reshape(n_local, num_tiles, block_size).transpose(1, 0, 2)
-
-  # Saves only the tile index and inputs per step; the D x block_size tile of C is recomputed in
-  # the backward pass, so neither pass ever holds more than one tile.
-  @jax.checkpoint
-  def body(carry, xs):
-    index, b_tile = xs
-    c = jnp.einsum("nd,nt->dt", a, b_tile, precision=_HIGHEST)
-    c = _psum(c, axis_name) / n_global
-    offset = index * block_size
-    mask = _offdiag_mask(c.shape, offset)
-    mask &= lax.broadcasted_iota(jnp.int32, c.shape, 1) + offset < d
-    return carry, tile_fn(c, mask)
-
-  _, per_tile = lax.scan(body, None, (jnp.arange(num_tiles), tiles))
-  return per_tile
-
-
-def _offdiag_sumsq_blockwise(a, b, n_global, axis_name, block_size) -> jax.Array:
-  tile_fn = lambda c, mask: jnp.sum(jnp.where(mask, c * c, 0.0))
-  return jnp.sum(_blockwise_reduce(a, b, n_global, axis_name, block_size, tile_fn))
 
 
 def choose_method(variant: str, n_global: int, d: int) -> str:
@@ -375,7 +239,46 @@ def cross_correlation(z_a, z_b, *, axis_name=None, eps: float = 1e-5) -> jax.Arr
   _check_number("eps", eps, minimum=0.0, strict=False)
   a = _normalise(z_a, "barlow_twins", n_global, eps, axis_name)
   b = _normalise(z_b, "barlow_twins", n_global, eps, axis_name)
-  return _full_matrix(a, b, n_global, axis_name)
+  return loss_kernels.full_matrix(a, b, n_global, axis_name)
+
+
+def _raw_terms(a, b, variant, method, n_global, axis_name, temperature, block_size):
+  """(invariance, redundancy) of the normalised views, before weighting, by `method`."""
+  diag = loss_kernels.column_dots(a, b, n_global, axis_name)
+
+  if variant == "cross_entropy":
+    invariance = -jax.nn.logsumexp(diag / temperature)
+    if method == "dense":
+      c = loss_kernels.full_matrix(a, b, n_global, axis_name)
+      logits = jnp.where(
+        loss_kernels.offdiag_mask(c.shape), jnp.maximum(c, 0.0) / temperature, -jnp.inf
+      )
+      redundancy = jax.nn.logsumexp(logits)
+    else:
+      tile_fn = lambda c, mask: jax.nn.logsumexp(
+        jnp.where(mask, jnp.maximum(c, 0.0) / temperature, -jnp.inf)
+      )
+      redundancy = jax.nn.logsumexp(
+        loss_kernels.blockwise_reduce(a, b, n_global, axis_name, block_size, tile_fn)
+      )
+  else:
+    invariance = jnp.sum((1.0 - diag) ** 2)
+    pairs = ((a, a), (b, b)) if variant == "auto_correlation" else ((a, b),)
+    sums = []
+    for left, right in pairs:
+      if method == "dense":
+        sums.append(loss_kernels.offdiag_sumsq_dense(left, right, n_global, axis_name))
+      elif method == "gram":
+        pair_diag = (
+          diag if right is not left else loss_kernels.column_dots(left, left, n_global, axis_name)
+        )
+        sums.append(loss_kernels.offdiag_sumsq_gram(left, right, pair_diag, n_global, axis_name))
+      else:
+        sums.append(
+          loss_kernels.offdiag_sumsq_blockwise(left, right, n_global, axis_name, block_size)
+        )
+    redundancy = sum(sums) / len(sums)
+  return invariance, redundancy
 
 
 def barlow_twins_loss_terms(
@@ -407,34 +310,9 @@ def barlow_twins_loss_terms(
 
   a = _normalise(z_a, variant, n_global, eps, axis_name)
   b = _normalise(z_b, variant, n_global, eps, axis_name)
-  diag = _column_dots(a, b, n_global, axis_name)
-
-  if variant == "cross_entropy":
-    invariance = -jax.nn.logsumexp(diag / temperature)
-    if method == "dense":
-      c = _full_matrix(a, b, n_global, axis_name)
-      logits = jnp.where(_offdiag_mask(c.shape), jnp.maximum(c, 0.0) / temperature, -jnp.inf)
-      redundancy = jax.nn.logsumexp(logits)
-    else:
-      tile_fn = lambda c, mask: jax.nn.logsumexp(
-        jnp.where(mask, jnp.maximum(c, 0.0) / temperature, -jnp.inf)
-      )
-      redundancy = jax.nn.logsumexp(
-        _blockwise_reduce(a, b, n_global, axis_name, block_size, tile_fn)
-      )
-  else:
-    invariance = jnp.sum((1.0 - diag) ** 2)
-    pairs = ((a, a), (b, b)) if variant == "auto_correlation" else ((a, b),)
-    sums = []
-    for left, right in pairs:
-      if method == "dense":
-        sums.append(_offdiag_sumsq_dense(left, right, n_global, axis_name))
-      elif method == "gram":
-        pair_diag = diag if right is not left else _column_dots(left, left, n_global, axis_name)
-        sums.append(_offdiag_sumsq_gram(left, right, pair_diag, n_global, axis_name))
-      else:
-        sums.append(_offdiag_sumsq_blockwise(left, right, n_global, axis_name, block_size))
-    redundancy = sum(sums) / len(sums)
+  invariance, redundancy = _raw_terms(
+    a, b, variant, method, n_global, axis_name, temperature, block_size
+  )
 
   if variant == "invariance_only":
     loss = invariance
