@@ -171,10 +171,10 @@ def test_suite_runs_jax_and_torch_apart_when_the_joint_step_part_leaves_nothing(
 
 
 def test_step_peer_without_torch_is_skipped_with_a_message(monkeypatch):
-  real_has = step._has
-  monkeypatch.setattr(step, "_has", lambda module: module != "torch" and real_has(module))
-  args = step._parse(["step", *TINY, "--peer=torch"])
-  peer = step._run_peer(args)
+  real_has = step.has_module
+  monkeypatch.setattr(step, "has_module", lambda module: module != "torch" and real_has(module))
+  args = step.parse_flags(["step", *TINY, "--peer=torch"])
+  peer = step.run_peer(args)
   assert peer == {"skipped": "torch is not installed (pip install torch): no PyTorch peer measured"}
   result = {
     "backbone": "ResNet18",

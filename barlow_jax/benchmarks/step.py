@@ -34,15 +34,12 @@ PyTorch peers are credited with the same FLOPs per image (same network, loss and
 
 import importlib.util
 import os
-import statistics
 import sys
-import tempfile
-import time
 
-import numpy as np
 from absl import app, flags
 
 from barlow_jax import benchmarks, cli
+from barlow_jax.benchmarks import step_jax
 
 # Dense bf16 peak TFLOP/s by device-kind substring (vendor datasheets), most specific first.
 PEAK_TFLOPS = (
@@ -111,67 +108,17 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 COMMAND_PROG = "python -m barlow_jax.benchmark step"
 
 
-def _parse(argv: list[str]) -> flags.FlagValues:
+def parse_flags(argv: list[str]) -> flags.FlagValues:
+  """The step benchmark's flags from `argv` ("step", then the flags), as `main` parses them."""
   return COMMAND.parse(argv)[0]
 
 
-def _progress(message: str) -> None:
-  print(f"[step benchmark] {message}", file=sys.stderr, flush=True)
-
-
-def _has(module: str) -> bool:
+def has_module(module: str) -> bool:
+  """Whether `module` can be imported here (without importing it)."""
   try:
     return importlib.util.find_spec(module) is not None
   except (ImportError, ValueError):
     return False
-
-
-def _config(args, folder: str, on_device: bool):
-  from barlow_jax.config import base_config
-
-  config = base_config()
-  config.dataset.name = "folder"
-  config.dataset.folder = folder
-  config.dataset.eval_split = ""
-  config.dataset.probe_split = ""
-  config.dataset.image_size = args.image_size
-  config.dataset.shuffle_buffer = 256
-  config.augment.on_device = on_device
-  config.model.backbone = args.backbone
-  config.model.width = args.width
-  config.model.projector = args.projector
-  config.model.dtype = args.dtype
-  config.optim.name = args.optimizer
-  config.optim.warmup_epochs = 0.0
-  config.batch_size = args.batch
-  config.num_train_steps = 10**6
-  config.online_probe = False
-  return config
-
-
-def _write_jpegs(folder: str, count: int, size: int, seed: int = 0) -> None:
-  """Random smooth-ish RGB images as JPEG files (decode cost comparable to photos)."""
-  import tensorflow as tf
-
-  rng = np.random.default_rng(seed)
-  small = max(size // 8, 2)
-  for i in range(count):
-    coarse = rng.uniform(0, 255, size=(small, small, 3)).astype(np.float32)
-    image = tf.image.resize(coarse[None], (size, size), method="bilinear")[0]
-    noise = rng.normal(0, 12, size=(size, size, 3))
-    pixels = np.clip(image.numpy() + noise, 0, 255).astype(np.uint8)
-    tf.io.write_file(os.path.join(folder, f"img_{i:04d}.jpg"), tf.io.encode_jpeg(pixels))
-
-
-def _flops(stage) -> float:
-  """The 'flops' of XLA's cost analysis of a `Lowered` or `Compiled` (NaN where unavailable)."""
-  try:
-    analysis = stage.cost_analysis()
-  except Exception:  # noqa: BLE001 -- some backends implement no cost analysis.
-    return float("nan")
-  if isinstance(analysis, list | tuple):
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", float("nan")))
 
 
 def peak_flops(device_kind: str, override_tflops: float = 0.0) -> float:
@@ -184,101 +131,15 @@ def peak_flops(device_kind: str, override_tflops: float = 0.0) -> float:
   return float("nan")
 
 
-def _measure_jax(args, on_device: bool, pipeline: bool) -> dict:
-  """Compiles the step for one `config.augment.on_device` setting and times it."""
-  import jax
-
-  from barlow_jax import parallel, train_state, train_step
-
-  out = {"on_device": on_device}
-  with tempfile.TemporaryDirectory() as folder:
-    source = args.source_size or max(int(args.image_size * 1.15), args.image_size + 8)
-    num_images = max(2 * args.batch, 64)
-    config = _config(args, folder, on_device)
-    config.num_train_examples = num_images
-    mesh = parallel.create_mesh()
-    # The schedule's length does not change the step's work; no dataset needed for it.
-    state = train_state.create_train_state(
-      config, jax.random.key(0), mesh=mesh, steps_per_epoch=num_images // args.batch
-    )
-    step = train_step.jit_train_step(config, mesh, state)
-    rng = np.random.default_rng(0)
-    shape = (args.batch // jax.process_count(), args.image_size, args.image_size, 3)
-    local = {v: rng.integers(0, 256, size=shape, dtype=np.uint8) for v in ("view_a", "view_b")}
-    device_batch = parallel.global_batch(local, mesh)
-
-    lowered = step.lower(state, device_batch)
-    out["flops_per_step"] = _flops(lowered)
-    if out["flops_per_step"] != out["flops_per_step"]:  # No cost analysis before compiling.
-      out["flops_per_step"] = _flops(lowered.compile())
-    out["flops_per_image"] = out["flops_per_step"] / args.batch
-    # Compiled by its first call: `lower().compile()` would not fill jit's own cache, and the
-    # timed calls would compile it a second time.
-    _progress(f"compiling the JAX step (augment.on_device={on_device})")
-    t0 = time.perf_counter()
-    state, metrics = step(state, device_batch, False)
-    jax.block_until_ready(metrics)
-    out["compile_seconds"] = time.perf_counter() - t0
-    _progress(f"compiled (and ran once) in {out['compile_seconds']:.1f} s")
-
-    def timed(batches, n, per_step):
-      nonlocal state
-      waited, times = 0.0, []
-      start = time.perf_counter()
-      metrics = None
-      for _ in range(n):
-        t = time.perf_counter()
-        batch = next(batches)
-        waited += time.perf_counter() - t
-        state, metrics = step(state, batch, False)
-        if per_step:
-          jax.block_until_ready(metrics)
-          times.append(time.perf_counter() - t)
-      jax.block_until_ready((state.params, metrics))
-      return time.perf_counter() - start, waited, times
-
-    def repeat(batch):
-      while True:
-        yield batch
-
-    if args.steps and args.input != "pipeline":
-      timed(repeat(device_batch), args.warmup, False)
-      _, _, times = timed(repeat(device_batch), args.steps, True)
-      out["device_step_seconds"] = statistics.median(times)
-      out["device_step_times_s"] = times
-      out["device_images_per_second"] = args.batch / out["device_step_seconds"]
-      _progress(f"device batch: {out['device_images_per_second']:.1f} images/s")
-    if args.steps and pipeline:
-      from barlow_jax import data as input_pipeline
-
-      _write_jpegs(folder, num_images, source)
-      out["source_size"] = source
-      batches = parallel.device_prefetch(
-        input_pipeline.create_pretrain_iterator(config), mesh, config.dataset.prefetch
-      )
-      timed(batches, args.warmup, False)
-      seconds, waited, _ = timed(batches, args.steps, False)
-      out["pipeline_step_seconds"] = seconds / args.steps
-      out["pipeline_images_per_second"] = args.batch * args.steps / seconds
-      out["input_wait_share"] = waited / seconds
-      if "device_step_seconds" in out:
-        out["slowdown_share"] = max(
-          0.0, 1.0 - out["device_step_seconds"] / out["pipeline_step_seconds"]
-        )
-    out["num_compiles"] = step.num_traces
-    del state
-  return out
-
-
-def _run_peer(args) -> dict:
+def run_peer(args) -> dict:
   """The PyTorch peers (before JAX touches the accelerator), or why they were skipped."""
-  if not _has("torch"):
+  if not has_module("torch"):
     return {"skipped": "torch is not installed (pip install torch): no PyTorch peer measured"}
   from barlow_jax import models
   from barlow_jax.benchmarks import torch_peer
 
   device = torch_peer.default_device() if args.peer_device == "auto" else args.peer_device
-  _progress(f"PyTorch peers {args.peer_variants} on {device}")
+  step_jax.progress(f"PyTorch peers {args.peer_variants} on {device}")
   results = torch_peer.run_peers(
     args.peer_variants,
     device=device,
@@ -293,51 +154,8 @@ def _run_peer(args) -> dict:
   return {"device": device, "variants": results}
 
 
-def run(args) -> dict:
-  peer = _run_peer(args) if args.peer == "torch" else None
-
-  import jax
-
-  devices = jax.device_count()
-  if args.batch % devices:
-    raise ValueError(f"--batch={args.batch} must be divisible by the {devices} devices")
-  device_kind = jax.devices()[0].device_kind
-  result = {
-    "backbone": args.backbone,
-    "width": args.width,
-    "projector": args.projector,
-    "optimizer": args.optimizer,
-    "batch": args.batch,
-    "image_size": args.image_size,
-    "dtype": args.dtype,
-    "devices": devices,
-    "device_kind": device_kind,
-    "platform": jax.devices()[0].platform,
-    "jax": jax.__version__,
-    "host_cpus": os.cpu_count(),
-    "steps": args.steps,
-    "peak_flops": peak_flops(device_kind, args.peak_tflops),
-    "notes": [],
-  }
-  pipeline = args.input in ("both", "pipeline")
-  if pipeline and not _has("tensorflow"):
-    pipeline = False
-    result["notes"].append("input pipeline not measured: TensorFlow is not installed")
-  settings = {"off": [False], "on": [True], "both": [False, True]}[args.on_device]
-  if True in settings and not _has("barlow_jax.data.device_augment"):
-    settings.remove(True)
-    result["notes"].append(
-      "config.augment.on_device=True not measured: barlow_jax.data.device_augment is not in this "
-      "checkout"
-    )
-  result["modes"] = {}
-  for on_device in settings:
-    name = "device_augment" if on_device else "host_augment"
-    result["modes"][name] = _measure_jax(args, on_device, pipeline)
-  if result["modes"]:
-    # The first mode's numbers at the top level too (the JSON layout before `modes` existed).
-    first = next(iter(result["modes"].values()))
-    result.update({k: v for k, v in first.items() if k != "on_device"})
+def _compare(result: dict, peer: dict | None) -> None:
+  """Adds to `result` the derived numbers: on-device augmentation shares, MFU, JAX / PyTorch."""
   modes = result["modes"]
   if "device_augment" in modes and "host_augment" in modes:
     on, off = modes["device_augment"], modes["host_augment"]
@@ -364,6 +182,55 @@ def run(args) -> dict:
       result["notes"].append(
         f"PyTorch ran on {peer.get('device')} and JAX on {result['platform']}: not the same device"
       )
+
+
+def run(args) -> dict:
+  """Measures what `args` (the step flags) ask for; the result `table` prints and --out writes."""
+  peer = run_peer(args) if args.peer == "torch" else None
+
+  import jax
+
+  devices = jax.device_count()
+  if args.batch % devices:
+    raise ValueError(f"--batch={args.batch} must be divisible by the {devices} devices")
+  device_kind = jax.devices()[0].device_kind
+  result = {
+    "backbone": args.backbone,
+    "width": args.width,
+    "projector": args.projector,
+    "optimizer": args.optimizer,
+    "batch": args.batch,
+    "image_size": args.image_size,
+    "dtype": args.dtype,
+    "devices": devices,
+    "device_kind": device_kind,
+    "platform": jax.devices()[0].platform,
+    "jax": jax.__version__,
+    "host_cpus": os.cpu_count(),
+    "steps": args.steps,
+    "peak_flops": peak_flops(device_kind, args.peak_tflops),
+    "notes": [],
+  }
+  pipeline = args.input in ("both", "pipeline")
+  if pipeline and not has_module("tensorflow"):
+    pipeline = False
+    result["notes"].append("input pipeline not measured: TensorFlow is not installed")
+  settings = {"off": [False], "on": [True], "both": [False, True]}[args.on_device]
+  if True in settings and not has_module("barlow_jax.data.device_augment"):
+    settings.remove(True)
+    result["notes"].append(
+      "config.augment.on_device=True not measured: barlow_jax.data.device_augment is not in this "
+      "checkout"
+    )
+  result["modes"] = {}
+  for on_device in settings:
+    name = "device_augment" if on_device else "host_augment"
+    result["modes"][name] = step_jax.measure_jax(args, on_device, pipeline)
+  if result["modes"]:
+    # The first mode's numbers at the top level too (the JSON layout before `modes` existed).
+    first = next(iter(result["modes"].values()))
+    result.update({k: v for k, v in first.items() if k != "on_device"})
+  _compare(result, peer)
   for key in ("device_images_per_second", "pipeline_images_per_second"):
     if key in result:
       result[f"{key}_per_device"] = result[key] / devices
@@ -425,7 +292,7 @@ def table(result: dict) -> str:
 def _command(args: flags.FlagValues, argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if args.input == "pipeline" and not _has("tensorflow"):
+  if args.input == "pipeline" and not has_module("tensorflow"):
     # Not a flag error: this machine lacks TensorFlow. Exit 2, as this check always has.
     print(
       f"{COMMAND_PROG}: --input=pipeline needs TensorFlow (pip install tensorflow-cpu); or "
