@@ -278,6 +278,29 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_multi_string("child", None, "internal: METHOD N D of one child run", **fv)
 
 
+def _measure_grid(args: flags.FlagValues, methods: list[str]) -> list[dict]:
+  """One row per (N, D, method) of the flags: timed in a child process, or why it was skipped."""
+  rows = []
+  for n in args.n:
+    for d in args.d:
+      for method in methods:
+        row = {"n": n, "d": d, "method": method}
+        est_bytes, est_flops = estimate(method, n, d)
+        if est_bytes > args.max_bytes:
+          row["status"] = f"skipped: needs ~{est_bytes / 2**30:.1f} GiB > --max-bytes"
+        elif est_flops > args.max_gflop * 1e9:
+          row["status"] = f"skipped: ~{est_flops / 1e9:.0f} GFLOP > --max-gflop"
+        else:
+          row.update(_run_child(method, n, d, args.repeats, args.timeout, args.torch_device))
+        row["est_bytes"], row["est_gflop"] = est_bytes, est_flops / 1e9
+        rows.append(row)
+        status = row["status"]
+        timing = f"{row['median_s']:.3f} s" if status == "ok" else status
+        print(f"N={n} D={d} {method}: {timing}", file=sys.stderr, flush=True)
+
+  return rows
+
+
 def _command(args: flags.FlagValues, argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -303,24 +326,7 @@ def _command(args: flags.FlagValues, argv: list[str]) -> int:
     raise app.UsageError("--torch: torch is not importable")
   methods = list(args.methods) + ([TORCH] if use_torch else [])
 
-  rows = []
-  for n in args.n:
-    for d in args.d:
-      for method in methods:
-        row = {"n": n, "d": d, "method": method}
-        est_bytes, est_flops = estimate(method, n, d)
-        if est_bytes > args.max_bytes:
-          row["status"] = f"skipped: needs ~{est_bytes / 2**30:.1f} GiB > --max-bytes"
-        elif est_flops > args.max_gflop * 1e9:
-          row["status"] = f"skipped: ~{est_flops / 1e9:.0f} GFLOP > --max-gflop"
-        else:
-          row.update(_run_child(method, n, d, args.repeats, args.timeout, args.torch_device))
-        row["est_bytes"], row["est_gflop"] = est_bytes, est_flops / 1e9
-        rows.append(row)
-        status = row["status"]
-        timing = f"{row['median_s']:.3f} s" if status == "ok" else status
-        print(f"N={n} D={d} {method}: {timing}", file=sys.stderr, flush=True)
-
+  rows = _measure_grid(args, methods)
   table = format_table(rows)
   print(table)
   with open(args.out, "w") as f:

@@ -112,6 +112,26 @@ def _abstract(tree, shardings):
 
 
 # Long by its docstring and the abstract shapes it builds for its one compile, read top to bottom.
+def _abstract_batch(config, mesh, num_classes: int, views_dtype: str) -> dict:
+  """The global batch the step takes, as sharded shapes: two views (and labels for the probe)."""
+  import jax
+  import jax.numpy as jnp
+
+  from barlow_jax import parallel
+
+  batch_sharding = parallel.batch_sharding(mesh)
+  size = int(config.dataset.image_size)
+  view = jax.ShapeDtypeStruct(
+    (int(config.batch_size), size, size, 3), jnp.dtype(views_dtype), sharding=batch_sharding
+  )
+  batch = {"view_a": view, "view_b": view}
+  if num_classes:
+    batch["label"] = jax.ShapeDtypeStruct(
+      (int(config.batch_size),), jnp.int32, sharding=batch_sharding
+    )
+  return batch
+
+
 def step_memory(
   config, mesh, *, num_classes: int, steps_per_epoch: int = 1, views_dtype: str = "uint8"
 ) -> dict:
@@ -131,10 +151,10 @@ def step_memory(
     `memory_analysis()` of the compiled step), `num_params`, `num_projector_params`,
     `lower_seconds`, `compile_seconds`.
   """
+  # Long for its docstring (the 12 keys it returns) and the flat dict of them, not for its logic.
   import functools
 
   import jax
-  import jax.numpy as jnp
 
   from barlow_jax import parallel, train_state, train_step
 
@@ -150,16 +170,7 @@ def step_memory(
   shapes = jax.eval_shape(init, jax.random.key(0))
   shardings = parallel.state_shardings(shapes, mesh, fsdp_min_size=min_size)
   state = _abstract(shapes, shardings)
-  batch_sharding = parallel.batch_sharding(mesh)
-  size = int(config.dataset.image_size)
-  view = jax.ShapeDtypeStruct(
-    (int(config.batch_size), size, size, 3), jnp.dtype(views_dtype), sharding=batch_sharding
-  )
-  batch = {"view_a": view, "view_b": view}
-  if num_classes:
-    batch["label"] = jax.ShapeDtypeStruct(
-      (int(config.batch_size),), jnp.int32, sharding=batch_sharding
-    )
+  batch = _abstract_batch(config, mesh, num_classes, views_dtype)
   lowered = train_step.jit_train_step(config, mesh, state).lower(state, batch)
   lower_seconds = time.perf_counter() - t0
   t0 = time.perf_counter()

@@ -254,9 +254,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 # Long: the parts in the docstring's order, each a few lines with its fallback, read top to bottom.
-def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _settings(flag_values: flags.FlagValues) -> types.SimpleNamespace:
+  """The suite's flags as plain values, with the parts to run filled in."""
   fv = flag_values
   # The parts list grows below: plain values, not the parsed flags.
   args = types.SimpleNamespace(
@@ -268,6 +267,75 @@ def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
     ]
   if "step" in args.parts:
     args.parts += FALLBACKS
+  return args
+
+
+def _torch_sizes(sizes: dict) -> list[str]:
+  # The peers' own flags: the same names, less --dtype (each variant has its autocast dtype).
+  return [a for a in (*sizes["model"], *sizes["shape"], *sizes["timing"]) if "dtype" not in a]
+
+
+def _step_parts(part, results: dict, sizes: dict, tmp: str, log) -> None:
+  """The step benchmark (JAX and the PyTorch peers), its fallbacks, and the on-device step."""
+  step_args = ["barlow_jax.benchmark", "step", *sizes["model"], *sizes["shape"], *sizes["timing"]]
+  step_args += ["--input=device"]
+  torch_sizes = _torch_sizes(sizes)
+  path = os.path.join(tmp, "step.json")
+  peer = ["--peer=torch", "--peer_variants", "reference", "tuned"]
+  results["step"] = part("step", [*step_args, "--on_device=off", *peer, f"--out={path}"], path)
+  if results["step"] is None and "step" in results["parts"]:
+    log("=== step left no result: JAX and PyTorch again, each in its own process")
+    path = os.path.join(tmp, "step_jax_alone.json")
+    results["step"] = part("step_jax_alone", [*step_args, "--on_device=off", f"--out={path}"], path)
+    path = os.path.join(tmp, "torch_alone.json")
+    argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "reference", "tuned"]
+    argv += [f"--out={path}", *torch_sizes]
+    peers = part("torch_alone", argv, path)
+    if results["step"] is not None and peers is not None:
+      results["step"]["peer"] = peers
+    elif peers is not None:
+      results["step"] = {"peer": peers}
+  if importlib.util.find_spec("barlow_jax.data.device_augment") is None:
+    results["parts"]["step_on_device"] = {
+      "status": "skipped: barlow_jax.data.device_augment is not in this checkout"
+    }
+  else:
+    path = os.path.join(tmp, "step_on_device.json")
+    argv = [*step_args, "--on_device=on", f"--out={path}"]
+    results["step_on_device"] = part("step_on_device", argv, path, reserve=LOSS_RESERVE)
+
+
+def _loss_parts(part, results: dict, sizes: dict, tmp: str) -> None:
+  """The loss benchmark at each (N, D) of `sizes`."""
+  for i, (n, d) in enumerate(sizes["loss"]):
+    path = os.path.join(tmp, f"loss_{i}.json")
+    loss_args = ["barlow_jax.benchmark", "loss", "--n", str(n), "--d", str(d), "--torch"]
+    loss_args += ["--methods", "auto", "--repeats", str(sizes["loss_repeats"])]
+    loss_args += ["--max-gflop", "1e6", "--max-bytes", str(sizes["loss_max_bytes"])]
+    loss_args += ["--out", path]
+    results["loss"].append(part("loss", loss_args, path) or {})
+    results["parts"][f"loss N={n} D={d}"] = results["parts"].pop("loss", {"status": "not run"})
+
+
+def _write_results(results: dict, out_dir: str, log, start: float) -> None:
+  """suite.json, suite.md, and the table at the end of suite.log."""
+  with open(os.path.join(out_dir, "suite.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  try:
+    table = markdown(results)
+  except Exception as e:  # noqa: BLE001 -- suite.json and suite.log hold the results anyway.
+    table = f"no table: {type(e).__name__}: {e} (the results are in suite.json)"
+  with open(os.path.join(out_dir, "suite.md"), "w") as f:
+    f.write(table + "\n")
+  log(f"=== suite done in {time.perf_counter() - start:.0f} s; {out_dir}/suite.md:")
+  log(table)
+  log.close()
+
+
+def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  args = _settings(flag_values)
   os.makedirs(args.out_dir, exist_ok=True)
   log = SuiteLog(os.path.join(args.out_dir, "suite.log"))
   sizes = TINY if args.tiny else FULL
@@ -289,62 +357,15 @@ def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
     results["parts"][name] = run_part(log, name, [sys.executable, "-m", *argv], limit)
     return _load(out_path)
 
-  step_args = ["barlow_jax.benchmark", "step", *sizes["model"], *sizes["shape"], *sizes["timing"]]
-  step_args += ["--input=device"]
-  # The peers' own flags: the same names, less --dtype (each variant has its autocast dtype).
-  torch_sizes = [
-    a for a in (*sizes["model"], *sizes["shape"], *sizes["timing"]) if "dtype" not in a
-  ]
   with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "step.json")
-    peer = ["--peer=torch", "--peer_variants", "reference", "tuned"]
-    results["step"] = part("step", [*step_args, "--on_device=off", *peer, f"--out={path}"], path)
-    if results["step"] is None and "step" in results["parts"]:
-      log("=== step left no result: JAX and PyTorch again, each in its own process")
-      path = os.path.join(tmp, "step_jax_alone.json")
-      results["step"] = part(
-        "step_jax_alone", [*step_args, "--on_device=off", f"--out={path}"], path
-      )
-      path = os.path.join(tmp, "torch_alone.json")
-      argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "reference", "tuned"]
-      argv += [f"--out={path}", *torch_sizes]
-      peers = part("torch_alone", argv, path)
-      if results["step"] is not None and peers is not None:
-        results["step"]["peer"] = peers
-      elif peers is not None:
-        results["step"] = {"peer": peers}
-    if importlib.util.find_spec("barlow_jax.data.device_augment") is None:
-      results["parts"]["step_on_device"] = {
-        "status": "skipped: barlow_jax.data.device_augment is not in this checkout"
-      }
-    else:
-      path = os.path.join(tmp, "step_on_device.json")
-      argv = [*step_args, "--on_device=on", f"--out={path}"]
-      results["step_on_device"] = part("step_on_device", argv, path, reserve=LOSS_RESERVE)
-    for i, (n, d) in enumerate(sizes["loss"]):
-      path = os.path.join(tmp, f"loss_{i}.json")
-      loss_args = ["barlow_jax.benchmark", "loss", "--n", str(n), "--d", str(d), "--torch"]
-      loss_args += ["--methods", "auto", "--repeats", str(sizes["loss_repeats"])]
-      loss_args += ["--max-gflop", "1e6", "--max-bytes", str(sizes["loss_max_bytes"])]
-      loss_args += ["--out", path]
-      results["loss"].append(part("loss", loss_args, path) or {})
-      results["parts"][f"loss N={n} D={d}"] = results["parts"].pop("loss", {"status": "not run"})
+    _step_parts(part, results, sizes, tmp, log)
+    _loss_parts(part, results, sizes, tmp)
     path = os.path.join(tmp, "torch_compiled.json")
     argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "tuned_compiled", f"--out={path}"]
-    argv += torch_sizes
+    argv += _torch_sizes(sizes)
     results["torch_compiled"] = part("torch_compiled", argv, path)
 
-  with open(os.path.join(args.out_dir, "suite.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  try:
-    table = markdown(results)
-  except Exception as e:  # noqa: BLE001 -- suite.json and suite.log hold the results anyway.
-    table = f"no table: {type(e).__name__}: {e} (the results are in suite.json)"
-  with open(os.path.join(args.out_dir, "suite.md"), "w") as f:
-    f.write(table + "\n")
-  log(f"=== suite done in {time.perf_counter() - start:.0f} s; {args.out_dir}/suite.md:")
-  log(table)
-  log.close()
+  _write_results(results, args.out_dir, log, start)
   return 0
 
 
