@@ -37,6 +37,7 @@ def view_config(*, blur_prob: float, solarize_prob: float) -> ml_collections.Con
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key a run reads, set to the reference's ImageNet values."""
+  # Long because it lists every key, one line each: read top-down, it is the config reference.
   config = ml_collections.ConfigDict()
   config.seed = 0
 

@@ -74,6 +74,29 @@ def _stream(prefix: str, pipe, lock: threading.Lock) -> None:
   pipe.close()
 
 
+def _watch(procs: list, grace_s: float) -> int:
+  """Polls until every process has ended; after the first failure the others get `grace_s`
+  seconds, then are killed. Returns 1 if a process failed, else 0."""
+  failed_at, status = None, 0
+  while any(p.poll() is None for p in procs):
+    for index, proc in enumerate(procs):
+      code = proc.poll()
+      if code not in (None, 0) and failed_at is None:
+        failed_at, status = time.monotonic(), 1
+        print(
+          f"launch: process {index} (pid {proc.pid}) {_describe_exit(code)}; the others are "
+          f"given {grace_s:g}s to stop, then killed",
+          flush=True,
+        )
+    if failed_at is not None and time.monotonic() - failed_at > grace_s:
+      for index, proc in enumerate(procs):
+        if proc.poll() is None:
+          print(f"launch: killing process {index} (pid {proc.pid})", flush=True)
+          proc.kill()
+    time.sleep(0.2)
+  return status
+
+
 def launch(args, program_args: list[str]) -> int:
   """Runs the processes to completion; returns 0 only if every one of them succeeded.
 
@@ -111,24 +134,8 @@ def launch(args, program_args: list[str]) -> int:
         proc.send_signal(signal.SIGTERM)
 
   previous = {s: signal.signal(s, forward_sigterm) for s in (signal.SIGTERM, signal.SIGINT)}
-  failed_at, status = None, 0
   try:
-    while any(p.poll() is None for p in procs):
-      for index, proc in enumerate(procs):
-        code = proc.poll()
-        if code not in (None, 0) and failed_at is None:
-          failed_at, status = time.monotonic(), 1
-          print(
-            f"launch: process {index} (pid {proc.pid}) {_describe_exit(code)}; the others are "
-            f"given {args.grace_s:g}s to stop, then killed",
-            flush=True,
-          )
-      if failed_at is not None and time.monotonic() - failed_at > args.grace_s:
-        for index, proc in enumerate(procs):
-          if proc.poll() is None:
-            print(f"launch: killing process {index} (pid {proc.pid})", flush=True)
-            proc.kill()
-      time.sleep(0.2)
+    status = _watch(procs, args.grace_s)
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)

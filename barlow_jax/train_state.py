@@ -80,6 +80,8 @@ def create_train_state(
   Raises:
     TypeError: neither `tx` nor `steps_per_epoch` given.
   """
+  # Over 60 lines for its docstring; `init` must stay a closure: it is traced twice (shapes, then
+  # jit with the state shardings).
   mesh = parallel.create_mesh() if mesh is None else mesh
   if tx is None:
     if steps_per_epoch is None:

@@ -105,6 +105,8 @@ def train_step(
     `corr_diag_mean`, `corr_offdiag_abs_mean`, `representation_rank` (0 when `monitor` is false)
     and `heatmap_first` / `heatmap_block_rms` [64, 64] pictures of C.
   """
+  # Over 60 lines for its docstring; the body is one update in order (loss, optimizer, probe,
+  # monitors), clearer read straight through than split.
   model = state.model
   loss_config = config.loss
   view_a, view_b = device_augment.prepare_views(batch, state.step, config=config)
