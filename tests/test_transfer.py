@@ -275,3 +275,31 @@ def test_export_for_detectron2s_torchvision_converter(tmp_path):
   # The stem's kernel went from flax HWIO to torch OIHW.
   stem = np.asarray(variables["params"]["conv1"]["kernel"])
   np.testing.assert_array_equal(d2["stem.conv1.weight"], stem.transpose(3, 2, 0, 1))
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_voc_style_batches_resize_with_eval_interpolation(backbone_dir, method):
+  # The multi-label path used to resize bilinearly whatever config.dataset.eval_interpolation said.
+  from PIL import Image
+
+  config = _config("voc07", backbone_dir)
+  config.dataset.eval_interpolation = method
+  with tfds.testing.mock_data(as_dataset_fn=_voc_as_dataset):
+    batches, _ = transfer.multilabel_batches(config, "test", batch_size=8)
+    first = next(iter(batches))["image"][0]
+  mean, std = np.asarray(config.augment.mean), np.asarray(config.augment.std)
+  pixels = first * std + mean  # [0, 1], before normalisation.
+  image = next(_voc_examples("test"))[0]
+  for name, pil_filter in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
+    # PIL in float ("F" images, channel by channel): its 8-bit path rounds after each pass.
+    expected = np.stack(
+      [
+        np.asarray(Image.fromarray(image[..., c] / np.float32(255), mode="F").resize(
+          (_SIZE, _SIZE), pil_filter
+        ))
+        for c in range(3)
+      ],
+      -1,
+    )
+    error = np.abs(pixels - expected).max()
+    assert (error <= 1e-4) == (name == method), (name, error)

@@ -136,13 +136,11 @@ def multilabel_batches(
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  from barlow_jax import data as input_pipeline
-  from barlow_jax.data import colour, crop
+  from barlow_jax.data import colour, crop, evaluation
 
   builder, names = _objects_features(config)
   t, image_key = config.transfer, config.dataset.image_key
-  size = int(config.dataset.image_size)
-  resize = input_pipeline.eval_resize(config)
+  size, resize, method = evaluation.eval_preprocessing(config)
   mean, std = tuple(config.augment.mean), tuple(config.augment.std)
   ds = builder.as_dataset(
     split=split,
@@ -152,7 +150,8 @@ def multilabel_batches(
   )
 
   def prepare(ex):
-    image = crop.eval_resize_crop(crop.decode_image(ex[image_key]), size=size, resize=resize)
+    image = crop.decode_image(ex[image_key])
+    image = crop.eval_resize_crop(image, size=size, resize=resize, method=method)
     objects = ex[t.objects_key]
     labels = objects[t.object_label_key]
     difficult = objects[t.object_difficult_key] if t.object_difficult_key else tf.zeros_like(labels)
