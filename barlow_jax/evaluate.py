@@ -107,6 +107,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "config.eval.backbone is empty: give a pretraining workdir, a backbone/ export or a "
       "converted PyTorch checkpoint directory (--config.eval.backbone=DIR)"
     )
+  from barlow_jax.data import evaluation as eval_data
   from barlow_jax.evaluation import transfer
 
   modes = {"linear": linear_evaluation, "semisup": semisup_evaluation, "knn": knn_evaluation}
@@ -114,6 +115,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.eval.mode not in modes:
     raise ValueError(f"config.eval.mode={config.eval.mode!r}: use one of {sorted(modes)}")
   config_validation.validate_numbers(config)
+  # Before the probe trains: a bad resize setting would otherwise fail at the first test batch.
+  eval_data.eval_preprocessing(config)
   return modes[config.eval.mode](config, workdir)
 
 

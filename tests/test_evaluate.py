@@ -341,3 +341,15 @@ def test_random_crop_flip_identity_mirror_and_crop():
   assert zoom.shape == images.shape and not np.allclose(np.asarray(zoom), images, atol=1e-2)
   flat = evaluate.random_crop_flip(key, np.ones_like(images), area=(0.25, 0.25), aspect=(1, 1))
   np.testing.assert_allclose(np.asarray(flat), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("eval_resize", 200), ("eval_interpolation", "lanczos")])
+def test_bad_eval_preprocessing_fails_before_the_backbone_loads(tmp_path, key, value):
+  from configs import eval_linear
+
+  config = eval_linear.get_config()
+  config.eval.backbone = str(tmp_path / "not_there")  # Would be the error without the check.
+  config.dataset.image_size = 224
+  config.dataset[key] = value
+  with pytest.raises(ValueError, match=f"config.dataset.{key}={value!r}"):
+    evaluate.evaluate(config, str(tmp_path))

@@ -473,3 +473,14 @@ def test_show_augmentations_draws_a_png(tmp_path):
   image = tf.io.decode_png(data).numpy()
   assert image.shape[0] > 100 and image.shape[1] > 200 and image.std() > 10
   assert config.batch_size == 128  # The caller's config is left alone.
+
+
+def test_bad_eval_resize_fails_before_pretraining_opens_the_source(tmp_path):
+  # The evaluation after pretraining would fail on it: the run stops at its start instead.
+  config = config_lib.base_config()
+  config.dataset.name = "folder"
+  config.dataset.folder = str(tmp_path / "not_there")  # Would be the error without the check.
+  config.dataset.image_size = 224
+  config.dataset.eval_resize = 200
+  with pytest.raises(ValueError, match="config.dataset.eval_resize=200"):
+    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from barlow_jax.data import augment, batching, crop, sources
+from barlow_jax.data import augment, batching, crop, evaluation, sources
 
 
 def _two_views(config, image, seed_a, seed_b, is_bytes: bool):
@@ -104,10 +104,9 @@ def create_pretrain_iterator(
   """
   process_index, process_count = batching.process_defaults(process_index, process_count)
   local_batch = batching.local_batch(int(config.batch_size), process_count)
-  # The run's evaluation resize too: a bad value fails at the start, not after pretraining.
-  crop.check_resize_method(
-    str(config.dataset.eval_interpolation), "config.dataset.eval_interpolation"
-  )
+  # The run's evaluation preprocessing too: a bad setting fails at the start, not after
+  # pretraining.
+  evaluation.eval_preprocessing(config)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   source = sources.open_source(config, config.dataset.train_split)
