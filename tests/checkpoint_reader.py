@@ -42,8 +42,7 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from barlow_jax import checkpointing, convert, evaluate, train
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import checkpointing, convert, data, evaluate, train
 
   out: dict[str, np.ndarray] = {}
   export = os.path.join(workdir, "backbone")
@@ -68,8 +67,8 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
       config,
       rng,
       mesh=mesh,
-      steps_per_epoch=input_pipeline.steps_per_epoch(config),
-      num_classes=input_pipeline.num_classes(config),
+      steps_per_epoch=data.steps_per_epoch(config),
+      num_classes=data.num_classes(config),
     ),
     jax.random.key(0),
   )

@@ -13,7 +13,7 @@ import time
 
 from absl import app
 
-from barlow_jax import data as input_pipeline
+from barlow_jax import data
 from barlow_jax import main as barlow_main
 
 _MAX_PAUSE_S = 300.0
@@ -25,7 +25,7 @@ def _install_pause() -> None:
     return
   sync_dir = os.environ["SCALE_OUT_SYNC_DIR"]
   processes = {int(p) for p in os.environ.get("SCALE_OUT_PAUSE_PROCESSES", "0,1").split(",")}
-  original = input_pipeline.create_pretrain_iterator
+  original = data.create_pretrain_iterator
 
   def paused(config, *, start_step=0, **kwargs):
     import jax
@@ -40,7 +40,7 @@ def _install_pause() -> None:
           time.sleep(0.05)
       yield batch
 
-  input_pipeline.create_pretrain_iterator = paused
+  data.create_pretrain_iterator = paused
 
 
 if __name__ == "__main__":

@@ -80,6 +80,21 @@ def test_names_route_to_their_kind_and_unknown_names_list_every_claimed_name(fla
   )
 
 
+def test_the_kinds_say_what_fits_in_memory_and_count_classes_per_split(monkeypatch, tmp_path):
+  names = ("digits", "cluttered_digits", "folder", "cifar10", "cifar100:3.0.2", "imagenet2012")
+  assert [sources.fits_in_memory(n) for n in names] == [True, True, False, True, True, False]
+  monkeypatch.setitem(sources.SOURCE_KINDS, "flat", sources.SourceKind(None, ("flat",)))
+  assert not sources.fits_in_memory("flat")  # A kind holds nothing in memory unless it says so.
+  for split, classes in (("train", "abc"), ("val", "ab")):
+    for c in classes:
+      (tmp_path / split / c).mkdir(parents=True)
+      png = tf.io.encode_png(tf.fill([4, 4, 3], tf.constant(80, tf.uint8)))
+      tf.io.write_file(str(tmp_path / split / c / "0.png"), png)
+  config = config_lib.base_config()
+  config.dataset.update(name="folder", folder=str(tmp_path), train_split="train")
+  assert data.num_classes(config) == 3 and data.num_classes(config, "val") == 2
+
+
 OLD_PATHS = {
   "barlow_jax.input_pipeline": (
     "barlow_jax.data",

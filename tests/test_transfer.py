@@ -86,6 +86,17 @@ def test_other_datasets_folder_and_bad_arguments():
       transfer.validate_config(bad)
 
 
+def test_multi_label_needs_a_tfds_kind_whatever_the_registry_holds(monkeypatch):
+  from barlow_jax.data import sources
+
+  monkeypatch.setitem(sources.SOURCE_KINDS, "flat", sources.SourceKind(None, ("flat",)))
+  for name in ("flat", "folder", "digits"):
+    config = eval_transfer.get_config("voc07")
+    config.dataset.name = name
+    with pytest.raises(ValueError, match=f"per-object labels .*not {name!r}"):
+      transfer.validate_config(config)
+
+
 def test_multilabel_targets_hand_made():
   labels = tf.constant([3, 1, 3, 0, 0])
   difficult = tf.constant([True, True, False, True, True])
@@ -294,9 +305,11 @@ def test_voc_style_batches_resize_with_eval_interpolation(backbone_dir, method):
     # PIL in float ("F" images, channel by channel): its 8-bit path rounds after each pass.
     expected = np.stack(
       [
-        np.asarray(Image.fromarray(image[..., c] / np.float32(255), mode="F").resize(
-          (_SIZE, _SIZE), pil_filter
-        ))
+        np.asarray(
+          Image.fromarray(image[..., c] / np.float32(255), mode="F").resize(
+            (_SIZE, _SIZE), pil_filter
+          )
+        )
         for c in range(3)
       ],
       -1,

@@ -31,6 +31,7 @@ _EXPORTS = {
   "IN_MEMORY_SPLITS": "sources",
   "SOURCE_KINDS": "sources",
   "SourceKind": "sources",
+  "fits_in_memory": "sources",
   "num_classes": "sources",
   "num_train_examples": "sources",
   "open_source": "sources",

@@ -57,16 +57,18 @@ class SourceKind:
 
   `names` empty: the fallback kind, for every name no other kind claims (TFDS).
   `open(config, split)` returns a `Source` or raises a ValueError naming the config key at fault.
+  `fits_in_memory(name)`: whether dataset `name`'s splits are small enough to hold as arrays.
   """
 
   open: Callable[[Any, str], stream.Source]
   names: tuple[str, ...] = ()
+  fits_in_memory: Callable[[str], bool] = lambda name: False
 
 
 SOURCE_KINDS: dict[str, SourceKind] = {
-  "in_memory": SourceKind(_open_in_memory, tuple(digits_lib.IN_MEMORY)),
+  "in_memory": SourceKind(_open_in_memory, tuple(digits_lib.IN_MEMORY), lambda name: True),
   "folder": SourceKind(folder.open_folder, ("folder",)),
-  "tfds": SourceKind(_open_tfds),
+  "tfds": SourceKind(_open_tfds, fits_in_memory=tfds_source.fits_in_memory),
 }
 
 
@@ -95,9 +97,16 @@ def open_source(config, split: str) -> stream.Source:
   return SOURCE_KINDS[source_kind(config.dataset.name)].open(config, split)
 
 
-def num_classes(config) -> int:
-  """Number of label classes of the training split (0 when it is unlabelled or unknown)."""
-  source = open_source(config, config.dataset.train_split)
+def fits_in_memory(name: str) -> bool:
+  """Whether the splits of dataset `name` are small enough to hold as arrays in host memory (the
+  linear probe's "features" protocol, semi-supervised fractions), as its kind says."""
+  return SOURCE_KINDS[source_kind(name)].fits_in_memory(name)
+
+
+def num_classes(config, split: str | None = None) -> int:
+  """Number of label classes of `split` (default: the training split); 0 when it is unlabelled
+  or its labels are not class labels."""
+  source = open_source(config, split or config.dataset.train_split)
   return source.num_classes() if source.has_labels else 0
 
 

@@ -18,6 +18,15 @@ import tensorflow as tf
 from barlow_jax.data.crop import decode_image
 from barlow_jax.data.stream import MAX_EPOCHS, Source, Stream
 
+# TFDS datasets whose splits are held as arrays in host memory by the evaluation (CIFAR: 50k
+# 32x32 images, 150 MB as uint8); every other TFDS dataset streams.
+SMALL_DATASETS = ("cifar10", "cifar100")
+
+
+def fits_in_memory(name: str) -> bool:
+  """Whether TFDS dataset `name` ("cifar10", "cifar100:3.0.2", ...) is one of `SMALL_DATASETS`."""
+  return name.split(":")[0].split("/")[0] in SMALL_DATASETS
+
 
 @dataclasses.dataclass
 class TfdsSource(Source):

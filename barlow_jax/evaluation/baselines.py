@@ -195,12 +195,11 @@ def train_supervised(
   Returns:
     `finetune`'s (Classifier variables, {"steps", "seconds", "final_loss"}).
   """
-  from barlow_jax import data as input_pipeline
-  from barlow_jax import optim
+  from barlow_jax import data, optim
 
   train_x, train_y = train
   if num_steps is None:
-    num_steps = optim.total_train_steps(config, input_pipeline.steps_per_epoch(config))
+    num_steps = optim.total_train_steps(config, data.steps_per_epoch(config))
   batch_size = round_to(min(int(config.batch_size), len(train_x)), mesh.size)
   return finetune(
     backbone,

@@ -125,10 +125,10 @@ class LabelledSplits:
 
 def load_labelled_splits(config: ml_collections.ConfigDict) -> LabelledSplits:
   """`config.dataset.probe_split` (train) and `eval_split` (test) of an in-memory dataset."""
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
-  train_x, train_y = input_pipeline.load_labelled_arrays(config, config.dataset.probe_split)
-  test_x, test_y = input_pipeline.load_labelled_arrays(config, config.dataset.eval_split)
+  train_x, train_y = data.load_labelled_arrays(config, config.dataset.probe_split)
+  test_x, test_y = data.load_labelled_arrays(config, config.dataset.eval_split)
   train_y, test_y = np.asarray(train_y, np.int32), np.asarray(test_y, np.int32)
   num_classes = int(max(train_y.max(), test_y.max())) + 1
   return LabelledSplits(train_x, train_y, test_x, test_y, num_classes)

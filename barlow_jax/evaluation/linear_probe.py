@@ -225,14 +225,14 @@ def crop_flip_config(
 
 def labelled_view_a(iterator, config):
   """Pretraining batches -> {"image": normalised view A, "label"}; raises without labels."""
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
   for batch in iterator:
     if "label" not in batch:
       raise ValueError("the training split has no labels (config.dataset.label_key)")
     # The pretraining stream's views are uint8; the probe's network takes normalised floats.
     yield {
-      "image": input_pipeline.normalize_views(batch, config)["view_a"],
+      "image": data.normalize_views(batch, config)["view_a"],
       "label": batch["label"],
     }
 
@@ -256,7 +256,7 @@ def reference_linear_probe(
   Returns:
     {"top1", "top5", "steps", "seconds"}.
   """
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
   mesh = parallel.create_mesh() if mesh is None else mesh
   frozen = parallel.put_replicated(backbone_variables(variables), mesh)
@@ -267,7 +267,7 @@ def reference_linear_probe(
     feats = backbone.apply(frozen, batch["image"], train=False).astype(jnp.float32)
     return topk_counts(feats @ head["kernel"] + head["bias"], batch["label"], batch["mask"])
 
-  eval_batches = input_pipeline.create_eval_iterator(
+  eval_batches = data.create_eval_iterator(
     config, config.dataset.eval_split, batch_size=int(config.eval.probe_batch_size)
   )
   counts_fn = functools.partial(counts, head, frozen)
@@ -279,11 +279,11 @@ def reference_linear_probe(
 
 def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh):
   """(head, steps, seconds): the reference protocol's training of the linear head."""
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
   batch_size = int(config.eval.probe_batch_size)
   train_config = crop_flip_config(config, split=config.dataset.probe_split, batch_size=batch_size)
-  total = int(config.eval.probe_epochs) * input_pipeline.steps_per_epoch(train_config)
+  total = int(config.eval.probe_epochs) * data.steps_per_epoch(train_config)
   rate = float(config.eval.probe_lr) * batch_size / 256
   tx = torch_sgd(
     cosine_to_zero(rate, total),
@@ -310,7 +310,7 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
     return optax.apply_updates(head, updates), opt_state, loss
 
   t0 = time.perf_counter()
-  batches = labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
+  batches = labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
   for _ in range(total):
     b = next(batches)
     arrays = {

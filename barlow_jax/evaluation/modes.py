@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
-from etils import epath
 
 from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
@@ -37,30 +36,14 @@ from barlow_jax.evaluation.linear_probe import (
 )
 
 
-def _in_memory(config: ml_collections.ConfigDict) -> bool:
-  from barlow_jax.data import digits as datasets
-
-  name = config.dataset.name
-  return name in datasets.IN_MEMORY or name.split(":")[0].split("/")[0] in ("cifar10", "cifar100")
-
-
 def _num_classes(config: ml_collections.ConfigDict) -> int:
-  from barlow_jax.data import digits as datasets
+  """Label classes of the probe split; ValueError naming `config.dataset.label_key` if none."""
+  from barlow_jax.data import sources
 
-  name = config.dataset.name
-  if name in datasets.IN_MEMORY:
-    return int(datasets.IN_MEMORY[name](seed=0)["train"][1].max()) + 1
-  if name == "folder":
-    root = epath.Path(config.dataset.folder) / config.dataset.probe_split
-    root = root if root.is_dir() else epath.Path(config.dataset.folder)
-    return len([d for d in root.iterdir() if d.is_dir()])
-  import tensorflow_datasets as tfds
-
-  builder = tfds.builder(name, data_dir=config.dataset.data_dir or None)
-  num = getattr(builder.info.features[config.dataset.label_key], "num_classes", None)
+  num = sources.num_classes(config, config.dataset.probe_split)
   if not num:
     raise ValueError(f"config.dataset.label_key={config.dataset.label_key!r} is not a class label")
-  return int(num)
+  return num
 
 
 def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -71,7 +54,9 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[s
   )
   protocol = config.eval.probe_protocol
   if protocol == "auto":
-    protocol = "features" if _in_memory(config) else "reference"
+    from barlow_jax.data import sources
+
+    protocol = "features" if sources.fits_in_memory(config.dataset.name) else "reference"
   if protocol not in ("features", "reference"):
     raise ValueError(
       f"config.eval.probe_protocol={protocol!r}: use 'auto', 'features' or 'reference'"
@@ -206,7 +191,7 @@ class _SemisupData:
 
 def _imagenet_subset(config: ml_collections.ConfigDict, eval_bs: int) -> _SemisupData:
   """TFDS `imagenet2012_subset/<config.eval.semisup_subset>`, crop + flip in the pipeline."""
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
   ev = config.eval
   subset = ev.semisup_subset
@@ -216,13 +201,11 @@ def _imagenet_subset(config: ml_collections.ConfigDict, eval_bs: int) -> _Semisu
   train_config = crop_flip_config(
     config, split="train", batch_size=batch_size, name=f"imagenet2012_subset/{subset}"
   )
-  steps = int(ev.semisup_epochs) * input_pipeline.steps_per_epoch(train_config)
+  steps = int(ev.semisup_epochs) * data.steps_per_epoch(train_config)
   num_classes = _num_classes(config)
-  batches = labelled_view_a(input_pipeline.create_pretrain_iterator(train_config), train_config)
-  eval_batches = input_pipeline.create_eval_iterator(
-    config, config.dataset.eval_split, batch_size=eval_bs
-  )
-  num_labelled = input_pipeline.num_train_examples(train_config)
+  batches = labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
+  eval_batches = data.create_eval_iterator(config, config.dataset.eval_split, batch_size=eval_bs)
+  num_labelled = data.num_train_examples(train_config)
   return _SemisupData(batches, eval_batches, num_classes, num_labelled, batch_size, steps, None)
 
 
@@ -230,8 +213,10 @@ def _labelled_fraction(
   config: ml_collections.ConfigDict, eval_bs: int, *, num_devices: int
 ) -> _SemisupData:
   """`config.eval.semisup_fraction` of an in-memory probe split, crop + flip on the devices."""
+  from barlow_jax.data import sources
+
   ev = config.eval
-  if not _in_memory(config):
+  if not sources.fits_in_memory(config.dataset.name):
     raise ValueError(
       f"config.eval.semisup_subset='' (a fraction) needs an in-memory dataset, not "
       f"{config.dataset.name!r}: use semisup_subset='1pct'/'10pct' for ImageNet"

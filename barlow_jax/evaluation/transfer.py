@@ -59,7 +59,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if int(t.batch_size) < 1:
     raise ValueError(f"config.transfer.batch_size must be >= 1, got {t.batch_size}")
   if t.task == "multi_label":
-    if config.dataset.name in ("folder", "digits", "cluttered_digits"):
+    from barlow_jax.data import sources
+
+    if sources.source_kind(config.dataset.name) != "tfds":
       raise ValueError(
         f"config.transfer.task='multi_label' reads a TFDS dataset with per-object labels "
         f"(e.g. voc/2007), not {config.dataset.name!r}"
@@ -179,14 +181,14 @@ def multilabel_batches(
 
 def _features(config, backbone, variables, split: str, mesh: Mesh):
   """(features [N, F], labels [N] or targets [N, C], class names or None) of one split."""
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
   batch_size = int(config.transfer.batch_size)
   names = None
   if config.transfer.task == "multi_label":
     batches, names = multilabel_batches(config, split, batch_size=batch_size)
   else:
-    batches = input_pipeline.create_eval_iterator(
+    batches = data.create_eval_iterator(
       config, split, batch_size=batch_size, process_index=0, process_count=1
     )
   features, labels = extract_features(backbone, variables, batches, mesh=mesh)
@@ -194,17 +196,16 @@ def _features(config, backbone, variables, split: str, mesh: Mesh):
 
 
 def _num_classes(config, *labels) -> int:
-  from barlow_jax import data as input_pipeline
+  from barlow_jax.data import sources
 
-  probe = ml_collections.ConfigDict(config.to_dict())
-  probe.dataset.train_split = config.dataset.probe_split
-  return max(input_pipeline.num_classes(probe), *(int(y.max()) + 1 for y in labels))
+  num = sources.num_classes(config, config.dataset.probe_split)
+  return max(num, *(int(y.max()) + 1 for y in labels))
 
 
 def _preprocessing(config) -> str:
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
-  size, resize = int(config.dataset.image_size), input_pipeline.eval_resize(config)
+  size, resize = int(config.dataset.image_size), data.eval_resize(config)
   if resize is None:
     return f"resized to {size}x{size}"
   return f"short side resized to {resize}, centre {size}x{size} crop"

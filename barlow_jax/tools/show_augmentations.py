@@ -37,7 +37,7 @@ def render(config, out: str, *, pairs: int = 32, step: int = 0, columns: int = 4
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from barlow_jax import data as input_pipeline
+  from barlow_jax import data
 
   if pairs <= 0 or columns <= 0:
     raise ValueError(f"--pairs and --columns must be positive, got {pairs} and {columns}.")
@@ -47,9 +47,7 @@ def render(config, out: str, *, pairs: int = 32, step: int = 0, columns: int = 4
   with config.unlocked():
     config.batch_size = pairs
   batch = next(
-    input_pipeline.create_pretrain_iterator(
-      config, start_step=step, process_index=0, process_count=1
-    )
+    data.create_pretrain_iterator(config, start_step=step, process_index=0, process_count=1)
   )
   views = [batch[k].astype(np.float32) / 255 for k in ("view_a", "view_b")]  # uint8 pixels.
   rows = math.ceil(pairs / columns)
