@@ -466,3 +466,34 @@ def test_bad_eval_resize_fails_before_pretraining_opens_the_source(tmp_path):
   config.dataset.eval_resize = 200
   with pytest.raises(ValueError, match="config.dataset.eval_resize=200"):
     data.create_pretrain_iterator(config, process_index=0, process_count=1)
+
+
+def test_grayscale_png_and_jpeg_files_become_rgb_as_pils_convert(tmp_path):
+  # One-channel files are read as PIL's convert("RGB") (the reference's loader): the gray level in
+  # all three channels, in pretraining and in evaluation. PNGs exactly; JPEGs within 2 levels,
+  # TensorFlow's default (fast integer) IDCT against PIL's accurate one.
+  from PIL import Image
+
+  rng = np.random.RandomState(0)
+  expected = []
+  for i, fmt in enumerate(["PNG", "JPEG", "PNG", "JPEG"]):
+    path = tmp_path / f"{i}.{fmt.lower()}"
+    Image.fromarray(rng.randint(0, 255, (12, 12), np.uint8), mode="L").save(path, fmt)
+    expected.append(np.asarray(Image.open(path).convert("RGB"), np.float64))
+  config = config_lib.base_config()
+  config.dataset.update(name="folder", folder=str(tmp_path), image_size=12, eval_resize=12)
+  config.batch_size = 4
+  _identity_views(config)
+
+  def errors(image):
+    return [np.abs(image.astype(np.float64) - e).max() for e in expected]
+
+  batch = next(data.create_pretrain_iterator(config, process_index=0, process_count=1))
+  for view in (*batch["view_a"], *batch["view_b"]):
+    assert view.shape == (12, 12, 3) and min(errors(view)) <= 2
+  (evaluated,) = data.create_eval_iterator(
+    config, "train", batch_size=4, process_index=0, process_count=1
+  )
+  assert evaluated["image"].shape == (4, 12, 12, 3) and evaluated["mask"].all()
+  for i, image in enumerate(evaluated["image"] * 255):  # In file order.
+    assert errors(image)[i] <= (1e-3 if i % 2 == 0 else 2), i
