@@ -38,21 +38,30 @@ class JsonlWriter(interface.MetricWriter):
 
   def __init__(self, workdir: str | os.PathLike):
     self.path = checkpointing.path(workdir) / FILENAME
+    # Object stores (gs://) have no append: there the whole object is rewritten on each write
+    # (a line per log step keeps it small), which also makes every write atomic.
+    self._object_store = "://" in os.fspath(self.path)
     self._file = None
+    self._text = None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Appends `{"step": step, name: float(value), ...}` as one line and flushes it."""
-    if self._file is None:
-      # A run killed mid-line left no newline: start on a fresh line so the next one parses.
-      text = self.path.read_text() if self.path.exists() else ""
-      cut = bool(text) and not text.endswith("\n")
-      self._file = self.path.open("a")
-      if cut:
-        self._file.write("\n")
     line = {"step": int(step)}
     line.update({str(k): float(np.asarray(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(line) + "\n")
-    self._file.flush()
+    line = json.dumps(line) + "\n"
+    if self._text is None:
+      # A run killed mid-line left no newline: start on a fresh line so the next one parses.
+      text = self.path.read_text() if self.path.exists() else ""
+      self._text = text + "\n" if text and not text.endswith("\n") else text
+      if not self._object_store:
+        self._file = self.path.open("a")
+        self._file.write(self._text[len(text) :])
+    if self._object_store:
+      self._text += line
+      self.path.write_text(self._text)
+    else:
+      self._file.write(line)
+      self._file.flush()
 
   def write_summaries(self, step, values, metadata=None) -> None:
     del step, values, metadata
@@ -83,6 +92,7 @@ class JsonlWriter(interface.MetricWriter):
     if self._file is not None:
       self._file.close()
       self._file = None
+    self._text = None  # A write after close reopens (and re-reads) the file.
 
 
 def read_metrics(workdir: str | os.PathLike) -> dict[int, dict[str, float]]:

@@ -93,6 +93,16 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
   assert {str(STEPS), str(STEPS - 2)} <= steps, steps  # keep_checkpoints=2 of the last saves.
   assert any("events.out.tfevents" in f for f in files), "no TensorBoard events in the bucket"
   assert not any(".write_test" in f for f in files)
+  # metrics.jsonl in a bucket (no append on object stores): both invocations' lines, the same
+  # scalars as the local run's.
+  from barlow_jax import metrics_file
+
+  logged, expected = (
+    metrics_file.read_metrics(workdir),
+    metrics_file.read_metrics(tmp_path / "local"),
+  )
+  assert sorted(logged) == sorted(expected) and logged, (sorted(logged), sorted(expected))
+  assert logged[STEPS]["loss"] == pytest.approx(expected[STEPS]["loss"], rel=1e-5)
 
   # Evaluation: the backbone read from the bucket, the tables written there.
   config = _config()
