@@ -2,7 +2,8 @@
 
 A pretraining workdir:
 
-    config.txt, config.json   the run's resolved config, written by its first invocation
+    config.txt, config.json   the run's resolved config, written with the first checkpoint by
+                              the invocation that saved it (a refused start writes nothing)
     checkpoints/<step>/       orbax CheckpointManager of the `TrainState` as a state dict
     pretraining.json          the pretraining's own record: steps done, wall seconds summed over
                               every invocation (compilation included, kNN monitor excluded);
@@ -37,6 +38,8 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
+
+from barlow_jax.config_validation import UserError
 
 CHECKPOINTS = "checkpoints"
 BACKBONE = "backbone"
@@ -105,12 +108,12 @@ def prepare_workdir(workdir: str) -> str:
   goes through etils.epath, orbax and TensorFlow's file system, which all speak gs://.
 
   Raises:
-    ValueError: naming the workdir when it is empty or cannot be written.
+    UserError: naming the workdir when it is empty or cannot be written.
   """
   import tensorflow as tf
 
   if not workdir:
-    raise ValueError("--workdir is empty: give a directory for the run's checkpoints and logs.")
+    raise UserError("--workdir is empty: give a directory for the run's checkpoints and logs.")
   if "://" not in workdir:
     workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
@@ -120,7 +123,7 @@ def prepare_workdir(workdir: str) -> str:
       scheme, rest = workdir.split("://", 1)
       bucket = f"{scheme}://{rest.split('/', 1)[0]}"
       if not epath.Path(bucket).exists():
-        raise ValueError(
+        raise UserError(
           f"--workdir={workdir}: the bucket {bucket} does not exist or these credentials cannot "
           "see it; create it (gcloud storage buckets create) or fix the name."
         )
@@ -131,23 +134,43 @@ def prepare_workdir(workdir: str) -> str:
     probe.unlink()
   except (OSError, tf.errors.OpError) as e:
     reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-    raise ValueError(
+    raise UserError(
       f"--workdir={workdir} is not a writable directory ({reason}); choose another path, fix its "
       "permissions, or (gs://) check the bucket exists and your credentials may write it."
     ) from e
   return workdir
 
 
-def write_config(config, workdir: str | os.PathLike) -> None:
-  """config.txt / config.json of the run, written once (by process 0).
+def check_output_dir(location: str, what: str) -> None:
+  """Checks that `location` is a directory or can become one, without creating it.
 
-  A rerun with other settings keeps the original record and logs the keys that differ.
+  Raises:
+    UserError: `location` (named as `what`, e.g. "--workdir") is a file, or lies under one.
+  """
+  if not location:
+    raise UserError(f"{what} is empty: give a directory.")
+  target = path(location)
+  for candidate in (target, *target.parents):
+    if candidate.exists():
+      if not candidate.is_dir():
+        where = "is" if candidate == target else f"lies under {candidate}, which is"
+        raise UserError(f"{what}={location} {where} a file, not a directory: choose another path.")
+      return
+
+
+def write_config(config, workdir: str | os.PathLike, *, replace: bool = False) -> None:
+  """config.txt / config.json of the run (by process 0), written with its first checkpoint.
+
+  The record describes the invocation that wrote the workdir's first checkpoint: the run calls
+  this after saving one, with `replace=True` when the workdir held no checkpoint before (a record
+  there came from an invocation that never saved one, and is replaced). Otherwise an existing
+  record is kept and the keys this invocation changes are logged.
   """
   if jax.process_index() != 0:
     return
   text = config.to_json_best_effort(indent=2, sort_keys=True)
   json_path = os.path.join(workdir, CONFIG_JSON)
-  before = read_json(json_path)
+  before = None if replace else read_json(json_path)
   if before is not None:
     changed = _changed_keys(before, json.loads(text))
     if changed:
@@ -160,6 +183,16 @@ def write_config(config, workdir: str | os.PathLike) -> None:
     return
   write_text(os.path.join(workdir, CONFIG_TEXT), str(config))
   write_text(json_path, text)
+
+
+def recorded_config(workdir: str | os.PathLike) -> dict | None:
+  """The config record (config.json) of a workdir that holds a checkpoint; None when it holds
+  none (a new run) or has no record. Reads only: a missing workdir is not created."""
+  directory = path(workdir)
+  checkpoints = directory / CHECKPOINTS
+  if not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
+    return None
+  return read_json(directory / CONFIG_JSON)
 
 
 def _changed_keys(before, after, prefix: str = "") -> list[str]:
@@ -297,6 +330,15 @@ def is_backbone_dir(directory: str | os.PathLike) -> bool:
   return (path(directory) / MODEL_CONFIG_FILE).exists()
 
 
+def not_a_backbone_dir(directory: str | os.PathLike) -> str:
+  """Why `directory` is not a backbone directory, with the one inside it a workdir has."""
+  directory = path(directory)
+  text = f"{directory} has no {MODEL_CONFIG_FILE}: not a barlow_jax backbone export."
+  if is_backbone_dir(directory / BACKBONE):
+    text += f" Did you mean {directory / BACKBONE} (the export of the pretraining workdir)?"
+  return text
+
+
 def save_backbone(
   directory: str | os.PathLike,
   variables: Mapping[str, Any],
@@ -345,14 +387,14 @@ def load_backbone(
     (variables `{"params", "batch_stats"}`, model config dict as written).
 
   Raises:
-    ValueError: `directory` has no `model_config.json`.
+    UserError: `directory` has no `model_config.json` (the message names a workdir's backbone/).
   """
   import orbax.checkpoint as ocp
 
   directory = path(directory)
   config_file = directory / MODEL_CONFIG_FILE
   if not config_file.exists():
-    raise ValueError(f"{directory} has no {MODEL_CONFIG_FILE}: not a barlow_jax backbone export.")
+    raise UserError(not_a_backbone_dir(directory))
   model_config = json.loads(config_file.read_text())
   checkpointer = ocp.StandardCheckpointer()
   try:

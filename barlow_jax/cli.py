@@ -11,14 +11,25 @@ command lines in the README, docs and experiments are a contract): `--max-bytes`
 `--no-torch` for `--notorch`, `--methods auto dense` for `--methods=auto --methods=dense` (a
 `DEFINE_multi_*` flag), `-h` for `--help`. argparse's abbreviated flag names are not accepted.
 `--help` exits 0 (absl's own help flags exit 1), as it did under argparse.
+
+A user's mistake (`config_validation.UserError`, raised by every check of a setting or path) is
+printed as one line on stderr, `PROG: error: MESSAGE`, with where a named `config.KEY` got its
+value (the command line, the config file's variant, the config file, the default), and exits 1
+without a traceback (`reporting_user_errors`).
 """
 
+import contextlib
 import dataclasses
+import importlib.util
+import inspect
+import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import app, flags
+
+from barlow_jax.config_validation import UserError
 
 _HELP = ("--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
 
@@ -121,6 +132,77 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     raise
 
 
+def _lookup(config, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _config_file_value(filename: str, arg: str | None, dotted: str) -> Any:
+  """`dotted` of `get_config(arg)` of the config file `filename` (loaded afresh)."""
+  spec = importlib.util.spec_from_file_location("_barlow_jax_config_origin", filename)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  takes_arg = bool(inspect.signature(module.get_config).parameters)
+  config = module.get_config(arg) if takes_arg else module.get_config()
+  return _lookup(config, dotted)
+
+
+def config_origin(key: str, argv: Sequence[str]) -> str:
+  """Where `config.<key>` got its value in the command line `argv`: "" when unknown.
+
+  "set on the command line", "set by the variant ':runlocal' of configs/x.py (-1 = ...)",
+  "set by configs/x.py", or "the default of configs/x.py".
+  """
+  prefix = f"--config.{key}"
+  if any(t == prefix or t.startswith(prefix + "=") for t in argv):
+    return f"set on the command line ({prefix}=...)"
+  spec = next((t.split("=", 1)[1] for t in argv if t.startswith("--config=")), None)
+  if spec is None:
+    i = next((i for i, t in enumerate(argv) if t == "--config"), None)
+    spec = argv[i + 1] if i is not None and i + 1 < len(argv) else None
+  if not spec:
+    return ""
+  filename, _, arg = spec.partition(":")
+  try:
+    value = _config_file_value(filename, arg or None, key)
+    plain = _config_file_value(filename, None, key) if arg else value
+    from barlow_jax import config as config_lib
+
+    default = _lookup(config_lib.base_config(), key)
+  except Exception:  # An origin is a courtesy: never let it hide the error itself.
+    return ""
+  if arg and value != plain:
+    return f"set by the variant ':{arg}' of {filename}"
+  if value != default:
+    return f"set by {filename}"
+  return f"the default, kept by {filename}"
+
+
+def user_error_text(prog: str, error: UserError, argv: Sequence[str] = ()) -> str:
+  """The line printed for `error`: `PROG: error: MESSAGE` plus where the first named
+  `config.KEY` got its value (`config_origin`)."""
+  text = str(error)
+  match = re.search(r"config\.([A-Za-z_][\w.]*[A-Za-z0-9_])", text)
+  if match and argv:
+    origin = config_origin(match.group(1), argv)
+    if origin:
+      text += f" [config.{match.group(1)}: {origin}]"
+  return f"{prog}: error: {text}\n"
+
+
+@contextlib.contextmanager
+def reporting_user_errors(prog: str, argv: Sequence[str] = ()):
+  """A `UserError` inside becomes its one-line message on stderr and SystemExit(1)."""
+  try:
+    yield
+  except UserError as e:
+    sys.stderr.write(user_error_text(prog, e, argv))
+    sys.stderr.flush()
+    raise SystemExit(1) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
   """One entry point: its flags and what it runs.
@@ -151,12 +233,13 @@ class Command:
 
   def __call__(self, argv: Sequence[str]) -> int:
     """Runs the command in-process on `argv` (program name first; it is not read) and returns
-    its exit status. A bad flag or a `UsageError` of the body prints the message to stderr and
-    raises SystemExit(1), as on the command line.
+    its exit status. A bad flag, a `UsageError` or a `UserError` of the body prints the message
+    to stderr and raises SystemExit(1), as on the command line.
     """
     flag_values, rest = self.parse(argv)
     try:
-      return self.body(flag_values, rest) or 0
+      with reporting_user_errors(self.prog, list(argv)):
+        return self.body(flag_values, rest) or 0
     except app.UsageError as e:
       sys.stderr.write(f"{self.prog}: {e}\n")
       raise SystemExit(e.exitcode) from None
@@ -172,4 +255,10 @@ class Command:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
     if self.doc:
       main_module.__doc__ = self.doc
-    app.run(lambda rest: self.body(flags.FLAGS, rest) or 0, argv=argv, flags_parser=parse_flags)
+    given = list(sys.argv if argv is None else argv)
+
+    def body(rest):
+      with reporting_user_errors(self.prog, given):
+        return self.body(flags.FLAGS, rest) or 0
+
+    app.run(body, argv=argv, flags_parser=parse_flags)

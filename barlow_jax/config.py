@@ -10,7 +10,12 @@ Defaults are the reference code's released values for ImageNet, ResNet-50 and gl
 
 import ml_collections
 
-from barlow_jax.evaluation import voc07
+# evaluation.voc07.VOC07_COSTS (tests/test_config_validation.py checks they agree; this module
+# imports nothing of the project): Goyal et al.'s cost list plus the 0.5**4 ... 0.5**19 their
+# svm_helper.py appends.
+_VOC07_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0) + tuple(
+  0.5**k for k in range(4, 20)
+)
 
 
 def view_config(*, blur_prob: float, solarize_prob: float) -> ml_collections.ConfigDict:
@@ -182,7 +187,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.transfer.object_label_key = "label"
   config.transfer.object_difficult_key = "is_difficult"  # "" = no difficult flags.
   # SVMs (Goyal et al. 2019's VOC07 benchmark): cost per class by k-fold cross-validated AP.
-  config.transfer.svm_costs = voc07.VOC07_COSTS
+  config.transfer.svm_costs = _VOC07_COSTS
   config.transfer.svm_folds = 3
   config.transfer.svm_positive_weight = 2.0
   config.transfer.svm_max_iter = 2000

@@ -1,28 +1,27 @@
-"""What every numeric config key accepts, checked in one place before anything compiles.
+"""What every numeric and enumerated string config key accepts: the rule table, checked once.
 
 `NUMERIC_KEYS` maps each numeric key of `config.base_config()` (dotted, without the leading
 "config.") to a `Rule`: its type, its valid range and, where the key has one, its documented
 sentinel (`-1` = unset / automatic, `0` = off). A value that is neither the sentinel nor in the
-range is refused with a `ValueError` that names the key, e.g. `num_train_steps=0` (the run
-length is either unset, -1, or a positive step count; 0 used to fall back to `num_epochs`).
+range is refused naming the key, e.g. `num_train_steps=0` (the run length is either unset, -1, or
+a positive step count). `STRING_KEYS` maps each string key with a closed set of values (or a
+layer-size string like the projector's) to a `Choice`.
 
-`validate_numbers(config)` is called by `validate_pretraining` (`train.validate_config`), by
-`optim.create_schedules` (for the `optim` keys) and by `evaluate.evaluate` (standalone evaluation).
-`validate_pretraining(config)` is the one check of a pretraining config: the numbers, plus what
-involves the environment or the model (the batch against the device count, the projector and
-backbone, the on-device augmentation). Checks tied to one owner's derived values (the warmup
+`validate(config)` checks both tables; `validate_numbers` / `validate_strings` one of them (or one
+section). Every error is a `UserError` (a ValueError): the command lines print its message alone
+and exit 1 (`barlow_jax.cli`).
+
+This module imports nothing of the project (importing `barlow_jax.optim`, which checks its
+section here, loads neither flax nor the models). The checks that need the model or the devices
+are `train_setup.validate_pretraining`; those tied to one owner's derived values (the warmup
 against the run length, an evaluation resize against the crop) stay with their owners.
 """
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
-
-import jax
-
-from barlow_jax import models
-from barlow_jax.data import device_augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +144,15 @@ NUMERIC_KEYS: Mapping[str, Rule] = {
   **_view_rules("view_a"),
   **_view_rules("view_b"),
   "model.width": _POSITIVE,
-  "model.input_epsilon": _NON_NEGATIVE,
-  "model.bn_momentum": _PROBABILITY,
+  # Added to each image's deviation under model.standardize_input: 0 divides a blank image by 0.
+  "model.input_epsilon": _POSITIVE,
+  # Flax's momentum: 1.0 would keep the running statistics at their initial values forever.
+  "model.bn_momentum": _FRACTION_OPEN,
   "model.bn_epsilon": _POSITIVE,
   "loss.lambd": _NON_NEGATIVE,
-  "loss.eps": _NON_NEGATIVE,
+  "loss.eps": Rule(
+    low=0, low_open=True, hint="added to each feature's variance: 0 gives NaN on a dead feature"
+  ),
   "loss.temperature": _POSITIVE,
   "optim.lr_weights": _NON_NEGATIVE,
   "optim.lr_biases": _NON_NEGATIVE,
@@ -214,16 +217,100 @@ def error_message(key: str, value: Any) -> str:
   return f"config.{key}{rule.label} must be {rule.requirement()}, got {value}{rule.note}."
 
 
-def validate_numbers(config, *, section: str = "") -> None:
-  """Checks every numeric key of `config` (those under `section`, e.g. "optim", if given).
+# ---------------------------------------------------------------------------------------------
+# String keys: a closed set of values, or layer sizes "a-b-c".
 
-  Keys missing from `config` are skipped (callers may hold a partial config).
 
-  Raises:
-    ValueError: naming the first key whose value is neither valid nor its sentinel, with the
-      accepted values, e.g. "config.num_train_steps must be -1 (unset: ...) or >= 1, got 0.".
+class UserError(ValueError):
+  """A setting or path the user can fix: the command lines print its message alone and exit 1.
+
+  The message names the config key or flag, the value, where it came from, and the fix.
   """
-  for key in NUMERIC_KEYS:
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """The values one string key accepts: one of `values`, or (`sizes`) positive integers joined
+  by '-' ("8192-8192-8192"); `note` is said after the accepted values in the error."""
+
+  values: tuple[str, ...] = ()
+  sizes: bool = False
+  note: str = ""
+
+  def accepts(self, value: Any) -> bool:
+    if not isinstance(value, str):
+      return False
+    if value in self.values:
+      return True
+    if not self.sizes:
+      return False
+    parts = value.split("-")
+    return all(p.isdigit() and int(p) > 0 for p in parts)
+
+  def requirement(self) -> str:
+    text = "one of " + ", ".join(repr(v) for v in self.values) if self.values else ""
+    if self.sizes:
+      sizes = "positive layer sizes joined by '-', e.g. '8192-8192-8192'"
+      text = f"{text} or {sizes}" if text else sizes
+    return text + self.note
+
+
+_RESIZE = Choice(("bilinear", "bicubic"))  # data.crop.RESIZE_METHODS
+
+# Each tuple is its owner's list (named in the comment); tests/test_config_validation.py checks
+# they agree, so this table imports nothing of the project.
+STRING_KEYS: Mapping[str, Choice] = {
+  "dataset.eval_interpolation": _RESIZE,
+  "augment.view_a.crop_method": _RESIZE,
+  "augment.view_b.crop_method": _RESIZE,
+  # resnet.BACKBONES
+  "model.backbone": Choice(("ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152")),
+  "model.stem": Choice(("imagenet", "cifar")),
+  "model.dtype": Choice(("float32", "bfloat16", "float16")),
+  "model.projector": Choice(sizes=True),
+  "model.predictor": Choice(
+    ("", "auto"), sizes=True, note=" ('' = none, 'auto' = two layers of the embedding size)"
+  ),
+  # losses.VARIANTS, losses.METHODS
+  "loss.variant": Choice(
+    (
+      "barlow_twins",
+      "invariance_only",
+      "redundancy_only",
+      "feature_norm",
+      "cross_covariance",
+      "cross_entropy",
+      "auto_correlation",
+    )
+  ),
+  "loss.method": Choice(("auto", "dense", "gram", "blockwise")),
+  # optim.OPTIMIZERS, optim.SCHEDULES
+  "optim.name": Choice(("lars", "sgd", "adamw", "lamb")),
+  "optim.schedule": Choice(("warmup_cosine", "cosine", "constant")),
+  "eval.probe_protocol": Choice(("auto", "features", "reference")),
+  "eval.supervised_match": Choice(("time", "steps")),
+  "eval.mode": Choice(("linear", "semisup", "knn", "transfer")),
+  "eval.semisup_subset": Choice(
+    ("", "1pct", "10pct"), note=" ('' = a fraction of the probe split)"
+  ),
+  "transfer.task": Choice(("single_label", "multi_label")),  # evaluation.transfer.TASKS
+}
+
+
+def string_error_message(key: str, value: Any) -> str:
+  """The error for `config.<key> = value` outside `STRING_KEYS[key]`, with the closest value."""
+  import difflib
+
+  choice = STRING_KEYS[key]
+  text = f"config.{key}={value!r} is not accepted: use {choice.requirement()}."
+  close = difflib.get_close_matches(str(value), [v for v in choice.values if v], n=1)
+  if close:
+    text += f" Did you mean --config.{key}={close[0]}?"
+  return text
+
+
+def _leaves(config, keys: Mapping[str, Any], section: str):
+  for key in keys:
     if section and not key.startswith(section + "."):
       continue
     node = config
@@ -232,35 +319,54 @@ def validate_numbers(config, *, section: str = "") -> None:
         break
       node = node[part]
     else:
-      if not NUMERIC_KEYS[key].accepts(node):
-        raise ValueError(error_message(key, node))
+      yield key, node
 
 
-def validate_pretraining(config) -> None:
-  """Fails fast, before anything compiles, on pretraining settings the run cannot work with.
+def validate_numbers(config, *, section: str = "") -> None:
+  """Checks every numeric key of `config` (those under `section`, e.g. "optim", if given).
 
-  The global batch against this run's devices and processes, the projector, backbone, stem and
-  dtype, the on-device augmentation, and every numeric key (`validate_numbers`). The dataset
-  (steps per epoch) and the optimizer are checked where they are built, also before compiling.
+  Keys missing from `config` are skipped (callers may hold a partial config).
 
   Raises:
-    ValueError: naming the config key and the fix.
+    UserError: naming the first key whose value is neither valid nor its sentinel, with the
+      accepted values, e.g. "config.num_train_steps must be -1 (unset: ...) or >= 1, got 0.".
   """
-  batch, devices, processes = int(config.batch_size), jax.device_count(), jax.process_count()
-  if batch < 1:
-    raise ValueError(f"config.batch_size must be >= 1, got {batch}.")
-  if batch % devices:
-    raise ValueError(
-      f"config.batch_size={batch} (the global batch) must be divisible by the {devices} devices "
-      f"of this run; use a multiple of {devices}, e.g. {max(devices, batch // devices * devices)}."
+  for key, value in _leaves(config, NUMERIC_KEYS, section):
+    if not NUMERIC_KEYS[key].accepts(value):
+      raise UserError(error_message(key, value))
+
+
+def validate_strings(config, *, section: str = "") -> None:
+  """Checks every enumerated string key of `config` (those under `section`, if given).
+
+  Raises:
+    UserError: naming the first key whose value is not accepted, with the accepted values.
+  """
+  for key, value in _leaves(config, STRING_KEYS, section):
+    if not STRING_KEYS[key].accepts(value):
+      raise UserError(string_error_message(key, value))
+
+
+def validate(config) -> None:
+  """Every key of the rule tables: `validate_strings`, then `validate_numbers`.
+
+  Raises:
+    UserError: naming the first key at fault.
+  """
+  validate_strings(config)
+  validate_numbers(config)
+
+
+def __getattr__(name: str):
+  # The pretraining check needs the model and the device count: it lives with the run's setup.
+  if name == "validate_pretraining":
+    warnings.warn(
+      "barlow_jax.config_validation.validate_pretraining moved to "
+      "barlow_jax.train_setup.validate_pretraining.",
+      DeprecationWarning,
+      stacklevel=2,
     )
-  if batch % processes:
-    raise ValueError(
-      f"config.batch_size={batch} must be divisible by the {processes} processes of this run."
-    )
-  models.parse_projector_sizes(config.model.projector)
-  if not NUMERIC_KEYS["parallel.fsdp_min_size"].accepts(config.parallel.fsdp_min_size):
-    raise ValueError(error_message("parallel.fsdp_min_size", config.parallel.fsdp_min_size))
-  models.backbone_features(config.model)  # Unknown backbone / stem / dtype: ValueError.
-  device_augment.validate_config(config)
-  validate_numbers(config)  # Every numeric key: its range or its sentinel.
+    import importlib
+
+    return importlib.import_module("barlow_jax.train_setup").validate_pretraining
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ torch is an optional dependency (`pip install .[torch]`), imported only inside t
 
 import io
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from absl import app, flags
 from etils import epath
 
 from barlow_jax import checkpointing, cli, models
+from barlow_jax.config_validation import UserError
 
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -60,7 +62,13 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   torch = _import_torch()
   # Local or gs://, read whole (torch.load wants a seekable file).
   data = io.BytesIO(epath.Path(path).read_bytes())
-  obj = torch.load(data, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(data, map_location="cpu", weights_only=True)
+  except Exception as e:  # Pickle, zip and torch errors alike: the file is not one torch reads.
+    raise UserError(
+      f"--from={path} is not a PyTorch file torch.load can read ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}); give a .pth state dict or training checkpoint."
+    ) from None
   if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
     obj = obj["model"]
   if not isinstance(obj, Mapping):
@@ -338,7 +346,7 @@ def torch_file_to_backbone_dir(path: str, directory: str) -> dict:
   import ml_collections
 
   if epath.Path(directory).exists():
-    raise ValueError(f"{directory} already exists: choose a new --to directory or remove it.")
+    raise UserError(f"--to={directory} already exists: choose a new --to directory or remove it.")
   backbone_sd, projector_sd = split_state_dict(load_torch_state_dict(path))
   model_config = full_model_config(infer_model_config(backbone_sd, projector_sd))
   backbone = models.create_model(ml_collections.ConfigDict(model_config)).backbone
@@ -367,6 +375,46 @@ def backbone_dir_to_torch_file(directory: str, path: str) -> None:
   epath.Path(path).write_bytes(data.getvalue())
 
 
+def check_paths(source: str, target: str, *, export: bool) -> None:
+  """The command line's paths, checked before anything is read or written.
+
+  Import (`export` False): `source` an existing file, `target` a directory that does not exist
+  yet. Export: `source` a backbone directory (for a pretraining workdir, the message names its
+  backbone/), `target` a file path (not a directory) whose parent is a directory.
+
+  Raises:
+    UserError: naming the flag and the path.
+  """
+  src = epath.Path(source)
+  if not src.exists():
+    raise UserError(f"--from={source} does not exist.")
+  if not export:
+    if src.is_dir():
+      hint = (
+        " It is a backbone directory: add --export to write it as a .pth file."
+        if checkpointing.is_backbone_dir(source)
+        else ""
+      )
+      raise UserError(f"--from={source} is a directory, not a .pth file.{hint}")
+    if epath.Path(target).exists():
+      raise UserError(f"--to={target} already exists: choose a new --to directory or remove it.")
+    checkpointing.check_output_dir(target, "--to")
+    return
+  if not src.is_dir():
+    raise UserError(
+      f"--from={source} is a file: --export reads a backbone directory (a workdir's backbone/); "
+      "without --export, --from takes a .pth file."
+    )
+  if not checkpointing.is_backbone_dir(source):
+    raise UserError("--from=" + checkpointing.not_a_backbone_dir(source))
+  if epath.Path(target).is_dir():
+    raise UserError(
+      f"--to={target} is a directory: --export writes one .pth file; give its path, e.g. "
+      f"--to={epath.Path(target) / 'resnet50.pth'}."
+    )
+  checkpointing.check_output_dir(os.fspath(epath.Path(target).parent), "the parent of --to")
+
+
 def define_flags(flag_values: flags.FlagValues) -> None:
   """The command line's flags (`barlow_jax.cli.Command`)."""
   flags.DEFINE_string("from", None, ".pth file (or DIR with --export)", flag_values=flag_values)
@@ -379,6 +427,7 @@ def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   source, target = flag_values["from"].value, flag_values["to"].value
+  check_paths(source, target, export=flag_values.export)
   if flag_values.export:
     backbone_dir_to_torch_file(source, target)
     print(f"wrote {target}")

@@ -31,7 +31,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from barlow_jax import cli, config_validation
+from barlow_jax import checkpointing, cli, config_validation
+from barlow_jax.config_validation import UserError
 from barlow_jax.evaluation.baselines import recalibrate_batch_stats
 from barlow_jax.evaluation.features import (
   array_batches,
@@ -101,23 +102,55 @@ __all__ = [
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs `config.eval.mode` ("linear", "semisup", "knn", "transfer") on `config.eval.backbone`."""
+  """Runs `config.eval.mode` ("linear", "semisup", "knn", "transfer") on `config.eval.backbone`.
+
+  Everything the evaluation reads or writes is checked before the backbone loads: every key of
+  the rule tables, the evaluation preprocessing, the backbone location, the workdir, and every
+  split the mode reads (`preflight.check_evaluation`: present, labelled, at least a batch).
+
+  Raises:
+    UserError: naming the config key, flag or path to change.
+  """
   if not config.eval.backbone:
-    raise ValueError(
+    raise UserError(
       "config.eval.backbone is empty: give a pretraining workdir, a backbone/ export or a "
       "converted PyTorch checkpoint directory (--config.eval.backbone=DIR)"
     )
+  from barlow_jax import preflight
   from barlow_jax.data import evaluation as eval_data
   from barlow_jax.evaluation import transfer
 
   modes = {"linear": linear_evaluation, "semisup": semisup_evaluation, "knn": knn_evaluation}
   modes["transfer"] = transfer.transfer_evaluation
-  if config.eval.mode not in modes:
-    raise ValueError(f"config.eval.mode={config.eval.mode!r}: use one of {sorted(modes)}")
-  config_validation.validate_numbers(config)
+  config_validation.validate(config)
   # Before the probe trains: a bad resize setting would otherwise fail at the first test batch.
-  eval_data.eval_preprocessing(config)
+  try:
+    eval_data.eval_preprocessing(config)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  _check_backbone_location(str(config.eval.backbone))
+  checkpointing.check_output_dir(workdir, "--workdir")
+  preflight.check_evaluation(config)
   return modes[config.eval.mode](config, workdir)
+
+
+def _check_backbone_location(location: str) -> None:
+  """What `evaluation.features.load_backbone` accepts, checked without reading it."""
+  path = checkpointing.path(location)
+  if not path.is_dir():
+    what = "a file" if path.exists() else "missing"
+    raise UserError(
+      f"config.eval.backbone={location!r} is {what}: give a pretraining workdir, its backbone/ "
+      "export, or a directory written by `python -m barlow_jax.convert --from X.pth --to DIR`."
+    )
+  names = (checkpointing.MODEL_CONFIG_FILE, checkpointing.BACKBONE, checkpointing.CHECKPOINTS)
+  if not any((path / name).exists() for name in names):
+    raise UserError(
+      f"config.eval.backbone={location!r} holds neither {checkpointing.MODEL_CONFIG_FILE} (a "
+      "backbone export or converted PyTorch checkpoint), nor backbone/ or checkpoints/ (a "
+      "pretraining workdir). Convert PyTorch weights with `python -m barlow_jax.convert --from "
+      "X.pth --to DIR`."
+    )
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:

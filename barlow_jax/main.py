@@ -83,7 +83,15 @@ def main(argv: list[str]) -> None:
 def run() -> None:
   """The `barlow-jax` console script (setup.py's entry point): the same as `python -m
   barlow_jax.main`; `--help` exits 0 (`barlow_jax.cli.parse_flags`)."""
-  app.run(main, flags_parser=cli.parse_flags)
+  import sys
+
+  argv = list(sys.argv)
+
+  def body(rest):
+    with cli.reporting_user_errors("python -m barlow_jax.main", argv):
+      main(rest)
+
+  app.run(body, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from clu import periodic_actions
 
 from barlow_jax import (
   checkpointing,
-  config_validation,
   finish,
   knn_monitor,
   monitors,
@@ -71,7 +70,7 @@ state_shardings = parallel.state_shardings
 batch_sharding = parallel.batch_sharding
 global_batch = parallel.global_batch
 device_prefetch = parallel.device_prefetch
-validate_config = config_validation.validate_pretraining
+validate_config = train_setup.validate_pretraining
 prepare_workdir = checkpointing.prepare_workdir
 
 
@@ -179,18 +178,22 @@ class _Loop:
       start_step=setup.start_step,
       t=self.clock(),
     )
-    last = [setup.total_steps]
+    self.recorded = False  # Whether this invocation wrote the workdir's config record.
     self.actions = [
       periodic_actions.PeriodicCallback(
         every_steps=int(config.checkpoint_every_steps),
-        on_steps=last,
+        on_steps=[setup.total_steps],
         callback_fn=self._checkpoint,
       )
     ]
-    if knn_monitor.is_enabled(config, setup.num_classes):
+    # The last step's monitor runs after the backbone export (`_end_of_run`): a failure there
+    # must not cost the export.
+    self.knn_enabled = knn_monitor.is_enabled(config, setup.num_classes)
+    if self.knn_enabled:
       self.actions.append(
         periodic_actions.PeriodicCallback(
-          every_steps=int(config.eval_every_steps), on_steps=last, callback_fn=self._knn_monitor
+          every_steps=int(config.eval_every_steps),
+          callback_fn=lambda step, t: step < setup.total_steps and self.knn_monitor(step),
         )
       )
 
@@ -268,15 +271,24 @@ class _Loop:
   def _save(self, step: int) -> None:
     self._check_pending()
     train_state.save_state(self.setup.manager, self.state, step)
+    self.record()
     self.setup.clock.saved(step, self.clock(), total_steps=self.setup.total_steps)
     self.last_saved = step
+
+  def record(self) -> None:
+    """The workdir's config record, once, with this invocation's first checkpoint: replaced when
+    the workdir held no checkpoint (a record there is from an invocation that saved none)."""
+    if not self.recorded:
+      replace = self.setup.start_step == 0
+      checkpointing.write_config(self.config, self.setup.workdir, replace=replace)
+      self.recorded = True
 
   def _checkpoint(self, step: int, t: float) -> None:
     del t
     self._save(step)
 
-  def _knn_monitor(self, step: int, t: float) -> None:
-    del t
+  def knn_monitor(self, step: int) -> None:
+    """Runs the kNN monitor on the current state and logs its accuracy at `step`."""
     start = time.perf_counter()
     accuracy = knn_monitor.accuracy(self.state, self.config, self.setup.mesh)
     self.monitor_seconds += time.perf_counter() - start
@@ -313,7 +325,9 @@ def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
     setup.manager.close()
     writer.close()
     return result
-  _save_the_end(setup, loop.state, loop.last_saved, train_seconds)
+  _save_the_end(setup, loop, train_seconds)
+  if loop.knn_enabled and loop.step > setup.start_step:
+    loop.knn_monitor(loop.step)  # After the export: a failure here keeps the saved run.
   writer.close()
   if setup.config.eval.final:
     result.evaluation, stopped = finish.final_evaluation(
@@ -326,10 +340,11 @@ def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
   return result
 
 
-def _save_the_end(setup, state, last_saved: int, train_seconds: float) -> None:
-  manager, total_steps = setup.manager, setup.total_steps
-  if last_saved != total_steps:
+def _save_the_end(setup, loop: _Loop, train_seconds: float) -> None:
+  manager, total_steps, state = setup.manager, setup.total_steps, loop.state
+  if loop.last_saved != total_steps:
     train_state.save_state(manager, state, total_steps)
+    loop.record()
   manager.wait_until_finished()
   manager.close()
   # Written once, when the last checkpoint is committed; a rerun keeps the original record.

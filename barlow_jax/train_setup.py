@@ -1,13 +1,19 @@
 """Everything a pretraining run derives from its config and workdir, derived once and passed on.
 
-`prepare(config, workdir)` checks the config (`config_validation.validate_pretraining`), makes
-the workdir, and computes the run's constants: steps per epoch, total steps, the optimizer and
-its schedules (one `optim.create_optimizer` call per run), the mesh, the online probe's class
-count, the checkpoint manager and the step to resume from. Every error a user can fix is raised
-here or by `pretrain_batches` (the first batch's shape), before anything compiles.
+`prepare(config, workdir)` checks the config (`validate_pretraining`), everything the run will
+read later (`preflight.check_pretraining`: the kNN monitor's and the final table's splits) and a
+resumed workdir's record (`check_resume`: the same model and batch), then makes the workdir and
+computes the run's constants: steps per epoch, total steps, the optimizer and its schedules (one
+`optim.create_optimizer` call per run), the mesh, the online probe's class count, the checkpoint
+manager and the step to resume from. Every error a user can fix is raised here or by
+`pretrain_batches` (the first batch's shape), before anything compiles; an invocation refused
+here writes nothing (the workdir's config record is written with the first checkpoint,
+`checkpointing.write_config`).
 """
 
+import contextlib
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,11 +29,16 @@ from barlow_jax import (
   config_validation,
   data,
   finish,
+  knn_monitor,
   metrics_file,
+  models,
   optim,
   parallel,
+  preflight,
   train_state,
 )
+from barlow_jax.config_validation import UserError
+from barlow_jax.data import device_augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,31 +69,116 @@ class RunSetup:
   clock: finish.PretrainingClock
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
-  """Checks `config`, prepares `workdir` (config record, checkpoints) and derives the run.
+def validate_pretraining(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, before anything compiles, on pretraining settings the run cannot work with.
+
+  Every key of the rule tables (`config_validation.validate`), the global batch against this
+  run's devices and processes, the model (backbone, stem, projector, predictor against the
+  embedding), the on-device augmentation. The dataset (steps per epoch) and the optimizer are
+  checked where they are built, also before compiling.
 
   Raises:
-    ValueError: a config or workdir the run cannot use, naming the key or path (before anything
-      compiles); a checkpoint past this config's length.
+    UserError: naming the config key and the fix.
   """
-  config_validation.validate_pretraining(config)
+  config_validation.validate(config)
+  batch, devices, processes = int(config.batch_size), jax.device_count(), jax.process_count()
+  if batch % devices:
+    raise UserError(
+      f"config.batch_size={batch} (the global batch) must be divisible by the {devices} devices "
+      f"of this run; use a multiple of {devices}, e.g. {max(devices, batch // devices * devices)}."
+    )
+  if batch % processes:
+    raise UserError(
+      f"config.batch_size={batch} must be divisible by the {processes} processes of this run."
+    )
+  with _user_errors():
+    models.create_model(config.model)  # Builds the modules only: nothing is initialised.
+    device_augment.validate_config(config)
+
+
+@contextlib.contextmanager
+def _user_errors():
+  """A ValueError of the settings checks inside becomes a `UserError` with its message."""
+  try:
+    yield
+  except UserError:
+    raise
+  except ValueError as e:
+    raise UserError(str(e)) from None
+
+
+# The keys a checkpoint cannot be resumed with another value of: the model's (the parameters'
+# shapes and what they mean) and the global batch (the data position is the step: another batch
+# reads other examples at the same step, and scales the learning rate).
+_RESUME_SECTIONS = ("model",)
+_RESUME_KEYS = ("batch_size",)
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume `workdir`'s checkpoints with another `model.*` or `batch_size`.
+
+  Compares the invocation with the workdir's record (config.json, written with the first
+  checkpoint) before anything is restored or compiled. A workdir without checkpoints, or
+  without a record, passes.
+
+  Raises:
+    UserError: "the checkpoint in W was written by a run with model.projector=32-32-32; this
+      invocation asks for 64-64-64: ...".
+  """
+  recorded = checkpointing.recorded_config(workdir)
+  if recorded is None:
+    return
+  asked = json.loads(config.to_json_best_effort())
+  pairs = [(k, recorded.get(k), asked.get(k)) for k in _RESUME_KEYS]
+  for section in _RESUME_SECTIONS:
+    before = recorded.get(section) or {}
+    if section == "model":
+      before = checkpointing.full_model_config(before)  # Keys added later: their defaults.
+    now = asked.get(section) or {}
+    pairs += [(f"{section}.{k}", before.get(k), now.get(k)) for k in sorted(set(before) | set(now))]
+  for key, before, now in pairs:
+    if before != now:
+      raise UserError(
+        f"the checkpoint in {workdir} was written by a run with {key}={_show(before)}; this "
+        f"invocation asks for {_show(now)} (config.{key}): use a new workdir or the run's "
+        f"settings (--config.{key}={_show(before)})."
+      )
+
+
+def _show(value) -> str:
+  if isinstance(value, list):
+    return "(" + ", ".join(str(v) for v in value) + ")"
+  return str(value)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
+  """Checks `config`, what the run reads later and `workdir`'s record, then derives the run.
+
+  Raises:
+    UserError: a config or workdir the run cannot use, naming the key or path (before anything
+      compiles and before anything is written); a checkpoint past this config's length.
+  """
+  validate_pretraining(config)
+  # The data and optimizer owners raise ValueErrors naming the key: settings, not bugs.
+  with _user_errors():
+    steps_per_epoch = data.steps_per_epoch(config)  # Unknown dataset, batch > split.
+    total_steps = optim.total_train_steps(config, steps_per_epoch)
+    tx, schedules = optim.create_optimizer(config, steps_per_epoch)
+    # From the dataset, not from a batch: a rerun of a finished run has no batch to look at, and
+    # the probe's presence is part of the checkpoint's structure.
+    num_classes = data.num_classes(config) if config.online_probe else 0
+  preflight.check_pretraining(config, knn_monitor=knn_monitor.is_enabled(config, num_classes))
+  check_resume(config, workdir)
   workdir = checkpointing.prepare_workdir(workdir)
-  steps_per_epoch = data.steps_per_epoch(config)  # Unknown dataset: ValueError.
-  total_steps = optim.total_train_steps(config, steps_per_epoch)
-  tx, schedules = optim.create_optimizer(config, steps_per_epoch)  # Bad settings: ValueError.
   mesh = parallel.create_mesh()
-  checkpointing.write_config(config, workdir)
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   start_step = int(manager.latest_step() or 0)
   clock = finish.PretrainingClock(workdir, start_step)
   if start_step > total_steps:
-    raise ValueError(
+    raise UserError(
       f"{workdir}/checkpoints holds step {start_step}, past this config's {total_steps} steps: "
       "use a new --workdir for a shorter run."
     )
-  # From the dataset, not from a batch: a rerun of a finished run has no batch to look at, and
-  # the probe's presence is part of the checkpoint's structure.
-  num_classes = data.num_classes(config) if config.online_probe else 0
   if config.online_probe and not num_classes:
     logging.info("Online probe off: %s has no labels.", config.dataset.name)
   return RunSetup(

@@ -203,7 +203,7 @@ def run(args) -> dict:
   """Compiles the step for `args.devices` devices; returns the per-device figures (bytes)."""
   import jax
 
-  from barlow_jax import config_validation, parallel
+  from barlow_jax import parallel, train_setup
 
   if jax.device_count() != args.devices:
     raise ValueError(
@@ -211,7 +211,7 @@ def run(args) -> dict:
       "--native to compile for emulated CPU devices."
     )
   config = config_for(args)
-  config_validation.validate_pretraining(config)
+  train_setup.validate_pretraining(config)
   # The ImageNet epoch only sets the schedule's length.
   steps_per_epoch = max(1_281_167 // args.batch, 1)
   result = {

@@ -279,8 +279,13 @@ def reference_linear_probe(
 
 def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh):
   """(head, steps, seconds): the reference protocol's training of the linear head."""
-  from barlow_jax import data
+  from barlow_jax import data, preflight
 
+  # Whole batches of the probe split: a smaller split is refused naming the probe's batch key
+  # (steps_per_epoch of the derived config would name config.batch_size).
+  reader = "the reference linear probe (config.eval.probe_protocol)"
+  need = preflight.Need("probe_split", reader, batch_key="eval.probe_batch_size")
+  preflight.check(config, [need])
   batch_size = int(config.eval.probe_batch_size)
   train_config = crop_flip_config(config, split=config.dataset.probe_split, batch_size=batch_size)
   total = int(config.eval.probe_epochs) * data.steps_per_epoch(train_config)
