@@ -72,7 +72,7 @@ class RunSetup:
 def validate_pretraining(config: ml_collections.ConfigDict) -> None:
   """Fails fast, before anything compiles, on pretraining settings the run cannot work with.
 
-  Every key of the rule tables (`config_validation.validate`), the global batch against this
+  Every key of the rule tables (`config_validation`), the global batch against this
   run's devices and processes, the model (backbone, stem, projector, predictor against the
   embedding), the on-device augmentation. The dataset (steps per epoch) and the optimizer are
   checked where they are built, also before compiling.
@@ -80,7 +80,10 @@ def validate_pretraining(config: ml_collections.ConfigDict) -> None:
   Raises:
     UserError: naming the config key and the fix.
   """
-  config_validation.validate(config)
+  config_validation.validate_strings(config)
+  with _user_errors():
+    device_augment.validate_config(config)  # Names mean and std together.
+  config_validation.validate_numbers(config)
   batch, devices, processes = int(config.batch_size), jax.device_count(), jax.process_count()
   if batch % devices:
     raise UserError(
@@ -93,7 +96,6 @@ def validate_pretraining(config: ml_collections.ConfigDict) -> None:
     )
   with _user_errors():
     models.create_model(config.model)  # Builds the modules only: nothing is initialised.
-    device_augment.validate_config(config)
 
 
 @contextlib.contextmanager

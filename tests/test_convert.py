@@ -164,7 +164,7 @@ def test_eval_features_match_torch_and_export_round_trips(name, block, layers, w
   net.load_state_dict(exported, strict=True)
 
 
-def test_training_checkpoint_and_command_line(tmp_path, caplog):
+def test_training_checkpoint_and_command_line(tmp_path, caplog, capsys):
   """The reference's checkpoint.pth layout -> backbone/ dir (CLI) -> back to a .pth (CLI)."""
   torch.manual_seed(1)
   net = _randomise_bn(TorchResNet(TorchBasicBlock, (2, 2, 2, 2), 0.125, "cifar"), seed=2)
@@ -193,8 +193,10 @@ def test_training_checkpoint_and_command_line(tmp_path, caplog):
 
   out_dir = tmp_path / "backbone"
   assert convert.main(["--from", path, "--to", str(out_dir)]) == 0
-  with pytest.raises(ValueError, match="already exists"):
+  capsys.readouterr()
+  with pytest.raises(SystemExit):  # A user's mistake: one line on stderr, exit 1.
     convert.main(["--from", path, "--to", str(out_dir)])
+  assert "already exists" in capsys.readouterr().err
   variables, model_config = convert.load_backbone(str(out_dir))
   assert model_config["backbone"] == "ResNet18" and model_config["stem"] == "cifar"
   assert model_config["width"] == 0.125 and model_config["projector"] == "32-32-16"
