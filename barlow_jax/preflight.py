@@ -121,7 +121,10 @@ def evaluation_needs(config: ml_collections.ConfigDict) -> list[Need]:
   ImageNet semi-supervised subsets replace the probe split)."""
   ev = config.eval
   reader = f"the {ev.mode} evaluation (config.eval.mode={ev.mode!r})"
-  needs = [Need("probe_split", reader), Need("eval_split", reader)]
+  # Multi-label transfer reads per-object labels (config.transfer.objects_key), checked by
+  # `evaluation.transfer.validate_config`, not a class label.
+  labels = not (ev.mode == "transfer" and config.transfer.task == "multi_label")
+  needs = [Need("probe_split", reader, labels=labels), Need("eval_split", reader, labels=labels)]
   protocol = ev.probe_protocol
   if protocol == "auto":
     protocol = "features" if data.fits_in_memory(config.dataset.name) else "reference"

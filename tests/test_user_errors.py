@@ -30,7 +30,7 @@ from barlow_jax import (
   train_setup,
 )
 from barlow_jax.config_validation import UserError
-from barlow_jax.evaluation import modes
+from barlow_jax.evaluation import modes, transfer
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,15 +122,18 @@ def _no_backbone_load(monkeypatch):
     raise AssertionError("the backbone was loaded before the splits were checked")
 
   monkeypatch.setattr(modes, "load_backbone", refuse)
+  monkeypatch.setattr(transfer, "load_backbone", refuse)
 
 
-def test_evaluate_checks_its_splits_before_loading_the_backbone(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["linear", "knn", "semisup", "transfer"])
+def test_evaluate_checks_its_splits_before_loading_the_backbone(tmp_path, monkeypatch, mode):
   _no_backbone_load(monkeypatch)
   config = _folder_config(_folder(tmp_path / "data"))
-  config.eval.mode = "linear"
+  config.eval.mode = mode
   config.eval.backbone = _fake_backbone(tmp_path)
   config.dataset.eval_split = "validation"
-  with pytest.raises(UserError, match=r"config\.dataset\.eval_split='validation'.*linear"):
+  match = rf"config\.dataset\.eval_split='validation'.*the {mode} evaluation"
+  with pytest.raises(UserError, match=match):
     evaluate.evaluate(config, str(tmp_path / "eval"))
 
 
