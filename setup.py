@@ -37,6 +37,7 @@ setuptools.setup(
     "importlib_resources>=6",  # tfds needs it.
     "scikit-learn>=1.4",  # The offline digits data.
     "matplotlib>=3.8",  # Augmentation grids, experiment plots.
+    "pillow>=10",  # Image files TensorFlow does not decode (TIFF, PPM, PGM, 1-bit BMP, ...).
     "numpy>=1.26",
   ],
   extras_require={

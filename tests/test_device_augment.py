@@ -135,6 +135,37 @@ def _device_blur(images, sigmas, radius=6):
   return np.asarray(blur(jnp.asarray(images, jnp.float32) / 255.0, sigmas)) * 255.0
 
 
+# The RGB cube's corners and half-saturated primaries: pure red's luma is 0.299 (ITU-R 601-2,
+# PIL's convert("L")) against 0.2126 in Rec. 709, 22 levels apart (photos: under one level).
+_SATURATED = np.array(
+  [[[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], [[0, 1, 1], [1, 0, 1], [1, 1, 1], [0.5, 0, 0]]],
+  np.float32,
+)
+
+
+def test_grayscale_weights_are_itu_601_on_saturated_patches():
+  luma = _SATURATED.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  gray = np.repeat(luma[..., None], 3, -1)
+  view = _view(**_ALL_ON)
+  gray_only = _stack_params([((0, 0, 1, 0, 0), (0, 1, 2, 3), (1.0, 1.0, 1.0, 0.0), (0, 1, 2), 1.0)])
+  # Saturation factor 0 blends to the grayscale image itself; contrast 0 to its mean.
+  desaturate = _stack_params(
+    [((1, 0, 0, 0, 0), (2, 0, 1, 3), (1.0, 1.0, 0.0, 0.0), (0, 1, 2), 1.0)]
+  )
+  no_contrast = _stack_params(
+    [((1, 0, 0, 0, 0), (1, 0, 2, 3), (1.0, 0.0, 1.0, 0.0), (0, 1, 2), 1.0)]
+  )
+  fn = jax.jit(jax.vmap(lambda x, p: device_augment.augment_image(x, p, view)))
+  image = jnp.asarray(_SATURATED[None])
+  np.testing.assert_allclose(np.asarray(device_colour.to_grayscale(image[0])), gray, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(fn(image, gray_only))[0], gray, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(fn(image, desaturate))[0], gray, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(fn(image, no_contrast))[0], gray * 0 + luma.mean(), atol=1e-6
+  )
+  np.testing.assert_allclose(colour.to_grayscale(tf.constant(_SATURATED)).numpy(), gray, atol=1e-6)
+
+
 def test_host_and_device_blur_are_the_same_function():
   photos = _photos()  # scikit-learn's sample photos, 24 x 32.
   device = _device_blur(photos, _SIGMAS).reshape(-1, *photos.shape[1:])

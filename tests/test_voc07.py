@@ -117,3 +117,61 @@ def test_svm_input_errors_name_the_problem():
     voc07.train_svms(features, targets, costs=(1.0,), n_jobs=1)
   with pytest.raises(ValueError, match=r"\[N, C\]"):
     voc07.train_svms(features, targets[:, 0], n_jobs=1)
+
+
+@pytest.mark.parametrize("method", voc07.AP_METHODS)
+def test_tied_scores_give_one_point_whatever_their_order(method):
+  # 100 equal scores, 10 positives: one threshold, precision 0.1 at recall 1 (sklearn: 0.1).
+  rng = np.random.default_rng(3)
+  targets = np.zeros(100, int)
+  targets[:10] = 1
+  for order in (targets, targets[::-1], rng.permutation(targets)):
+    assert voc07.average_precision(np.zeros(100), order, method=method) == pytest.approx(0.1)
+  assert average_precision_score(targets, np.zeros(100)) == pytest.approx(0.1)
+  # Ties among other scores: permuting the examples changes nothing.
+  scores = np.round(rng.normal(size=60), 1)
+  targets = (rng.random(60) < 0.3).astype(int)
+  targets[:3] = [1, -1, 0]
+  ap = voc07.average_precision(scores, targets, method=method)
+  for _ in range(5):
+    perm = rng.permutation(60)
+    assert voc07.average_precision(scores[perm], targets[perm], method=method) == ap
+
+
+def test_tied_scores_uninterpolated_matches_sklearn_and_the_curve_has_one_point_per_score():
+  rng = np.random.default_rng(4)
+  for _ in range(20):
+    n = int(rng.integers(5, 60))
+    targets = (rng.random(n) < 0.3).astype(int)
+    targets[rng.integers(n)] = 1
+    scores = np.round(rng.normal(size=n) + targets * rng.random(), 1)  # Many ties.
+    ap = voc07.average_precision(scores, targets, method="uninterpolated")
+    assert ap == pytest.approx(average_precision_score(targets, scores), abs=1e-12)
+    precision, recall = voc07.precision_recall(scores, targets)
+    assert len(precision) == len(recall) == len(np.unique(scores))
+    assert voc07.average_precision(scores, targets) >= ap - 1e-12
+
+
+def test_difficult_training_images_are_left_out_of_that_class_svm():
+  rng = np.random.default_rng(5)
+  features, targets = _separable(48, 2, 8, rng)
+  features += 0.2 * rng.normal(size=features.shape)
+  # Difficult images that look like positives of class 0 and like negatives of class 1: as
+  # positives or as negatives of their class they would move its SVM.
+  targets[:6, 0] = -1
+  features[:6, 0] += 1.0
+  targets[10:14, 1] = -1
+  features[10:14, 1] -= 1.0
+  costs = (0.1, 1.0)
+  svms = voc07.train_svms(features, targets, costs=costs, folds=3, n_jobs=1)
+  for c in range(2):
+    keep = targets[:, c] != -1
+    alone = voc07.train_svms(features[keep], targets[keep][:, [c]], costs=costs, folds=3)
+    clf, ref = svms["classifiers"][c], alone["classifiers"][0]
+    np.testing.assert_allclose(clf.coef_, ref.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(clf.intercept_, ref.intercept_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(svms["cv_ap"][c], alone["cv_ap"][0], rtol=1e-10)
+  # Only 2 non-difficult positives left: too few for 3 folds, and the message says why.
+  targets[:, 0] = np.where(np.arange(48) < 2, 1, -1)
+  with pytest.raises(ValueError, match=r"class 0 has 2 positive and 0 negative .*difficult"):
+    voc07.train_svms(features, targets, costs=costs, folds=3, n_jobs=1)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from barlow_jax.data import resample
+from barlow_jax.data import pil_formats, resample
 
 NUM_CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 boxes before the fallback.
 
@@ -178,13 +178,23 @@ def decode_and_random_resized_crop(
 
 
 def decode_image_uint8(image_bytes: tf.Tensor) -> tf.Tensor:
-  """Any format TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) -> uint8 [H, W, 3].
+  """Any image file TensorFlow or Pillow decodes -> uint8 [H, W, 3], as PIL's convert("RGB").
 
-  The one decoder of non-JPEG training images and of the folder check (WebP decodes only to
-  uint8). Grayscale is replicated to RGB, alpha dropped, 16-bit PNGs rounded to 8 bits (as PIL's
-  convert("RGB")), an animated GIF gives its first frame.
+  The one decoder of non-JPEG training images and of the folder check. JPEG, PNG, GIF, WebP and
+  24 / 32-bit BMPs through TensorFlow (WebP decodes only to uint8); every other file (TIFF, PPM,
+  PGM, 1 / 4 / 8-bit or RLE BMPs, ...) through Pillow (`pil_formats`). Grayscale is replicated to
+  RGB, alpha dropped, 16-bit PNGs rounded to 8 bits (as PIL's convert("RGB")), an animated GIF
+  or a multi-page TIFF gives its first frame.
   """
-  image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+
+  def tensorflow():
+    return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+
+  image = tf.cond(
+    pil_formats.tensorflow_decodes(image_bytes),
+    tensorflow,
+    lambda: pil_formats.pil_decode(image_bytes),
+  )
   image.set_shape([None, None, 3])
   return image
 
@@ -207,7 +217,7 @@ def decode_whole(image_bytes: tf.Tensor) -> tf.Tensor:
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-  """Any JPEG / PNG / GIF / BMP / WebP bytes -> float32 [H, W, 3] in [0, 1].
+  """Any image file `decode_image_uint8` reads -> float32 [H, W, 3] in [0, 1].
 
   As `decode_image_uint8`, except that 16-bit PNGs keep their precision (scaled by 65535).
   """
@@ -232,8 +242,9 @@ def eval_resize_crop(
   Python's round). Without, the image is resized straight to size x size (a no-op for images
   already that size). Either resize scales up or down, whatever the image's size (static, as
   arrays in memory have, or known only per image, as decoded files). Resizes antialias like
-  PIL's (`resize_image`); `method` is `config.dataset.eval_interpolation` (the reference's
-  bilinear by default).
+  PIL's (`resize_image`'s pixels); `method` is `config.dataset.eval_interpolation` (the
+  reference's bilinear by default). Only the crop's window of the resize is computed
+  (`resample.resize_window`): memory stays bounded by the output whatever the aspect ratio.
 
   Raises:
     ValueError: for a `size` or `resize` below 1, `resize < size` (the crop would not fit), or an
@@ -253,11 +264,16 @@ def eval_resize_crop(
     short, long = tf.minimum(h, w), tf.maximum(h, w)
     new_long = (resize * long) // short  # int(resize * long / short) in exact integers.
     new_hw = tf.where(h <= w, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
-  # torchvision returns the image itself when it already has the output size. The branches'
-  # static shapes differ whenever the input's is known (arrays in memory): the cond's output
-  # takes the shape both allow, and only the crop below fixes it to [size, size, 3].
-  same = tf.reduce_all(new_hw == shape[:2])
-  image = tf.cond(same, lambda: image, lambda: resize_image(image, new_hw, method))
   offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2.0), tf.int32)
   oy, ox = offsets[0], offsets[1]
-  return tf.ensure_shape(image[oy : oy + size, ox : ox + size], [size, size, 3])
+
+  def window():
+    # Only the crop's pixels of the resize: memory bounded by the output, not by the resized
+    # image (a 1 x 2000 strip resized to 256 x 512000 took 5.5 GB whole).
+    out = resample.resize_window(image, new_hw, offsets, [size, size], method)
+    return tf.clip_by_value(out, 0.0, 1.0)  # Bicubic overshoots.
+
+  # torchvision returns the image itself when it already has the output size.
+  same = tf.reduce_all(new_hw == shape[:2])
+  out = tf.cond(same, lambda: image[oy : oy + size, ox : ox + size], window)
+  return tf.ensure_shape(out, [size, size, 3])

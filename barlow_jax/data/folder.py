@@ -6,7 +6,10 @@ names) or, with no sub-directories, the images are unlabelled. Every file is dec
 the folder is first listed (in parallel); files that do not decode (corrupt, not an image) are
 skipped with a warning that gives their count and first paths, so an epoch never fails halfway.
 Local directories and buckets (gs://...) alike: listing through etils.epath, reading through
-tf.io.
+tf.io. Paths enter TensorFlow as the bytes the file system names them by (`tf_paths`), so a name
+that is not UTF-8 (a Latin-1 `caf\xe9.jpg` on disk) is read like any other. Files decode through
+TensorFlow or, for the formats it does not read (TIFF, PPM, PGM, 1-bit BMP, ...), Pillow
+(`barlow_jax.data.pil_formats`).
 """
 
 import dataclasses
@@ -26,7 +29,7 @@ _BAD_PATHS_SHOWN = 10
 
 @dataclasses.dataclass
 class FileSource(IndexedSource):
-  """Image files: paths [N] str and int32 labels [N] (None when unlabelled)."""
+  """Image files: paths [N] str (`list_folder`'s) and int32 labels [N] (None when unlabelled)."""
 
   paths: np.ndarray
   labels: np.ndarray | None
@@ -44,12 +47,22 @@ class FileSource(IndexedSource):
     return self.labels if self.has_labels else np.zeros(self.num_examples, np.int32)
 
   def gather_tensors(self):
-    return tf.constant(self.paths), tf.constant(self._labels())
+    return tf.constant(tf_paths(self.paths)), tf.constant(self._labels())
 
   def eval_stream(self, config, *, process_index, process_count):
     lo, hi = shard_bounds(self.num_examples, process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices((self.paths[lo:hi], self._labels()[lo:hi]))
+    ds = tf.data.Dataset.from_tensor_slices((tf_paths(self.paths[lo:hi]), self._labels()[lo:hi]))
     return Stream(ds, lambda path, label: (decode_image(tf.io.read_file(path)), label))
+
+
+def tf_paths(paths) -> np.ndarray:
+  """Paths -> object [N] of bytes, the names as the file system holds them, for tf.io.
+
+  Python gives an undecodable local name as a str with surrogate escapes (`os.fsdecode`); a
+  TensorFlow string built from that str would be its UTF-8 encoding, which fails. `os.fsencode`
+  restores the original bytes (a bucket's names are UTF-8 already and stay so).
+  """
+  return np.array([os.fsencode(str(p)) for p in paths], dtype=object).reshape(-1)
 
 
 _FOLDER_CACHE: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -67,7 +80,7 @@ def _verify_images(paths: list[str]) -> np.ndarray:
     # Returning something computed from the pixels keeps tf.data from pruning the decode.
     return i, tf.reduce_prod(tf.shape(image))
 
-  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), np.array(paths)))
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), tf_paths(paths)))
   ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   ds = ds.ignore_errors()
   ok = np.zeros(len(paths), bool)
@@ -104,7 +117,10 @@ def _folder_files(root: epath.Path, directory: str) -> tuple[list[str], list[int
 
 
 def list_folder(directory: str) -> tuple[np.ndarray, np.ndarray | None]:
-  """Paths [N] (and int32 labels [N], or None when unlabelled) of the good images.
+  """Paths [N] str (and int32 labels [N], or None when unlabelled) of the good images.
+
+  A local name that is not UTF-8 is a str with surrogate escapes, as `os.listdir` gives it
+  (`os.fsencode` turns it back into the name on disk; `tf_paths` does so for tf.io).
 
   `directory` is local or a bucket (gs://...): listing goes through etils.epath, reading through
   tf.io (both speak gs://).

@@ -19,8 +19,11 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _knn_predict(train_n, train_labels, queries, temperature, *, k, num_classes):
   sims = _l2_normalize(queries) @ train_n.T  # [Q, N_train] cosine similarities.
-  top_sims, top_idx = jax.lax.top_k(sims, k)
-  weights = jnp.exp(top_sims / temperature)
+  top_sims, top_idx = jax.lax.top_k(sims, k)  # Descending: column 0 is each query's best.
+  # exp((s - s_max) / T) = exp(s / T) / exp(s_max / T): one positive factor per query leaves its
+  # argmax as it is, and keeps the weights in (0, 1] where exp(s / T) overflows float32 (T below
+  # ~0.0113 for s = 1; inf x 0 in the one-hot vote would give NaN).
+  weights = jnp.exp((top_sims - top_sims[:, :1]) / temperature)
   votes = jnp.einsum("qk,qkc->qc", weights, jax.nn.one_hot(train_labels[top_idx], num_classes))
   return jnp.argmax(votes, axis=-1)
 
@@ -38,7 +41,9 @@ def knn_accuracy(
   """Weighted kNN top-1 accuracy on L2-normalised features (InstDisc's SSL monitor).
 
   Each test point votes over its k most cosine-similar training points, each weighted by
-  exp(similarity / temperature); the class with the largest total wins. The test set is processed
+  exp(similarity / temperature); the class with the largest total wins. The weights are computed
+  as exp((similarity - the query's top similarity) / temperature), the same decisions without
+  float32 overflow at small temperatures. The test set is processed
   in chunks so the similarity matrix stays under ~128 MiB whatever the sizes.
 
   Args:

@@ -9,7 +9,8 @@ vissl/utils/svm_utils/ is the same):
   objects marked difficult; the VOC devkit's 0);
 - features L2-normalised (`x / (||x|| + 1e-5)`);
 - one `sklearn.svm.LinearSVC` per class (squared hinge, L2, dual, tol 1e-4, max_iter 2000, class
-  weight 2 on positives); difficult images count as negatives in training;
+  weight 2 on positives); a class's difficult images are left out of its training, as out of
+  its AP (svm_helper.py `get_cls_feats_labels`, VISSL's `SVMTrainer._get_cls_feats_labels`);
 - the cost C per class is the one with the highest mean average precision (sklearn's
   "average_precision" scorer) over a 3-fold cross-validation on trainval, among
   `VOC07_COSTS`; the SVM is then refit on the whole of trainval with that C;
@@ -42,7 +43,12 @@ VOC07_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0) + tupl
 # Average precision.
 
 
-def _ranked_hits(scores, targets) -> tuple[np.ndarray, int]:
+def _counts_at_thresholds(scores, targets) -> tuple[np.ndarray, np.ndarray, int]:
+  """True and false positives at each distinct score, highest first, and the positives' count.
+
+  Examples whose scores tie are accepted or refused together (sklearn's precision_recall_curve
+  thresholds), so the curve does not depend on the order of tied examples.
+  """
   scores = np.asarray(scores, np.float64).reshape(-1)
   targets = np.asarray(targets).reshape(-1)
   if scores.shape != targets.shape:
@@ -52,27 +58,32 @@ def _ranked_hits(scores, targets) -> tuple[np.ndarray, int]:
   num_positives = int(hits.sum())
   if num_positives == 0:
     raise ValueError("average precision is undefined without a positive example")
-  # Stable: tied scores keep their input order.
   order = np.argsort(-scores, kind="stable")
-  return hits[order], num_positives
+  scores, hits = scores[order], hits[order]
+  # The last rank of each run of equal scores: the curve's points.
+  last = np.append(np.flatnonzero(np.diff(scores)), len(scores) - 1)
+  return np.cumsum(hits)[last], np.cumsum(~hits)[last], num_positives
 
 
 def precision_recall(scores, targets) -> tuple[np.ndarray, np.ndarray]:
-  """Precision and recall at each rank of the examples sorted by decreasing score.
+  """Precision and recall at each distinct score value, from the highest score down.
+
+  The point of a score s counts every example scored >= s, so tied examples enter together and
+  the order of ties does not matter (sklearn's `precision_recall_curve`, in reverse). Without
+  ties these are the precision and recall at each rank.
 
   Args:
     scores: [N] float, higher = more confident the class is present.
     targets: [N] int, 1 present, 0 absent, -1 ignored (VOC "difficult": dropped).
 
   Returns:
-    (precision [M], recall [M]) float64, M = number of non-ignored examples.
+    (precision [M], recall [M]) float64, M = number of distinct scores of the non-ignored
+    examples.
 
   Raises:
     ValueError: on shape mismatch, or when no target is positive.
   """
-  hits, num_positives = _ranked_hits(scores, targets)
-  tp = np.cumsum(hits)
-  fp = np.cumsum(~hits)
+  tp, fp, num_positives = _counts_at_thresholds(scores, targets)
   return tp / (tp + fp), tp / num_positives
 
 
@@ -86,8 +97,10 @@ def average_precision(scores, targets, *, method: str = "all_point") -> float:
         summed over the recall steps (VOC devkit 2010+; Goyal et al. 2019's `calculate_ap`);
       "11_point": mean of the envelope at recall 0, 0.1, ..., 1 (VOC2007 devkit VOCevalcls.m;
         the levels are np.arange(0, 1.1, 0.1), as the devkit's Python ports use);
-      "uninterpolated": sum over the positives of (recall step) x precision, no envelope
-        (sklearn.metrics.average_precision_score when no scores tie).
+      "uninterpolated": sum over the recall steps of (recall step) x precision, no envelope
+        (sklearn.metrics.average_precision_score).
+      All three read the curve at distinct score values only (`precision_recall`): tied scores
+      give one point, whatever their order (all zeros with 10 positives in 100: AP 0.1).
 
   Returns:
     AP in [0, 1].
@@ -195,7 +208,8 @@ def train_svms(
 
   Args:
     train_features: [N, D] float (L2-normalised here).
-    train_targets: [N, C] int in {1, 0, -1}; 0 and -1 are the SVM's negatives.
+    train_targets: [N, C] int in {1, 0, -1}: 1 the SVM's positives, 0 its negatives; -1
+      ("difficult") images are left out of that class's SVM (cross-validation and fit).
     costs: candidate C values. folds: cross-validation folds (stratified, unshuffled: sklearn's
       default for a classifier, as the benchmark).
     positive_weight: class weight of the positives (negatives 1).
@@ -205,7 +219,8 @@ def train_svms(
     {"classifiers": C fitted LinearSVCs, "costs": [C] chosen cost, "cv_ap": [C, len(costs)]}.
 
   Raises:
-    ValueError: bad shapes, or a class with fewer positives or negatives than `folds`.
+    ValueError: bad shapes, or a class with fewer positives or negatives than `folds` (difficult
+      images not counted).
   """
   from joblib import Parallel, delayed
 
@@ -217,24 +232,26 @@ def train_svms(
     )
   if not costs:
     raise ValueError("config.transfer.svm_costs is empty")
-  labels = np.where(t > 0, 1, -1)
-  for c in range(t.shape[1]):
-    num_pos = int(np.sum(labels[:, c] == 1))
-    if min(num_pos, len(t) - num_pos) < folds:
+  # Per class: its non-difficult images and their SVM labels (1 present, -1 absent).
+  data = [(x[t[:, c] != -1], np.where(t[t[:, c] != -1, c] > 0, 1, -1)) for c in range(t.shape[1])]
+  for c, (_, y) in enumerate(data):
+    num_pos, num_neg = int(np.sum(y == 1)), int(np.sum(y == -1))
+    if min(num_pos, num_neg) < folds:
       raise ValueError(
-        f"class {c} has {num_pos} positive and {len(t) - num_pos} negative training images: "
-        f"{folds}-fold cross-validation (config.transfer.svm_folds) needs at least {folds} of each"
+        f"class {c} has {num_pos} positive and {num_neg} negative training images (difficult "
+        f"ones left out): {folds}-fold cross-validation (config.transfer.svm_folds) needs at "
+        f"least {folds} of each"
       )
   svm_kwargs = dict(positive_weight=float(positive_weight), max_iter=int(max_iter), seed=seed)
   pairs = [(c, cost) for c in range(t.shape[1]) for cost in costs]
   cv = Parallel(n_jobs=n_jobs)(
-    delayed(_cross_validated_ap)(x, labels[:, c], cost, folds=folds, svm_kwargs=svm_kwargs)
+    delayed(_cross_validated_ap)(*data[c], cost, folds=folds, svm_kwargs=svm_kwargs)
     for c, cost in pairs
   )
   cv_ap = np.asarray(cv).reshape(t.shape[1], len(costs))
   chosen = [float(costs[i]) for i in np.argmax(cv_ap, axis=1)]
   classifiers = Parallel(n_jobs=n_jobs)(
-    delayed(_fit)(x, labels[:, c], chosen[c], svm_kwargs) for c in range(t.shape[1])
+    delayed(_fit)(*data[c], chosen[c], svm_kwargs) for c in range(t.shape[1])
   )
   logging.info("VOC07 SVMs: chosen costs %s", chosen)
   return {"classifiers": classifiers, "costs": chosen, "cv_ap": cv_ap}
