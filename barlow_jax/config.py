@@ -114,6 +114,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Multiplies every gradient before the optimizer. 1.0 = the true gradient of the global loss;
   # 1/W reproduces the reference's W-GPU dynamics (docs/reference.md §3).
   config.optim.gradient_scale = 1.0
+  # Loss-spike guard (barlow_jax.spike_guard, docs/training.md): skip a step whose loss or gradient
+  # norm is not finite, or whose loss exceeds spike_factor x the median of the last spike_window
+  # accepted losses (0 = no spike test); the run stops after max_consecutive_skips in a row.
+  config.optim.skip_nonfinite = False
+  config.optim.spike_factor = 0.0
+  config.optim.spike_window = 100
+  config.optim.max_consecutive_skips = 10
 
   config.parallel = ml_collections.ConfigDict()
   # FSDP (barlow_jax.parallel): parameter leaves with at least this many elements, and their
