@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.probe_split = "train"  # Labelled split the evaluations train on ("" = none).
   config.dataset.image_key = "image"
   config.dataset.label_key = "label"
+  # TFDS sources: keep only these classes, relabelled 0..K-1 ("" = all): a packaged list
+  # ("imagenet100": solo-learn's ImageNet-100) or a text file of class names.
+  config.dataset.class_subset = ""
   config.dataset.image_size = 224  # Side of the square crops the network sees.
   config.dataset.eval_resize = 256  # Eval: resize the short side to this, then centre crop.
   # Eval resize filter, antialiased like PIL's: "bilinear" (torchvision Resize's default, the
