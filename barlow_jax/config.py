@@ -198,3 +198,40 @@ def base_config() -> ml_collections.ConfigDict:
   config.transfer.svm_max_iter = 2000
   config.transfer.svm_jobs = -1  # joblib workers over (class, cost) pairs; -1 = all cores.
   return config
+
+
+# The loss scale the authors give for a projector of output width D: 196 / D, "to match our
+# research code" (facebookresearch/barlowtwins#9); at D = 8192 it is the first release's
+# --scale-loss 0.024 (docs/reference.md §3). Rounded to two significant figures, as 0.024 is.
+LOSS_SCALE_TIMES_WIDTH = 196
+
+
+def projector_loss_scale(projector: str) -> float:
+  """196 / D for projector sizes "a-b-D" (barlowtwins#9), to two significant figures.
+
+  8192 -> 0.024 (the reference's), 4096 -> 0.048 (solo-learn's ImageNet value), 2048 -> 0.096.
+
+  Raises:
+    ValueError: `projector` does not end in a positive integer width.
+  """
+  try:
+    width = int(str(projector).split("-")[-1])
+  except ValueError:
+    width = 0
+  if width < 1:
+    raise ValueError(f"projector sizes {projector!r} must end in a positive width, e.g. '8192'.")
+  return float(f"{LOSS_SCALE_TIMES_WIDTH / width:.2g}")
+
+
+def set_projector(config: ml_collections.ConfigDict, projector: str) -> None:
+  """Sets `config.model.projector` and the bias / BN learning rate its loss scale implies.
+
+  The first release multiplied the loss by s with one learning rate L; under LARS the trust ratio
+  cancels s on the weights, so s acted on the biases and BN parameters only, and the current
+  release states it as their own rate, `lr_biases = s * lr_weights` (0.0048 = 0.024 x 0.2;
+  docs/reference.md §3). This applies that rule with `s = projector_loss_scale(projector)`:
+  the one place a preset's projector width sets its bias rate.
+  """
+  config.model.projector = projector
+  scale = projector_loss_scale(projector)
+  config.optim.lr_biases = round(float(config.optim.lr_weights) * scale, 10)
