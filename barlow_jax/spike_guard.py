@@ -52,7 +52,8 @@ def is_bad_step(loss, grad_norm, history, *, spike_factor: float) -> jax.Array:
     loss, grad_norm: float scalars of the step.
     history: float32 [window] of recent accepted losses, NaN where empty.
     spike_factor: k; the spike test is `loss > k * median(history)`, applied once `history` is
-      full. 0 turns the spike test off (only non-finite steps are skipped).
+      full. 0 turns the spike test off (only non-finite steps are skipped). The test assumes a
+      positive loss, as the Barlow Twins loss is (its cross-entropy variant can go negative).
 
   Returns:
     A bool scalar.

@@ -59,9 +59,6 @@ BATCH_SWEEP_300 = {
   4096: (0.2, 70.7),
 }
 
-# Expected offline linear top-1 of each epoch variant (see the docstring for the sources).
-EXPECTED_TOP1 = {1000: 73.2, 300: 71.4, 100: 67.23}
-
 
 def parse_args(arg: str | None, path: str) -> dict[str, str]:
   """`"a=1,runlocal"` -> {"a": "1", "runlocal": ""}; unknown names are the caller's to refuse."""
