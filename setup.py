@@ -19,6 +19,7 @@ setuptools.setup(
   license="Apache-2.0",
   python_requires=">=3.11",
   packages=setuptools.find_packages(include=["barlow_jax", "barlow_jax.*"]),
+  package_data={"barlow_jax.data": ["class_lists/*.txt"]},  # config.dataset.class_subset lists.
   install_requires=[
     # CPU jax by default; TPU / GPU users install the matching build (README). 0.11 is what the
     # CUDA accelerator images carry (jax 0.11.2 with the CUDA 13 plugin).

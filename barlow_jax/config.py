@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.probe_split = "train"  # Labelled split the evaluations train on ("" = none).
   config.dataset.image_key = "image"
   config.dataset.label_key = "label"
+  # TFDS sources: keep only these classes, relabelled 0..K-1 ("" = all): a packaged list
+  # ("imagenet100": solo-learn's ImageNet-100) or a text file of class names.
+  config.dataset.class_subset = ""
   config.dataset.image_size = 224  # Side of the square crops the network sees.
   config.dataset.eval_resize = 256  # Eval: resize the short side to this, then centre crop.
   # Eval resize filter, antialiased like PIL's: "bilinear" (torchvision Resize's default, the
@@ -119,6 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Multiplies every gradient before the optimizer. 1.0 = the true gradient of the global loss;
   # 1/W reproduces the reference's W-GPU dynamics (docs/reference.md §3).
   config.optim.gradient_scale = 1.0
+  # Loss-spike guard (barlow_jax.spike_guard, docs/training.md): skip a step whose loss or gradient
+  # norm is not finite, or whose loss exceeds spike_factor x the median of the last spike_window
+  # accepted losses (0 = no spike test); the run stops after max_consecutive_skips in a row.
+  config.optim.skip_nonfinite = False
+  config.optim.spike_factor = 0.0
+  config.optim.spike_window = 100
+  config.optim.max_consecutive_skips = 10
 
   config.parallel = ml_collections.ConfigDict()
   # FSDP (barlow_jax.parallel): parameter leaves with at least this many elements, and their
@@ -193,3 +203,40 @@ def base_config() -> ml_collections.ConfigDict:
   config.transfer.svm_max_iter = 2000
   config.transfer.svm_jobs = -1  # joblib workers over (class, cost) pairs; -1 = all cores.
   return config
+
+
+# The loss scale the authors give for a projector of output width D: 196 / D, "to match our
+# research code" (facebookresearch/barlowtwins#9); at D = 8192 it is the first release's
+# --scale-loss 0.024 (docs/reference.md §3). Rounded to two significant figures, as 0.024 is.
+LOSS_SCALE_TIMES_WIDTH = 196
+
+
+def projector_loss_scale(projector: str) -> float:
+  """196 / D for projector sizes "a-b-D" (barlowtwins#9), to two significant figures.
+
+  8192 -> 0.024 (the reference's), 4096 -> 0.048 (solo-learn's ImageNet value), 2048 -> 0.096.
+
+  Raises:
+    ValueError: `projector` does not end in a positive integer width.
+  """
+  try:
+    width = int(str(projector).split("-")[-1])
+  except ValueError:
+    width = 0
+  if width < 1:
+    raise ValueError(f"projector sizes {projector!r} must end in a positive width, e.g. '8192'.")
+  return float(f"{LOSS_SCALE_TIMES_WIDTH / width:.2g}")
+
+
+def set_projector(config: ml_collections.ConfigDict, projector: str) -> None:
+  """Sets `config.model.projector` and the bias / BN learning rate its loss scale implies.
+
+  The first release multiplied the loss by s with one learning rate L; under LARS the trust ratio
+  cancels s on the weights, so s acted on the biases and BN parameters only, and the current
+  release states it as their own rate, `lr_biases = s * lr_weights` (0.0048 = 0.024 x 0.2;
+  docs/reference.md §3). This applies that rule with `s = projector_loss_scale(projector)`:
+  the one place a preset's projector width sets its bias rate.
+  """
+  config.model.projector = projector
+  scale = projector_loss_scale(projector)
+  config.optim.lr_biases = round(float(config.optim.lr_weights) * scale, 10)

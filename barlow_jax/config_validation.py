@@ -169,6 +169,13 @@ NUMERIC_KEYS: Mapping[str, Rule] = {
     low_open=True,
     note=" (1.0 = the true gradient; 1/W reproduces the reference's W-GPU run)",
   ),
+  "optim.spike_factor": Rule(
+    low=1, low_open=True, sentinel=0, sentinel_means="off: only non-finite steps are skipped"
+  ),
+  "optim.spike_window": Rule(low=1, integer=True, hint="accepted losses in the running median"),
+  "optim.max_consecutive_skips": Rule(
+    low=1, integer=True, hint="skipped steps in a row that stop the run"
+  ),
   "parallel.fsdp_min_size": Rule(low=0, integer=True, hint="0 = off: every leaf replicated"),
   "batch_size": _COUNT,
   "num_epochs": _NON_NEGATIVE,  # 0 epochs without num_train_steps: optim.total_train_steps.

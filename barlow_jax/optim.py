@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from barlow_jax import config_validation
+from barlow_jax import config_validation, spike_guard
 
 OPTIMIZERS = ("lars", "sgd", "adamw", "lamb")
 SCHEDULES = ("warmup_cosine", "cosine", "constant")
@@ -317,9 +317,10 @@ def create_optimizer(
     steps_per_epoch: updates per epoch, >= 1.
 
   Returns:
-    `(tx, schedule_fns)`: `tx.update(grads, state, params)` needs `params`; `schedule_fns` maps
-    `"lr_weights"` / `"lr_biases"` to `fn(step) -> lr` for the update at 0-based step `step`
-    (already scaled by batch / 256), for logging.
+    `(tx, schedule_fns)`: `tx.update(grads, state, params)` needs `params`, and the step's
+    scalar loss as `loss=` when `config.optim.skip_nonfinite` wraps it in
+    `spike_guard.skip_spikes`; `schedule_fns` maps `"lr_weights"` / `"lr_biases"` to
+    `fn(step) -> lr` for the update at 0-based step `step` (already scaled by batch / 256).
 
   Raises:
     ValueError: unknown optimizer or schedule name, a negative learning rate or decay, a warmup
@@ -340,4 +341,8 @@ def create_optimizer(
       lr_w, lr_b, weight_decay=optim.weight_decay, b1=optim.b1, b2=optim.b2, eps=optim.adam_eps
     )
   tx = optax.chain(optax.scale(float(optim.gradient_scale)), inner)
+  if optim.get("skip_nonfinite", False):
+    tx = spike_guard.skip_spikes(
+      tx, spike_factor=float(optim.spike_factor), window=int(optim.spike_window)
+    )
   return tx, schedules

@@ -116,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   Raises:
     ValueError: a config or workdir the run cannot use (before anything compiles).
     NonFiniteLossError: the loss or gradient became NaN / inf; names the step; the last
-      checkpoint written before it is kept.
+      checkpoint written before it is kept. With `config.optim.skip_nonfinite`: after
+      `config.optim.max_consecutive_skips` skipped steps in a row (`barlow_jax.spike_guard`).
   """
   # SIGTERM from here on saves and stops (during start-up: stops before the first step).
   flag = preemption.PreemptionFlag()
@@ -256,6 +257,9 @@ class _Loop:
       return
     (step, metrics), self.pending = self.pending, None
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    if "consecutive_skipped_steps" in metrics:
+      self._check_skips(step, metrics, loss, grad_norm)
+      return
     if math.isfinite(loss) and math.isfinite(grad_norm):
       return
     manager = self.setup.manager
@@ -266,6 +270,35 @@ class _Loop:
       f"{manager.latest_step()} in {self.setup.workdir}/checkpoints. Lower the learning rate "
       "(config.optim.lr_weights / lr_biases) or check the input data, then rerun the same "
       "command to resume from that checkpoint."
+    )
+
+  def _check_skips(self, step: int, metrics, loss: float, grad_norm: float) -> None:
+    """With `config.optim.skip_nonfinite`: logs a skipped step, stops after too many in a row."""
+    consecutive = int(metrics["consecutive_skipped_steps"])
+    if consecutive == 0:
+      return
+    logging.warning(
+      "Step %d skipped (loss=%s, grad_norm=%s): parameters and optimizer state kept; %d in a row, "
+      "%d in the run.",
+      step,
+      loss,
+      grad_norm,
+      consecutive,
+      int(metrics["skipped_steps"]),
+    )
+    limit = int(self.config.optim.max_consecutive_skips)
+    if consecutive < limit:
+      return
+    manager = self.setup.manager
+    manager.wait_until_finished()
+    raise NonFiniteLossError(
+      f"{consecutive} consecutive steps skipped by the loss-spike guard (steps "
+      f"{step - consecutive + 1}..{step}; the last: loss={loss}, grad_norm={grad_norm}), "
+      f"config.optim.max_consecutive_skips={limit}: stopping. The state is that of step "
+      f"{step - consecutive}; the last checkpoint is step {manager.latest_step()} in "
+      f"{self.setup.workdir}/checkpoints. Lower the learning rate (config.optim.lr_weights / "
+      "lr_biases), raise config.optim.spike_factor if the loss moved to a new level, or check "
+      "the input data, then rerun the same command to resume from that checkpoint."
     )
 
   def _save(self, step: int) -> None:

@@ -20,7 +20,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import losses, monitors, parallel
+from barlow_jax import losses, monitors, parallel, spike_guard
 from barlow_jax.data import device_augment
 from barlow_jax.train_state import TrainState
 
@@ -103,7 +103,8 @@ def train_step(
     `(new_state, metrics)`: float32 scalars `loss`, `invariance`, `redundancy`, `grad_norm`,
     `param_norm`, (`probe_loss`, `probe_accuracy` with the probe), `embedding_std`,
     `corr_diag_mean`, `corr_offdiag_abs_mean`, `representation_rank` (0 when `monitor` is false)
-    and `heatmap_first` / `heatmap_block_rms` [64, 64] pictures of C.
+    and `heatmap_first` / `heatmap_block_rms` [64, 64] pictures of C; with
+    `config.optim.skip_nonfinite` also `skipped_steps` and `consecutive_skipped_steps`.
   """
   # Over 60 lines for its docstring; the body is one update in order (loss, optimizer, probe,
   # monitors), clearer read straight through than split.
@@ -129,17 +130,26 @@ def train_step(
     return terms["loss"], (terms, updates["batch_stats"], rep_a, z_a, z_b)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, (terms, batch_stats, rep_a, z_a, z_b)), grads = grad_fn(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  (loss, (terms, batch_stats, rep_a, z_a, z_b)), grads = grad_fn(state.params)
+  guarded = bool(config.optim.get("skip_nonfinite", False))
+  extra = {"loss": loss} if guarded else {}
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
   params = optax.apply_updates(state.params, updates)
   metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
   metrics["grad_norm"] = global_norm(grads)
-  metrics["param_norm"] = global_norm(params)
 
   probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
   if state.probe_tx is not None and "label" in batch:
     probe_params, probe_opt_state, probe_metrics = _probe_update(state, rep_a, batch["label"])
     metrics.update(probe_metrics)
+  if guarded:  # A skipped step (barlow_jax.spike_guard) leaves the whole state as it was.
+    skipped = spike_guard.step_skipped(opt_state)
+    keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(skipped, o, n), old, new)
+    params, batch_stats = keep(state.params, params), keep(state.batch_stats, batch_stats)
+    probe_params = keep(state.probe_params, probe_params)
+    probe_opt_state = keep(state.probe_opt_state, probe_opt_state)
+    metrics.update(spike_guard.metrics(opt_state))
+  metrics["param_norm"] = global_norm(params)
 
   metrics.update(_monitors_when(monitor, config, rep_a, z_a, z_b))
 

@@ -8,12 +8,40 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from barlow_jax import config as config_lib
 from barlow_jax import models, optim, train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = ("imagenet_resnet50", "cifar10_resnet18", "cluttered_digits", "digits")
+NAMES = (
+  "imagenet_resnet50",
+  "cifar10_resnet18",
+  "cifar100_resnet18",
+  "imagenet100_resnet18",
+  "stl10_resnet18",
+  "imagenette_resnet18",
+  "cluttered_digits",
+  "digits",
+)
+RECIPES = NAMES[:6]  # The presets with a published anchor in their docstrings.
+IMAGENET_VARIANTS = (
+  "epochs=100",
+  "epochs=300",
+  "batch=128",
+  "batch=4096",
+  "projector=2048",
+  "epochs=100,projector=8192",
+)
 # Training examples, for steps_per_epoch without touching the (possibly absent) TFDS data.
-EXAMPLES = {"imagenet2012": 1_281_167, "cifar10": 50_000, "cluttered_digits": 7185, "digits": 1437}
+EXAMPLES = {
+  "imagenet2012": 1_281_167,
+  "imagenet2012:imagenet100": 100 * 1300,  # About 1300 a class; runs count the subset.
+  "cifar10": 50_000,
+  "cifar100": 50_000,
+  "stl10": 100_000,
+  "imagenette/160px-v2": 9469,
+  "cluttered_digits": 7185,
+  "digits": 1437,
+}
 
 
 def load(name: str, arg: str | None = None):
@@ -24,15 +52,22 @@ def load(name: str, arg: str | None = None):
   return module, module.get_config(arg)
 
 
-@pytest.mark.parametrize("arg", [None, "runlocal"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+  "name, arg",
+  [(n, a) for n in NAMES for a in (None, "runlocal")]
+  + [("imagenet_resnet50", v) for v in IMAGENET_VARIANTS]
+  + [("imagenet_resnet50", v + ",runlocal") for v in IMAGENET_VARIANTS[:3]],
+)
 def test_every_config_validates_and_builds_its_optimizer(devices, name, arg):
   module, config = load(name, arg)
   assert "python -m barlow_jax.main --config=configs/" in module.__doc__
   assert ":runlocal" in module.__doc__
   train.validate_config(config)
+  key = config.dataset.name
+  if config.dataset.class_subset:
+    key += ":" + config.dataset.class_subset
   examples = config.num_train_examples if config.num_train_examples > 0 else None
-  examples = examples or EXAMPLES[config.dataset.name]
+  examples = examples or EXAMPLES[key]
   steps_per_epoch = examples // config.batch_size
   optim.create_optimizer(config, steps_per_epoch)
   assert optim.total_train_steps(config, steps_per_epoch) >= 1
@@ -131,3 +166,70 @@ def test_config_file_flag_overrides_and_refuses_misspelt_keys():
   assert config.batch_size == 64 and config.num_train_steps == 20
   with pytest.raises((AttributeError, KeyError, flags.Error), match="batch_sise"):
     parse(f"--config={path}", "--config.batch_sise=64")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_states_its_expected_result_and_source(name):
+  doc = " ".join(load(name)[0].__doc__.split())
+  assert "Expected, not measured here" in doc
+  assert "github" in doc.lower() or "/" in doc  # A repository or paper to check it against.
+
+
+def test_imagenet_variants_are_the_published_runs():
+  module, c = load("imagenet_resnet50", "epochs=300")
+  assert (c.num_epochs, c.batch_size, c.optim.lr_weights, c.optim.lr_biases) == (
+    300.0,
+    2048,
+    0.2,
+    0.0048,
+  )
+  # facebookresearch/barlowtwins#7, as the authors' table gives it.
+  assert module.BATCH_SWEEP_300 == {
+    128: (0.7, 69.7),
+    256: (0.4, 70.7),
+    512: (0.3, 71.4),
+    1024: (0.25, 71.7),
+    2048: (0.2, 71.4),
+    4096: (0.2, 70.7),
+  }
+  for batch, (lr, top1) in module.BATCH_SWEEP_300.items():
+    _, c = load("imagenet_resnet50", f"batch={batch}")
+    assert (c.batch_size, c.num_epochs, c.optim.lr_weights) == (batch, 300.0, lr)
+    assert math.isclose(c.optim.lr_biases, lr * 0.024)  # The runs' --scale-loss 0.024.
+    assert f"{batch} / {lr} -> {top1}" in " ".join(module.__doc__.split()).replace("lr ", "")
+  _, c = load("imagenet_resnet50", "epochs=100")  # solo-learn's ImageNet recipe.
+  assert (c.num_epochs, c.batch_size, c.model.projector) == (100.0, 256, "4096-4096-4096")
+  assert (c.optim.lr_weights, c.optim.lr_biases, c.optim.gradient_scale) == (0.8, 0.8, 0.048)
+  assert c.optim.weight_decay == 1.5e-6
+  with pytest.raises(ValueError, match="batch must be one of"):
+    load("imagenet_resnet50", "batch=64")
+  with pytest.raises(ValueError, match="300 epochs"):
+    load("imagenet_resnet50", "batch=256,epochs=1000")
+
+
+@pytest.mark.parametrize("width", [1024, 2048, 4096, 8192, 16384])
+def test_the_projector_loss_scale_is_196_over_the_width(width):
+  # barlowtwins#9: 196 / D, to two significant figures (0.024 at 8192, as the reference has it).
+  scale = config_lib.projector_loss_scale(f"{width}-{width}-{width}")
+  assert math.isclose(scale, 196.0 / width, rel_tol=0.03)
+  assert scale == float(f"{196.0 / width:.2g}")
+  _, c = load("imagenet_resnet50", f"projector={width}")
+  assert c.model.projector == f"{width}-{width}-{width}"
+  assert math.isclose(c.optim.lr_biases, 0.2 * scale) and c.optim.lr_weights == 0.2
+  assert config_lib.projector_loss_scale("8192-8192-8192") == 0.024
+  with pytest.raises(ValueError, match="positive width"):
+    config_lib.projector_loss_scale("8192-8192-x")
+
+
+def test_small_dataset_recipes_read_the_right_data():
+  _, c100 = load("cifar100_resnet18")
+  _, c10 = load("cifar10_resnet18")
+  assert c100.dataset.name == "cifar100" and c100.augment.mean != c10.augment.mean
+  assert (c100.optim.lr_weights, c100.optim.gradient_scale, c100.num_epochs) == (0.3, 0.1, 1000.0)
+  _, in100 = load("imagenet100_resnet18")
+  assert (in100.dataset.name, in100.dataset.class_subset) == ("imagenet2012", "imagenet100")
+  assert (in100.model.backbone, in100.num_epochs, in100.batch_size) == ("ResNet18", 400.0, 256)
+  _, stl = load("stl10_resnet18")
+  assert stl.dataset.train_split == "unlabelled" and not stl.online_probe
+  _, nette = load("imagenette_resnet18")
+  assert (nette.dataset.image_size, nette.num_epochs, nette.eval.knn_k) == (128, 800.0, 200)
