@@ -153,6 +153,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.knn_k = 200
   config.eval.knn_temperature = 0.1
+  # Standardise the features per dimension with the training split's mean / std before the kNN
+  # (as the linear probe's "features" protocol does); off: InstDisc's monitor on raw features.
+  config.eval.knn_standardize = False
   config.eval.final = True  # Run the end-of-training evaluation (results table).
   # Linear probe (docs/reference.md §5). lr is per 256 examples (lr * batch / 256).
   config.eval.probe_epochs = 100

@@ -90,6 +90,9 @@ def get_config(arg: str | None = None):
   config.eval_every_steps = 350  # kNN monitor (a few seconds).
   config.online_probe = True
   config.online_probe_lr = 0.1
+  # kNN on the features the linear probe reads (standardised with the training split's mean and
+  # std), for every row of the table alike: docs/evaluation.md, "kNN on standardised features".
+  config.eval.knn_standardize = True
   # Context, not a target, and as long as the pretraining: a second command (README).
   config.eval.supervised = False
 

@@ -37,6 +37,7 @@ def knn_accuracy(
   num_classes: int,
   k: int = 200,
   temperature: float = 0.1,
+  standardize: bool = False,
 ) -> float:
   """Weighted kNN top-1 accuracy on L2-normalised features (InstDisc's SSL monitor).
 
@@ -46,11 +47,19 @@ def knn_accuracy(
   float32 overflow at small temperatures. The test set is processed
   in chunks so the similarity matrix stays under ~128 MiB whatever the sizes.
 
+  With `standardize`, both sets are first standardised per feature with the training set's mean
+  and std (+ 1e-6), the same transform as the linear probe's "features" protocol
+  (`linear_probe.train_linear_probe`), so both probes read one representation. Without it,
+  features that are all positive (ReLU then average pooling) share one large mean direction: all
+  cosine similarities bunch up near 1 and exp(s / T) weights the k neighbours almost alike.
+
   Args:
     train_features: [N, D] float. train_labels: [N] int in [0, num_classes).
     test_features: [M, D] float. test_labels: [M] int.
     num_classes: number of classes C.
     k: neighbours (clipped to N). temperature: > 0.
+    standardize: standardise per feature with the training statistics first (default off: the
+      InstDisc monitor's raw features).
 
   Returns:
     Accuracy in [0, 1] as a Python float.
@@ -60,6 +69,11 @@ def knn_accuracy(
   )
   if len(test_features) == 0:
     return 0.0
+  if standardize:
+    mean = train_features.mean(axis=0)
+    std = train_features.std(axis=0) + 1e-6
+    train_features = (train_features - mean) / std
+    test_features = (test_features - mean) / std
   n_train = len(train_features)
   k = min(k, n_train)
   chunk = int(max(1, min(len(test_features), KNN_MAX_SIMILARITIES // n_train)))
@@ -103,5 +117,10 @@ def _checked_inputs(train_features, train_labels, test_features, test_labels, *,
 
 
 def knn_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The kNN settings of `config.eval` (knn_k, knn_temperature) as keywords of `knn_accuracy`."""
-  return dict(k=int(config.eval.knn_k), temperature=float(config.eval.knn_temperature))
+  """The kNN settings of `config.eval` (knn_k, knn_temperature, knn_standardize) as keywords of
+  `knn_accuracy`."""
+  return dict(
+    k=int(config.eval.knn_k),
+    temperature=float(config.eval.knn_temperature),
+    standardize=bool(config.eval.get("knn_standardize", False)),
+  )
