@@ -236,17 +236,23 @@ def validate_numbers(config, *, section: str = "") -> None:
         raise ValueError(error_message(key, node))
 
 
-def validate_pretraining(config) -> None:
+def validate_pretraining(
+  config, *, devices: int | None = None, processes: int | None = None
+) -> None:
   """Fails fast, before anything compiles, on pretraining settings the run cannot work with.
 
   The global batch against this run's devices and processes, the projector, backbone, stem and
   dtype, the on-device augmentation, and every numeric key (`validate_numbers`). The dataset
   (steps per epoch) and the optimizer are checked where they are built, also before compiling.
+  `devices` / `processes` default to this run's (`jax.device_count()`, `jax.process_count()`);
+  `python -m barlow_jax.benchmark compile` passes a TPU slice's chips and hosts.
 
   Raises:
     ValueError: naming the config key and the fix.
   """
-  batch, devices, processes = int(config.batch_size), jax.device_count(), jax.process_count()
+  batch = int(config.batch_size)
+  devices = jax.device_count() if devices is None else int(devices)
+  processes = jax.process_count() if processes is None else int(processes)
   if batch < 1:
     raise ValueError(f"config.batch_size must be >= 1, got {batch}.")
   if batch % devices:
