@@ -132,3 +132,21 @@ def test_topology_names_and_slices():
   for bad in ("v3:2x2", "v5e-16", "v5e:4", "v5e:0x4"):
     with pytest.raises(ValueError, match="topology"):
       tpu_slices.parse_topology(bad)
+
+
+@pytest.mark.parametrize("start, largest", [(16, 40), (64, 40), (4, 4), (8, 0)])
+def test_max_batch_bisects_over_multiples_of_the_chips(monkeypatch, start, largest):
+  config = configs_tiny.get_config()
+  config.batch_size = start
+  compiled = []
+
+  def fake_compile(trial, topology, *, num_classes, programs):
+    batch = int(trial.batch_size)
+    compiled.append(batch)
+    fits = batch <= largest
+    return {"programs": {"train_step": {"fits": fits, "total_bytes": batch}}}
+
+  monkeypatch.setattr(compile_benchmark, "compile_slice", fake_compile)
+  found = compile_benchmark.max_batch(config, "v5e:2x2", num_classes=10)
+  assert found["max_batch"] == largest
+  assert all(b % 4 == 0 for b in compiled) and len(compiled) == len(set(compiled))

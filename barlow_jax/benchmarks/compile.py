@@ -56,8 +56,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_bool("max_batch", False, "bisect for the largest global batch that fits", **fv)
   flags.DEFINE_integer(
     "num_classes",
-    -1,
-    "classes of the online and linear probes (-1: the dataset's, read through barlow_jax.data; "
+    0,
+    "classes of the online and linear probes (0: the dataset's, read through barlow_jax.data; "
     "give it where the data is not on this machine, e.g. 1000 for ImageNet)",
     **fv,
   )
@@ -70,9 +70,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def _num_classes(config, given: int) -> int:
-  if not config.online_probe and given < 0:
-    return 0
-  if given >= 0:
+  """`given`, or the training split's class count (the linear probe's; the online probe's too)."""
+  if given > 0:
     return given
   from barlow_jax import data
 
@@ -112,6 +111,11 @@ def compile_slice(config, topology: str, *, num_classes: int, programs=PROGRAMS)
   from barlow_jax.benchmarks import compile_programs
 
   spec = tpu_slices.parse_topology(topology)
+  if "linear_probe" in programs and num_classes < 1:
+    raise ValueError(
+      f"the linear probe needs the class count: {config.dataset.name!r} has no labels here; "
+      "pass --num_classes=N or leave linear_probe out of --programs."
+    )
   devices = tpu_slices.slice_devices(spec)
   hosts = tpu_slices.hosts_of(devices)
   config_validation.validate_pretraining(config, devices=len(devices), processes=hosts)
@@ -137,10 +141,13 @@ def compile_slice(config, topology: str, *, num_classes: int, programs=PROGRAMS)
   }
   eval_batch = int(config.eval.probe_batch_size)
   builders = {
-    "train_step": lambda: compile_programs.train_program(config, mesh, num_classes),
+    # As the trainer: the online probe only with `config.online_probe`.
+    "train_step": lambda: compile_programs.train_program(
+      config, mesh, num_classes if config.online_probe else 0
+    ),
     "features": lambda: compile_programs.features_program(config, mesh, eval_batch),
     "linear_probe": lambda: compile_programs.linear_probe_program(
-      config, mesh, max(num_classes, 1), eval_batch
+      config, mesh, num_classes, eval_batch
     ),
   }
   for name in programs:
