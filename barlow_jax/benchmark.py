@@ -5,6 +5,7 @@
     python -m barlow_jax.benchmark input [--help]   # two-view input pipeline, images/s
     python -m barlow_jax.benchmark suite [--help]   # accelerator suite: step, PyTorch peer, loss
     python -m barlow_jax.benchmark memory [--help]  # per-device memory for N devices, compile only
+    python -m barlow_jax.benchmark compile [--help] # a config compiled for a TPU slice (libtpu)
 
 Each prints a table and writes JSON (see its --help: absl flags, the flags after NAME). Times are
 medians over repeats.
@@ -13,7 +14,7 @@ medians over repeats.
 import importlib
 import sys
 
-_BENCHMARKS = ("loss", "step", "input", "suite", "memory")
+_BENCHMARKS = ("loss", "step", "input", "suite", "memory", "compile")
 
 
 def main(argv: list[str]) -> int:

@@ -69,13 +69,17 @@ class RunSetup:
   clock: finish.PretrainingClock
 
 
-def validate_pretraining(config: ml_collections.ConfigDict) -> None:
+def validate_pretraining(
+  config: ml_collections.ConfigDict, *, devices: int | None = None, processes: int | None = None
+) -> None:
   """Fails fast, before anything compiles, on pretraining settings the run cannot work with.
 
   Every key of the rule tables (`config_validation`), the global batch against this
   run's devices and processes, the model (backbone, stem, projector, predictor against the
   embedding), the on-device augmentation. The dataset (steps per epoch) and the optimizer are
-  checked where they are built, also before compiling.
+  checked where they are built, also before compiling. `devices` / `processes` default to this
+  run's (`jax.device_count()`, `jax.process_count()`); `python -m barlow_jax.benchmark compile`
+  passes a TPU slice's chips and hosts.
 
   Raises:
     UserError: naming the config key and the fix.
@@ -84,7 +88,9 @@ def validate_pretraining(config: ml_collections.ConfigDict) -> None:
   with _user_errors():
     device_augment.validate_config(config)  # Names mean and std together.
   config_validation.validate_numbers(config)
-  batch, devices, processes = int(config.batch_size), jax.device_count(), jax.process_count()
+  batch = int(config.batch_size)
+  devices = jax.device_count() if devices is None else int(devices)
+  processes = jax.process_count() if processes is None else int(processes)
   if batch % devices:
     raise UserError(
       f"config.batch_size={batch} (the global batch) must be divisible by the {devices} devices "

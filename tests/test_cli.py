@@ -29,6 +29,7 @@ ENTRY_POINTS = [
   ("barlow_jax.benchmark", ["step"], "--peer_variants", "--peer_variant=tuned"),
   ("barlow_jax.benchmark", ["loss"], "--max_gflop", "--method=auto"),
   ("barlow_jax.benchmark", ["memory"], "--fsdp_min_size", "--fsdp_min=1"),
+  ("barlow_jax.benchmark", ["compile"], "--max_batch", "--max_bach"),
   ("barlow_jax.benchmark", ["suite"], "--out_dir", "--outdir=x"),
   ("barlow_jax.benchmarks.torch_peer", [], "--variants", "--variant=tuned"),
   ("barlow_jax.tools.show_augmentations", [], "--pairs", "--pair=3"),

