@@ -156,8 +156,8 @@ def test_eval_crop_of_a_long_strip_is_pils_and_needs_memory_for_its_output_only(
   cols = _np_coefficients(2000, 512000, "bilinear", range(255888, 255888 + 224))
   expect = np.einsum("ih,hwc,jw->ijc", rows, pixels.astype(np.float64), cols) / 255
   np.testing.assert_allclose(got, expect, atol=4e-5)
-  # 1 x 5000 (resize 256 x 1280000: 3.9 GB in float32, ~4 GB more peak RSS when built whole;
-  # docs/benchmarks.md): the crop's own memory only, in a fresh process.
+  # 1 x 5000 (resize 256 x 1280000: 3.9 GB in float32; built whole, peak RSS grew 0.8 MB per
+  # column, docs/benchmarks.md): the crop's own memory only, in a fresh process.
   code = (
     "import resource, numpy as np, tensorflow as tf\n"
     "from barlow_jax.data import crop\n"
