@@ -269,7 +269,8 @@ def eval_resize_crop(
 
   def window():
     # Only the crop's pixels of the resize: memory bounded by the output, not by the resized
-    # image (a 1 x 2000 strip resized to 256 x 512000 took 5.5 GB whole).
+    # image (whole, a 1 x 1000 strip's 256 x 256000 resize grew peak RSS by 0.8 GB;
+    # docs/benchmarks.md).
     out = resample.resize_window(image, new_hw, offsets, [size, size], method)
     return tf.clip_by_value(out, 0.0, 1.0)  # Bicubic overshoots.
 
