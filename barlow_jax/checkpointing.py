@@ -150,7 +150,9 @@ def check_output_dir(location: str, what: str) -> None:
   if not location:
     raise UserError(f"{what} is empty: give a directory.")
   target = path(location)
-  for candidate in (target, *target.parents):
+  # Object stores have no directories to be in the way (and no root to ask about).
+  candidates = (target,) if "://" in os.fspath(location) else (target, *target.parents)
+  for candidate in candidates:
     if candidate.exists():
       if not candidate.is_dir():
         where = "is" if candidate == target else f"lies under {candidate}, which is"
