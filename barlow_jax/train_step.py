@@ -20,7 +20,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import losses, monitors, parallel, spike_guard
+from barlow_jax import losses, monitors, parallel, spike_guard, train_state
 from barlow_jax.data import device_augment
 from barlow_jax.train_state import TrainState
 
@@ -201,6 +201,8 @@ class TracedStep:
       shardings = parallel.state_shardings(
         state, mesh, fsdp_min_size=parallel.fsdp_min_size(config)
       )
+    else:
+      shardings = train_state.with_static_fields(shardings, state)
     self._fn = jax.jit(
       step,
       in_shardings=(shardings, parallel.batch_sharding(mesh), NamedSharding(mesh, P())),
