@@ -131,7 +131,7 @@ def _train_and_evaluate(config, workdir: str, flag: preemption.PreemptionFlag) -
   setup = train_setup.prepare(config, workdir)
   batches = train_setup.pretrain_batches(setup)
   state = train_setup.initial_state(setup)
-  step_fn = step_lib.jit_train_step(config, setup.mesh, state)
+  step_fn = step_lib.jit_train_step(config, setup.mesh, state, shardings=setup.state_shardings)
   writer = train_setup.metric_writer(setup)
   logging.info(
     "Training %d steps (%d per epoch) on %d devices (%d processes), global batch %d, from %d.",

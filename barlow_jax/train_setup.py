@@ -54,6 +54,9 @@ class RunSetup:
     manager: the workdir's orbax checkpoint manager.
     start_step: the latest checkpoint's step (0 for a new run).
     clock: the pretraining wall-time record (`finish.PretrainingClock`).
+    fsdp_min_size: `config.parallel.fsdp_min_size`, checked.
+    state_shardings: the `TrainState`'s shardings on `mesh` (`parallel.state_shardings`): the
+      state is created, restored and stepped with these.
   """
 
   config: ml_collections.ConfigDict
@@ -67,6 +70,8 @@ class RunSetup:
   manager: Any
   start_step: int
   clock: finish.PretrainingClock
+  fsdp_min_size: int
+  state_shardings: Any
 
 
 def validate_pretraining(
@@ -179,6 +184,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
   check_resume(config, workdir)
   workdir = checkpointing.prepare_workdir(workdir)
   mesh = parallel.create_mesh()
+  fsdp_min_size = parallel.fsdp_min_size(config)
+  abstract = train_state.abstract_train_state(config, num_classes=num_classes, tx=tx)
+  state_shardings = parallel.state_shardings(abstract, mesh, fsdp_min_size=fsdp_min_size)
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   start_step = int(manager.latest_step() or 0)
   clock = finish.PretrainingClock(workdir, start_step)
@@ -201,6 +209,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
     manager=manager,
     start_step=start_step,
     clock=clock,
+    fsdp_min_size=fsdp_min_size,
+    state_shardings=state_shardings,
   )
 
 
@@ -246,6 +256,7 @@ def initial_state(setup: RunSetup) -> train_state.TrainState:
     mesh=setup.mesh,
     num_classes=setup.num_classes,
     tx=setup.tx,
+    shardings=setup.state_shardings,
   )
   if not setup.start_step:
     return state
@@ -255,7 +266,7 @@ def initial_state(setup: RunSetup) -> train_state.TrainState:
     state,
     setup.mesh,
     setup.start_step,
-    fsdp_min_size=parallel.fsdp_min_size(config),
+    setup.state_shardings,
   )
   if int(state.step) != setup.start_step:
     raise RuntimeError(f"checkpoint {setup.start_step} holds step {int(state.step)}")

@@ -60,6 +60,7 @@ def create_train_state(
   steps_per_epoch: int | None = None,
   num_classes: int = 0,
   tx: optax.GradientTransformation | None = None,
+  shardings: Any = None,
 ) -> TrainState:
   """Initialises the model, the optimizer and (if `num_classes` > 0) the online probe.
 
@@ -73,6 +74,8 @@ def create_train_state(
     num_classes: classes of the online linear probe; 0 disables it.
     tx: the run's optimizer (`optim.create_optimizer(config, steps_per_epoch)[0]`), when the
       caller already built it.
+    shardings: the state's shardings when the caller derived them (`RunSetup.state_shardings`);
+      default: `parallel.state_shardings` of the state's shapes on `mesh`.
 
   Returns:
     A `TrainState` at step 0 on `mesh`.
@@ -80,13 +83,40 @@ def create_train_state(
   Raises:
     TypeError: neither `tx` nor `steps_per_epoch` given.
   """
-  # Over 60 lines for its docstring; `init` must stay a closure: it is traced twice (shapes, then
-  # jit with the state shardings).
-  mesh = parallel.create_mesh() if mesh is None else mesh
   if tx is None:
     if steps_per_epoch is None:
       raise TypeError("create_train_state needs steps_per_epoch (or the optimizer as tx=)")
     tx, _ = optim.create_optimizer(config, steps_per_epoch)
+  init, static = _state_init(config, num_classes, tx)
+  if shardings is None:
+    mesh = parallel.create_mesh() if mesh is None else mesh
+    abstract = jax.eval_shape(init, rng)
+    shardings = parallel.state_shardings(
+      abstract, mesh, fsdp_min_size=parallel.fsdp_min_size(config)
+    )
+  else:
+    shardings = shardings.replace(**static)
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def with_static_fields(shardings: TrainState, state: TrainState) -> TrainState:
+  """`shardings` carrying `state`'s model and optimizers.
+
+  They are the pytree's static metadata, and jit matches shardings to arguments by the whole
+  tree: shardings derived once from another `TrainState` of the same shapes need them swapped.
+  """
+  return shardings.replace(model=state.model, tx=state.tx, probe_tx=state.probe_tx)
+
+
+def abstract_train_state(
+  config: ml_collections.ConfigDict, *, num_classes: int, tx: optax.GradientTransformation
+) -> TrainState:
+  """The `TrainState` of `create_train_state` as `jax.ShapeDtypeStruct`s: nothing allocated."""
+  return jax.eval_shape(_state_init(config, num_classes, tx)[0], jax.random.key(0))
+
+
+def _state_init(config, num_classes: int, tx):
+  """(rng -> the initial `TrainState`, its static fields `{"model", "tx", "probe_tx"}`)."""
   model = models.create_model(config.model)
   probe_tx = probe_optimizer(config) if num_classes > 0 else None
   size = int(config.dataset.image_size)
@@ -113,9 +143,7 @@ def create_train_state(
       probe_tx=probe_tx,
     )
 
-  abstract = jax.eval_shape(init, rng)
-  shardings = parallel.state_shardings(abstract, mesh, fsdp_min_size=parallel.fsdp_min_size(config))
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return init, {"model": model, "tx": tx, "probe_tx": probe_tx}
 
 
 # ---------------------------------------------------------------------------------------------

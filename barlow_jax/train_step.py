@@ -20,7 +20,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import losses, monitors, parallel, spike_guard
+from barlow_jax import losses, monitors, parallel, spike_guard, train_state
 from barlow_jax.data import device_augment
 from barlow_jax.train_state import TrainState
 
@@ -190,14 +190,19 @@ class TracedStep:
     num_traces: how many times the step was traced (1 in a healthy run).
   """
 
-  def __init__(self, config, mesh: Mesh, state: TrainState):
+  def __init__(self, config, mesh: Mesh, state: TrainState, shardings=None):
     self.num_traces = 0
 
     def step(state, batch, monitor):
       self.num_traces += 1
       return train_step(state, batch, monitor, config=config)
 
-    shardings = parallel.state_shardings(state, mesh, fsdp_min_size=parallel.fsdp_min_size(config))
+    if shardings is None:
+      shardings = parallel.state_shardings(
+        state, mesh, fsdp_min_size=parallel.fsdp_min_size(config)
+      )
+    else:
+      shardings = train_state.with_static_fields(shardings, state)
     self._fn = jax.jit(
       step,
       in_shardings=(shardings, parallel.batch_sharding(mesh), NamedSharding(mesh, P())),
@@ -223,10 +228,11 @@ class TracedStep:
     return self._fn.lower(state, batch, np.bool_(monitor))
 
 
-def jit_train_step(config, mesh: Mesh, state: TrainState) -> TracedStep:
+def jit_train_step(config, mesh: Mesh, state: TrainState, *, shardings=None) -> TracedStep:
   """`train_step` jitted over `mesh` as the trainer runs it (state donated, batch sharded).
 
   Call it as `step(state, batch, monitor) -> (state, metrics)`; `step.lower(state, batch)` gives
-  XLA's view of it; `step.num_traces` counts compilations.
+  XLA's view of it; `step.num_traces` counts compilations. `shardings` are the state's
+  (`RunSetup.state_shardings` in a run; default: `parallel.state_shardings` from the config).
   """
-  return TracedStep(config, mesh, state)
+  return TracedStep(config, mesh, state, shardings)
