@@ -251,6 +251,7 @@ OPEN_STRING_KEYS = {
   "dataset.data_dir",
   "dataset.folder",
   "dataset.train_split",
+  "dataset.class_subset",  # A packaged class list's name or a file of class names.
   "dataset.eval_split",
   "dataset.probe_split",
   "dataset.image_key",
