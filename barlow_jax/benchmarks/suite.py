@@ -186,13 +186,14 @@ def _peers(results: dict) -> dict:
 
 def _step_table(step: dict, on_device: dict, peers: dict) -> list[str]:
   """The training-step table's lines: JAX (host / device augmentations) against the peers."""
-  flops = step.get("flops_per_image")
+  flops = step.get("flops_per_image_analytic")
   peak = step.get("peak_flops")
   lines = [
     f"Training step, {step.get('backbone', '?')} + {step.get('projector', '?')}, "
     f"batch {step.get('batch', '?')}, {step.get('image_size', '?')} px, device batch "
     f"(median of {step.get('steps', '?')} timed steps); "
-    f"{_fmt(flops, '.2f', 1e-9)} GFLOPs per example (XLA cost analysis); "
+    f"{_fmt(flops, '.2f', 1e-9)} GFLOPs per example (analytic, `barlow_jax.benchmarks.flops`; "
+    f"XLA's cost analysis: {_fmt(step.get('flops_per_image'), '.2f', 1e-9)}); "
     f"MFU against {_fmt(peak, '.0f', 1e-12)} TFLOP/s dense bf16.",
     "",
     "| step | images/s | ms/step | MFU | JAX host-aug / this | note |",
@@ -215,7 +216,8 @@ def _step_table(step: dict, on_device: dict, peers: dict) -> list[str]:
       continue
     ips = r.get("images_per_second" if kind else "device_images_per_second")
     sec = r.get("step_seconds" if kind else "device_step_seconds")
-    f = r.get("flops_per_image") or flops  # The peers do the host-augmentation step's work.
+    # The peers do the host-augmentation step's work.
+    f = r.get("flops_per_image_analytic") or flops
     mfu = ips * f / peak if ips and f and peak else None
     ratio = jax_ips / ips if ips and jax_ips else None
     note = f"{r['skipped_steps']} updates skipped by GradScaler" if r.get("skipped_steps") else ""
@@ -225,7 +227,7 @@ def _step_table(step: dict, on_device: dict, peers: dict) -> list[str]:
     )
   if step.get("device_step_seconds") and on_device.get("device_step_seconds"):
     t_on, t_off = on_device["device_step_seconds"], step["device_step_seconds"]
-    f_on, f_off = on_device["flops_per_step"], step["flops_per_step"]
+    f_on, f_off = on_device["flops_per_image_analytic"], step["flops_per_image_analytic"]
     lines += [
       "",
       f"On-device augmentations: {(t_on - t_off) / t_on:.1%} of the step's time, "
