@@ -77,12 +77,13 @@ def test_backward_rule_equals_what_autodiff_emits():
 
 def _brute_force_taps(in_size, kernel, stride, pad):
   out_size = (in_size + 2 * pad - kernel) // stride + 1
-  return sum(
-    0 <= o * stride - pad + k < in_size for o, k in itertools.product(range(out_size), range(kernel))
-  )
+  pairs = itertools.product(range(out_size), range(kernel))
+  return sum(0 <= o * stride - pad + k < in_size for o, k in pairs)
 
 
-@pytest.mark.parametrize("in_size, kernel, stride, pad", [(7, 3, 1, 1), (224, 7, 2, 3), (5, 1, 2, 0)])
+@pytest.mark.parametrize(
+  "in_size, kernel, stride, pad", [(7, 3, 1, 1), (224, 7, 2, 3), (5, 1, 2, 0)]
+)
 def test_convolution_count_skips_padding_taps(in_size, kernel, stride, pad):
   x = jax.ShapeDtypeStruct((2, in_size, in_size, 3), jnp.float32)
   w = jax.ShapeDtypeStruct((kernel, kernel, 3, 4), jnp.float32)

@@ -60,7 +60,8 @@ CATEGORIES = (
 _ELEMENTWISE = frozenset(
   (
     "add add_any sub mul div rem neg abs sign max min square integer_pow pow floor ceil round "
-    "clamp select_n convert_element_type eq ne lt le gt ge and or not xor nextafter is_finite copysign"
+    "clamp select_n convert_element_type eq ne lt le gt ge and or not xor nextafter is_finite "
+    "copysign"
   ).split()
 )
 _REDUCTIONS = frozenset(
@@ -284,7 +285,10 @@ def _jaxprs(config, state, batch):
 
   def forward(params, batch_stats, view_a, view_b):
     (rep_a, _, z_a, z_b), _ = model.apply(
-      {"params": params, "batch_stats": batch_stats}, view_a, view_b, train=True,
+      {"params": params, "batch_stats": batch_stats},
+      view_a,
+      view_b,
+      train=True,
       mutable=["batch_stats"],
     )
     return (z_a.astype(jnp.float32), z_b.astype(jnp.float32)), rep_a

@@ -2,9 +2,10 @@
 
 `measure_jax` builds the step exactly as `barlow_jax.train` runs it (the config of `step_config`,
 `train_state.create_train_state`, `train_step.jit_train_step` over all devices), reads its FLOPs
-(`barlow_jax.benchmarks.flops`'s analytic count and XLA's cost analysis), and times it on a device-resident batch and/or behind the real input
-pipeline on synthetic JPEGs. The measurements and their definitions are in the docstring of
-`barlow_jax.benchmarks.step`, which assembles and prints the result.
+(`barlow_jax.benchmarks.flops`'s analytic count and XLA's cost analysis), and times it on a
+device-resident batch and/or behind the real input pipeline on synthetic JPEGs. The measurements
+and their definitions are in the docstring of `barlow_jax.benchmarks.step`, which assembles and
+prints the result.
 """
 
 import os
