@@ -240,7 +240,8 @@ def markdown(summary: dict, title: str = "Where the step's time goes") -> str:
     "| class | ms / step | share |",
     "|---|---|---|",
   ]
-  for key, value in summary["seconds"].items():
+  for key in (*CATEGORIES, "idle"):
+    value = summary["seconds"].get(key, 0.0)
     if value > 0:
       lines.append(f"| {key} | {value * 1e3:.2f} | {summary['share'][key]:.1%} |")
   lines += [
