@@ -19,7 +19,7 @@ with `jax.named_scope`):
 - `convolutions`: convolutions (cuDNN custom calls on a GPU), forward and backward;
 - `projector_matmuls`: matmuls under `projector/` or `predictor/` (forward and backward);
 - `batchnorm_and_elementwise`: the network's other ops (BatchNorm, ReLU, residual adds, pooling);
-- `loss`, `optimizer_update`, `input_normalisation`, `probe`, `monitors`: the named parts;
+- `loss`, `optimizer_update`, `input`, `probe`, `monitors`: the named parts;
 - `copies_transposes_layout`: copies, transposes, layout changes and pure data-movement fusions;
 - `collectives`, `other`;
 - `idle`: the device's gaps: the span from the first op to the last, less the union of all ops.
@@ -46,7 +46,7 @@ CATEGORIES = (
   "batchnorm_and_elementwise",
   "loss",
   "optimizer_update",
-  "input_normalisation",
+  "input",
   "probe",
   "monitors",
   "copies_transposes_layout",
@@ -116,7 +116,7 @@ def classify(name: str, opcode: str, op_name: str, target: str) -> str:
   for scope, category in (
     ("loss", "loss"),
     ("optimizer", "optimizer_update"),
-    ("input", "input_normalisation"),
+    ("input", "input"),
     ("probe", "probe"),
     ("monitors", "monitors"),
   ):
