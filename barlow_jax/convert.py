@@ -414,6 +414,40 @@ def check_paths(source: str, target: str, *, export: bool) -> None:
     )
   checkpointing.check_output_dir(os.fspath(epath.Path(target).parent), "the parent of --to")
 
+def torch_backbone(path: str):
+  """An exported backbone as a PyTorch module with its weights loaded, in eval mode.
+
+  `path`: a `backbone/` directory (its `model_config.json` gives depth, stem, width and
+  `standardize_input`) or a `.pth` state dict from `--export` or the reference (the architecture
+  is read off the shapes; a `.pth` does not record `standardize_input`, so use the directory for
+  backbones trained with it). Returns `barlow_jax.torch_resnet.ResNet`: NCHW float images,
+  normalised as in training -> [N, num_features] features, equal to the JAX backbone's
+  (`BarlowTwins.represent`, train=False) to float32 rounding. Needs torch (`pip install .[torch]`).
+
+  Raises:
+    ValueError: a state dict that is not a torchvision-layout ResNet.
+  """
+  torch = _import_torch()
+  from barlow_jax import torch_resnet
+
+  if epath.Path(path, MODEL_CONFIG_FILE).exists():
+    variables, model_config = load_backbone(path)
+    state_dict = backbone_to_torch(variables)
+  else:
+    state_dict, _ = split_state_dict(load_torch_state_dict(path))
+    model_config = full_model_config(infer_model_config(state_dict))
+    state_dict = {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}
+  net = torch_resnet.ResNet(
+    model_config["backbone"],
+    width=float(model_config["width"]),
+    stem=model_config["stem"],
+    standardize_input=bool(model_config.get("standardize_input", False)),
+    input_epsilon=float(model_config.get("input_epsilon", 0.2)),
+  )
+  state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+  net.load_state_dict(state_dict, strict=True)
+  return net.eval()
+
 
 def define_flags(flag_values: flags.FlagValues) -> None:
   """The command line's flags (`barlow_jax.cli.Command`)."""

@@ -126,7 +126,9 @@ def train_step(
   # monitors), clearer read straight through than split.
   model = state.model
   loss_config = config.loss
-  view_a, view_b = device_augment.prepare_views(batch, state.step, config=config)
+  # The named scopes label the step's parts in profiles (`barlow_jax.benchmarks.profile`).
+  with jax.named_scope("input"):
+    view_a, view_b = device_augment.prepare_views(batch, state.step, config=config)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -134,29 +136,32 @@ def train_step(
       variables, view_a, view_b, train=True, mutable=["batch_stats"]
     )
     # The loss and C in float32 whatever the compute dtype (docs/reference.md §3).
-    terms = losses.barlow_twins_loss_terms(
-      z_a.astype(jnp.float32),
-      z_b.astype(jnp.float32),
-      lambd=float(loss_config.lambd),
-      variant=loss_config.variant,
-      method=loss_config.method,
-      eps=float(loss_config.eps),
-      temperature=float(loss_config.temperature),
-    )
+    with jax.named_scope("loss"):
+      terms = losses.barlow_twins_loss_terms(
+        z_a.astype(jnp.float32),
+        z_b.astype(jnp.float32),
+        lambd=float(loss_config.lambd),
+        variant=loss_config.variant,
+        method=loss_config.method,
+        eps=float(loss_config.eps),
+        temperature=float(loss_config.temperature),
+      )
     return terms["loss"], (terms, updates["batch_stats"], rep_a, z_a, z_b)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (terms, batch_stats, rep_a, z_a, z_b)), grads = grad_fn(state.params)
   guarded = bool(config.optim.get("skip_nonfinite", False))
   extra = {"loss": loss} if guarded else {}
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
-  metrics["grad_norm"] = global_norm(grads)
+  with jax.named_scope("optimizer"):
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
+    metrics["grad_norm"] = global_norm(grads)
 
   probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
   if state.probe_tx is not None and "label" in batch:
-    probe_params, probe_opt_state, probe_metrics = _probe_update(state, rep_a, batch["label"])
+    with jax.named_scope("probe"):
+      probe_params, probe_opt_state, probe_metrics = _probe_update(state, rep_a, batch["label"])
     metrics.update(probe_metrics)
   if guarded:  # A skipped step (barlow_jax.spike_guard) leaves the whole state as it was.
     skipped = spike_guard.step_skipped(opt_state)
@@ -167,7 +172,8 @@ def train_step(
     metrics.update(spike_guard.metrics(opt_state))
   metrics["param_norm"] = global_norm(params)
 
-  metrics.update(_monitors_when(monitor, config, rep_a, z_a, z_b))
+  with jax.named_scope("monitors"):
+    metrics.update(_monitors_when(monitor, config, rep_a, z_a, z_b))
 
   new_state = state.replace(
     step=state.step + 1,

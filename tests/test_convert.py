@@ -4,6 +4,8 @@ identical tensors; the reference's two file layouts and the command line work; b
 """
 
 import logging
+import os
+import pathlib
 import sys
 
 import jax
@@ -11,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from barlow_jax import convert, models
+from barlow_jax import checkpointing, convert, models
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -250,3 +252,60 @@ def test_missing_torch_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)
   with pytest.raises(ImportError, match=r"pip install \.\[torch\]"):
     convert.load_torch_state_dict("resnet50.pth")
+
+
+_LOAD_IN_TORCH = """
+import sys, numpy as np, torch
+from barlow_jax import convert
+net = convert.torch_backbone(sys.argv[1])
+images = torch.from_numpy(np.load(sys.argv[2]))
+with torch.no_grad():
+  np.save(sys.argv[3], net(images).numpy())
+print(type(net).__module__, type(net).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+  "name, width, stem, standardize, size, source",
+  [
+    ("ResNet18", 0.25, "cifar", False, 16, "pth"),  # The default job's and the CIFAR recipe's.
+    ("ResNet50", 0.125, "imagenet", True, 32, "dir"),  # The cluttered digits' standardisation.
+  ],
+)
+def test_exported_backbone_loads_into_torch_in_a_fresh_interpreter(
+  tmp_path, name, width, stem, standardize, size, source
+):
+  import subprocess
+
+  model_config = checkpointing.full_model_config(
+    {"backbone": name, "width": width, "stem": stem, "standardize_input": standardize}
+    | {"dtype": "float32"}  # The reference features in float32, as torch computes them.
+  )
+  backbone = models.create_model(ml_collections.ConfigDict(model_config)).backbone
+  x = np.zeros((2, size, size, 3), np.float32)
+  variables = jax.tree.map(np.asarray, backbone.init(jax.random.key(0), x, train=False))
+  # Non-trivial BN parameters and statistics (the 1-d leaves), so that a mix-up cannot pass.
+  rng = np.random.default_rng(1)
+  perturb = lambda v: v + rng.uniform(0.1, 0.5, v.shape).astype(v.dtype) if v.ndim == 1 else v
+  variables = jax.tree.map(perturb, variables)
+  directory = str(tmp_path / "backbone")
+  checkpointing.save_backbone(directory, variables, model_config)
+  path = directory
+  if source == "pth":
+    path = str(tmp_path / "backbone.pth")
+    convert.backbone_dir_to_torch_file(directory, path)
+  images = rng.normal(size=(4, 3, size, size)).astype(np.float32) * 2 + 0.5
+  np.save(tmp_path / "images.npy", images)
+  out = tmp_path / "features.npy"
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run(
+    [sys.executable, "-c", _LOAD_IN_TORCH, path, str(tmp_path / "images.npy"), str(out)],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=str(root)),
+    cwd=root,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "barlow_jax.torch_resnet ResNet" in proc.stdout
+  expected = _features(backbone, variables, images)
+  _assert_close(np.load(out), expected)

@@ -282,6 +282,10 @@ def test_the_memory_benchmark_command_compiles_for_another_device_count(tmp_path
   # ResNet-18's [3, 3, 512, 512] kernels and the two 1024 x 1024 ones are halved.
   assert state(sharded) < 0.75 * state(replicated)
   assert sharded["total_bytes"] < replicated["total_bytes"]
+  # The step's FLOPs: the analytic count beside XLA's cost analysis of the same step.
+  assert replicated["flops_per_image_analytic"] == pytest.approx(
+    replicated["flops_per_image"], rel=0.02
+  )
 
 
 def _whole(x) -> bool:

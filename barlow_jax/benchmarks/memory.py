@@ -149,14 +149,17 @@ def step_memory(
     `params_bytes`, `opt_state_bytes` (exact, from the shardings), `other_inputs_bytes`,
     `temp_bytes`, `argument_bytes`, `output_bytes`, `alias_bytes`, `total_bytes` (XLA's
     `memory_analysis()` of the compiled step), `num_params`, `num_projector_params`,
-    `lower_seconds`, `compile_seconds`.
+    `lower_seconds`, `compile_seconds`, and the step's FLOPs per example (a pair of views):
+    `flops_per_image_analytic` (`barlow_jax.benchmarks.flops`, exact from the shapes) and
+    `flops_per_image` (XLA's cost analysis of the lowered step).
   """
-  # Long for its docstring (the 12 keys it returns) and the flat dict of them, not for its logic.
+  # Long for its docstring (the 14 keys it returns) and the flat dict of them, not for its logic.
   import functools
 
   import jax
 
   from barlow_jax import parallel, train_state, train_step
+  from barlow_jax.benchmarks import flops, step_jax
 
   t0 = time.perf_counter()
   min_size = parallel.fsdp_min_size(config)
@@ -173,6 +176,7 @@ def step_memory(
   batch = _abstract_batch(config, mesh, num_classes, views_dtype)
   lowered = train_step.jit_train_step(config, mesh, state).lower(state, batch)
   lower_seconds = time.perf_counter() - t0
+  xla_flops = step_jax.xla_flops(lowered)
   t0 = time.perf_counter()
   analysis = lowered.compile().memory_analysis()
   compile_seconds = time.perf_counter() - t0
@@ -196,6 +200,10 @@ def step_memory(
     "total_bytes": arguments + outputs - aliased + temp,
     "lower_seconds": lower_seconds,
     "compile_seconds": compile_seconds,
+    "flops_per_image": xla_flops / int(config.batch_size),
+    "flops_per_image_analytic": flops.step_flops(config, num_classes=num_classes)[
+      "flops_per_example"
+    ],
   }
 
 
@@ -274,6 +282,11 @@ def _table(r: dict) -> str:
     ("activations + temporaries", _gib(r["temp_bytes"])),
     ("total / device", _gib(r["total_bytes"])),
     ("fits", ", ".join(r["fits"]) or "none of " + ", ".join(TARGETS)),
+    (
+      "GFLOPs per example",
+      f"{r['flops_per_image_analytic'] / 1e9:.2f} analytic, "
+      f"{r['flops_per_image'] / 1e9:.2f} XLA cost analysis",
+    ),
     ("lower + compile", f"{r['lower_seconds']:.0f} s + {r['compile_seconds']:.0f} s"),
   ]
   width = max(len(k) for k, _ in rows)

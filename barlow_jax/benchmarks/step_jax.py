@@ -2,9 +2,10 @@
 
 `measure_jax` builds the step exactly as `barlow_jax.train` runs it (the config of `step_config`,
 `train_state.create_train_state`, `train_step.jit_train_step` over all devices), reads its FLOPs
-from XLA's cost analysis, and times it on a device-resident batch and/or behind the real input
-pipeline on synthetic JPEGs. The measurements and their definitions are in the docstring of
-`barlow_jax.benchmarks.step`, which assembles and prints the result.
+(`barlow_jax.benchmarks.flops`'s analytic count and XLA's cost analysis), and times it on a
+device-resident batch and/or behind the real input pipeline on synthetic JPEGs. The measurements
+and their definitions are in the docstring of `barlow_jax.benchmarks.step`, which assembles and
+prints the result.
 """
 
 import os
@@ -70,10 +71,16 @@ def xla_flops(stage) -> float:
   return float((analysis or {}).get("flops", float("nan")))
 
 
-def _compile(step, state, device_batch, args, on_device: bool, out: dict):
-  """FLOPs of the lowered step into `out`, then the first call (compiles); returns the state."""
+def _compile(step, state, device_batch, args, config, out: dict):
+  """FLOPs of the step into `out` (the analytic count and XLA's), then the first call (compiles);
+  returns the state."""
   import jax
 
+  from barlow_jax.benchmarks import flops
+
+  count = flops.step_flops(config)
+  out["flops_per_image_analytic"] = count["flops_per_example"]
+  out["flops_analytic_breakdown_per_image"] = count["per_example"]
   lowered = step.lower(state, device_batch)
   out["flops_per_step"] = xla_flops(lowered)
   if out["flops_per_step"] != out["flops_per_step"]:  # No cost analysis before compiling.
@@ -81,7 +88,7 @@ def _compile(step, state, device_batch, args, on_device: bool, out: dict):
   out["flops_per_image"] = out["flops_per_step"] / args.batch
   # Compiled by its first call: `lower().compile()` would not fill jit's own cache, and the
   # timed calls would compile it a second time.
-  progress(f"compiling the JAX step (augment.on_device={on_device})")
+  progress(f"compiling the JAX step (augment.on_device={config.augment.on_device})")
   t0 = time.perf_counter()
   state, metrics = step(state, device_batch, False)
   jax.block_until_ready(metrics)
@@ -149,7 +156,7 @@ def measure_jax(args, on_device: bool, pipeline: bool) -> dict:
     )
     step = train_step.jit_train_step(config, mesh, state)
     device_batch = _device_batch(args, mesh)
-    state = _compile(step, state, device_batch, args, on_device, out)
+    state = _compile(step, state, device_batch, args, config, out)
 
     if args.steps and args.input != "pipeline":
       state, *_ = _timed(step, state, _repeat(device_batch), args.warmup, False)

@@ -16,6 +16,10 @@ out of time is reported and the rest still run), all inside `--budget` seconds:
    D=65536 (`python -m barlow_jax.benchmark loss`, device-synchronised medians).
 4. `torch_compiled`: the tuned PyTorch step under `torch.compile`, only if the budget has room.
 
+Between 2 and 3, `profile`: the part-1 JAX step traced with `jax.profiler` and its time summed by
+op class (`barlow_jax.benchmarks.profile`): profile.json, profile.md and the trace under
+`--out_dir`/profile.
+
 Writes to `--out_dir`: suite.log (every part's output as it runs), suite.json (every result) and
 suite.md (the tables, also printed last). Needs neither TensorFlow nor clu.
 """
@@ -39,6 +43,7 @@ from absl import app, flags
 
 from barlow_jax import cli
 from barlow_jax.benchmarks import loss as loss_benchmark
+from barlow_jax.benchmarks import profile
 
 FULL = {
   "model": ["--backbone=ResNet50", "--projector=8192-8192-8192", "--width=1.0"],
@@ -60,8 +65,8 @@ TINY = {
 }
 # Seconds each part may take at most (the remaining budget caps them further), and the least a
 # part needs to be worth starting.
-CAPS = {"step": 300, "loss": 120, "step_on_device": 200, "torch_compiled": 200}
-MIN_START = {"step": 30, "loss": 20, "step_on_device": 60, "torch_compiled": 120}
+CAPS = {"step": 300, "loss": 120, "step_on_device": 200, "profile": 200, "torch_compiled": 200}
+MIN_START = {"step": 30, "loss": 20, "step_on_device": 60, "profile": 60, "torch_compiled": 120}
 # Where part 1 (JAX and PyTorch in one process) leaves no result, each alone, so that a clash of
 # the two in one process loses neither.
 CAPS |= {"step_jax_alone": 240, "torch_alone": 120}
@@ -166,6 +171,8 @@ def markdown(results: dict) -> str:
   ]
   if step or _peers(results):
     lines += _step_table(step, results.get("step_on_device") or {}, _peers(results))
+  if results.get("profile"):
+    lines += [profile.markdown(results["profile"]), ""]
   loss_rows = [row for part in results.get("loss", []) for row in part.get("rows", [])]
   if loss_rows:
     lines += ["Loss + gradient (float32, median of device-synchronised calls):", ""]
@@ -186,13 +193,14 @@ def _peers(results: dict) -> dict:
 
 def _step_table(step: dict, on_device: dict, peers: dict) -> list[str]:
   """The training-step table's lines: JAX (host / device augmentations) against the peers."""
-  flops = step.get("flops_per_image")
+  flops = step.get("flops_per_image_analytic")
   peak = step.get("peak_flops")
   lines = [
     f"Training step, {step.get('backbone', '?')} + {step.get('projector', '?')}, "
     f"batch {step.get('batch', '?')}, {step.get('image_size', '?')} px, device batch "
     f"(median of {step.get('steps', '?')} timed steps); "
-    f"{_fmt(flops, '.2f', 1e-9)} GFLOPs per example (XLA cost analysis); "
+    f"{_fmt(flops, '.2f', 1e-9)} GFLOPs per example (analytic, `barlow_jax.benchmarks.flops`; "
+    f"XLA's cost analysis: {_fmt(step.get('flops_per_image'), '.2f', 1e-9)}); "
     f"MFU against {_fmt(peak, '.0f', 1e-12)} TFLOP/s dense bf16.",
     "",
     "| step | images/s | ms/step | MFU | JAX host-aug / this | note |",
@@ -215,7 +223,8 @@ def _step_table(step: dict, on_device: dict, peers: dict) -> list[str]:
       continue
     ips = r.get("images_per_second" if kind else "device_images_per_second")
     sec = r.get("step_seconds" if kind else "device_step_seconds")
-    f = r.get("flops_per_image") or flops  # The peers do the host-augmentation step's work.
+    # The peers do the host-augmentation step's work.
+    f = r.get("flops_per_image_analytic") or flops
     mfu = ips * f / peak if ips and f and peak else None
     ratio = jax_ips / ips if ips and jax_ips else None
     note = f"{r['skipped_steps']} updates skipped by GradScaler" if r.get("skipped_steps") else ""
@@ -225,7 +234,7 @@ def _step_table(step: dict, on_device: dict, peers: dict) -> list[str]:
     )
   if step.get("device_step_seconds") and on_device.get("device_step_seconds"):
     t_on, t_off = on_device["device_step_seconds"], step["device_step_seconds"]
-    f_on, f_off = on_device["flops_per_step"], step["flops_per_step"]
+    f_on, f_off = on_device["flops_per_image_analytic"], step["flops_per_image_analytic"]
     lines += [
       "",
       f"On-device augmentations: {(t_on - t_off) / t_on:.1%} of the step's time, "
@@ -305,6 +314,16 @@ def _step_parts(part, results: dict, sizes: dict, tmp: str, log) -> None:
     results["step_on_device"] = part("step_on_device", argv, path, reserve=LOSS_RESERVE)
 
 
+def _profile_part(part, results: dict, sizes: dict, out_dir: str) -> None:
+  """The step's trace, summarised by op class (`barlow_jax.benchmarks.profile`), in out_dir."""
+  profile_dir = os.path.join(out_dir, "profile")
+  argv = ["barlow_jax.benchmarks.profile", *sizes["model"], *sizes["shape"], "--steps=3"]
+  argv += [f"--out_dir={profile_dir}"]
+  results["profile"] = part(
+    "profile", argv, os.path.join(profile_dir, "profile.json"), reserve=LOSS_RESERVE
+  )
+
+
 def _loss_parts(part, results: dict, sizes: dict, tmp: str) -> None:
   """The loss benchmark at each (N, D) of `sizes`."""
   for i, (n, d) in enumerate(sizes["loss"]):
@@ -359,6 +378,7 @@ def _command(flag_values: flags.FlagValues, argv: list[str]) -> int:
 
   with tempfile.TemporaryDirectory() as tmp:
     _step_parts(part, results, sizes, tmp, log)
+    _profile_part(part, results, sizes, args.out_dir)
     _loss_parts(part, results, sizes, tmp)
     path = os.path.join(tmp, "torch_compiled.json")
     argv = ["barlow_jax.benchmarks.torch_peer", "--variants", "tuned_compiled", f"--out={path}"]

@@ -3,9 +3,9 @@
 Written as the reference (facebookresearch/barlowtwins, main.py) writes it, on one device:
 
 - backbone: torchvision's ResNet-50 (v1.5, `zero_init_residual=True`, `fc = nn.Identity()`),
-  restated here in plain `torch.nn` with torchvision's layout and initialisation so that it runs
-  where torchvision is absent (the test compares the parameter names and shapes with torchvision's
-  where it is installed);
+  restated in plain `torch.nn` (`barlow_jax.torch_resnet`) with torchvision's layout and
+  initialisation so that it runs where torchvision is absent (the test compares the parameter
+  names and shapes with torchvision's where it is installed);
 - projector: `Linear(no bias) -> BatchNorm1d -> ReLU` per hidden layer, then `Linear(no bias)`;
 - loss: `c = bn(z1).T @ bn(z2) / N` with `bn = BatchNorm1d(D, affine=False)`,
   `sum((diag(c) - 1)^2) + lambd * sum(offdiag(c)^2)` (Barlow Twins paper, Eq. 1 and Algorithm 1);
@@ -25,120 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-# (block, blocks per stage) of torchvision's ResNets.
-_ARCHS = {
-  "ResNet18": ("basic", (2, 2, 2, 2)),
-  "ResNet34": ("basic", (3, 4, 6, 3)),
-  "ResNet50": ("bottleneck", (3, 4, 6, 3)),
-  "ResNet101": ("bottleneck", (3, 4, 23, 3)),
-  "ResNet152": ("bottleneck", (3, 8, 36, 3)),
-}
-
-
-def _channels(base: int, width: float) -> int:
-  return max(1, int(round(base * width)))
-
-
-class BasicBlock(nn.Module):
-  """torchvision's BasicBlock (ResNet-18 / 34)."""
-
-  expansion = 1
-
-  def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None):
-    super().__init__()
-    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.relu = nn.ReLU(inplace=True)
-    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.downsample = downsample
-
-  def forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.relu(self.bn1(self.conv1(x)))
-    return self.relu(self.bn2(self.conv2(out)) + identity)
-
-
-class Bottleneck(nn.Module):
-  """torchvision's Bottleneck, v1.5: the stride is on the 3x3 convolution."""
-
-  expansion = 4
-
-  def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None):
-    super().__init__()
-    self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-    self.relu = nn.ReLU(inplace=True)
-    self.downsample = downsample
-
-  def forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.relu(self.bn2(self.conv2(out)))
-    return self.relu(self.bn3(self.conv3(out)) + identity)
-
-
-class ResNet(nn.Module):
-  """torchvision's ResNet with `fc = nn.Identity()` (the reference's backbone): [N, 3, H, W] ->
-  [N, 512 * expansion * width] float features.
-
-  Args:
-    name: one of ResNet18 / 34 / 50 / 101 / 152.
-    width: channel multiplier (1.0 = torchvision; smaller only for tiny tests).
-    zero_init_residual: zero the scale of the last BN of every residual block (the reference's
-      `torchvision.models.resnet50(zero_init_residual=True)`).
-  """
-
-  def __init__(self, name: str = "ResNet50", width: float = 1.0, zero_init_residual: bool = True):
-    super().__init__()
-    if name not in _ARCHS:
-      raise ValueError(f"backbone {name!r} is not a torchvision ResNet: use one of {list(_ARCHS)}")
-    kind, layers = _ARCHS[name]
-    block = BasicBlock if kind == "basic" else Bottleneck
-    self.inplanes = _channels(64, width)
-    self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(self.inplanes)
-    self.relu = nn.ReLU(inplace=True)
-    self.maxpool = nn.MaxPool2d(3, 2, 1)
-    for i, (base, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
-      stage = self._stage(block, _channels(base, width), blocks, stride=1 if i == 0 else 2)
-      setattr(self, f"layer{i + 1}", stage)
-    self.avgpool = nn.AdaptiveAvgPool2d(1)
-    self.fc = nn.Identity()
-    self.num_features = self.inplanes
-    for m in self.modules():
-      if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-      elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    if zero_init_residual:
-      for m in self.modules():
-        if isinstance(m, Bottleneck):
-          nn.init.zeros_(m.bn3.weight)
-        elif isinstance(m, BasicBlock):
-          nn.init.zeros_(m.bn2.weight)
-
-  def _stage(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    downsample = None
-    if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = nn.Sequential(
-        nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-        nn.BatchNorm2d(planes * block.expansion),
-      )
-    layers = [block(self.inplanes, planes, stride, downsample)]
-    self.inplanes = planes * block.expansion
-    layers += [block(self.inplanes, planes, 1, None) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
-
-  def forward(self, x):
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-    return self.fc(torch.flatten(self.avgpool(x), 1))
+from barlow_jax.torch_resnet import BasicBlock, Bottleneck, ResNet  # noqa: F401  (names before the move)
 
 
 def off_diagonal(x: torch.Tensor) -> torch.Tensor:
