@@ -414,6 +414,7 @@ def check_paths(source: str, target: str, *, export: bool) -> None:
     )
   checkpointing.check_output_dir(os.fspath(epath.Path(target).parent), "the parent of --to")
 
+
 def torch_backbone(path: str):
   """An exported backbone as a PyTorch module with its weights loaded, in eval mode.
 
