@@ -172,3 +172,14 @@ def test_a_host_too_small_for_the_compile_is_told_before_compiling(monkeypatch, 
   # 8 examples per chip on 256 chips: small enough for this machine.
   spec = tpu_slices.parse_topology("v5e:16x16")
   assert compile_memory.estimate_bytes(configs_tiny.get_config(), spec) < 8 * 10**9
+
+
+@needs_libtpu
+def test_a_batch_the_slice_cannot_split_gets_trainings_error():
+  config = configs_tiny.get_config()
+  config.batch_size = 18
+  with pytest.raises(ValueError, match=r"config.batch_size=18 .* divisible by the 4 devices"):
+    compile_benchmark.compile_slice(config, "v5e:2x2", num_classes=10, programs=("train_step",))
+  config.batch_size = 4 * 64
+  with pytest.raises(ValueError, match=r"divisible by the 256 devices"):
+    compile_benchmark.compile_slice(config, "v5e:16x16", num_classes=10, programs=("train_step",))
