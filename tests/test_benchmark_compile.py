@@ -180,6 +180,6 @@ def test_a_batch_the_slice_cannot_split_gets_trainings_error():
   config.batch_size = 18
   with pytest.raises(ValueError, match=r"config.batch_size=18 .* divisible by the 4 devices"):
     compile_benchmark.compile_slice(config, "v5e:2x2", num_classes=10, programs=("train_step",))
-  config.batch_size = 4 * 64
+  config.batch_size = 3 * 64  # 64 hosts of v5e-256: 3 per host, not 1 per chip.
   with pytest.raises(ValueError, match=r"divisible by the 256 devices"):
     compile_benchmark.compile_slice(config, "v5e:16x16", num_classes=10, programs=("train_step",))
