@@ -111,8 +111,7 @@ def train_step(
       (`device_augment.prepare_views`).
     monitor: bool scalar; when true the collapse monitors and heatmaps of C are computed too
       (an eigendecomposition of the representations' Gram matrix: only on the steps that
-      log them). A traced argument, so
-      switching it does not recompile.
+      log them). A traced argument, so switching it does not recompile.
     config: the run config (static: loss options, online probe).
 
   Returns:

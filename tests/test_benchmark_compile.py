@@ -150,3 +150,36 @@ def test_max_batch_bisects_over_multiples_of_the_chips(monkeypatch, start, large
   found = compile_benchmark.max_batch(config, "v5e:2x2", num_classes=10)
   assert found["max_batch"] == largest
   assert all(b % 4 == 0 for b in compiled) and len(compiled) == len(set(compiled))
+
+
+@needs_libtpu
+def test_a_host_too_small_for_the_compile_is_told_before_compiling(monkeypatch, capsys):
+  from barlow_jax.benchmarks import compile_memory
+
+  monkeypatch.setattr(compile_memory, "available_bytes", lambda: 8 * 10**9)
+  monkeypatch.setattr(
+    compile_benchmark,
+    "compile_slice",
+    lambda *a, **k: pytest.fail("compiled on a host the estimate says is too small"),
+  )
+  argv = ["compile", "--topology=v4:2x2x4", "--config=configs/imagenet_resnet50.py"]
+  with pytest.raises(SystemExit) as exit_info:
+    compile_benchmark.main([*argv, "--num_classes=1000"])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  assert "needs about 46 GB of host memory" in err and "8.0 GB available" in err
+  assert "--force" in err
+  # 8 examples per chip on 256 chips: small enough for this machine.
+  spec = tpu_slices.parse_topology("v5e:16x16")
+  assert compile_memory.estimate_bytes(configs_tiny.get_config(), spec) < 8 * 10**9
+
+
+@needs_libtpu
+def test_a_batch_the_slice_cannot_split_gets_trainings_error():
+  config = configs_tiny.get_config()
+  config.batch_size = 18
+  with pytest.raises(ValueError, match=r"config.batch_size=18 .* divisible by the 4 devices"):
+    compile_benchmark.compile_slice(config, "v5e:2x2", num_classes=10, programs=("train_step",))
+  config.batch_size = 3 * 64  # 64 hosts of v5e-256: 3 per host, not 1 per chip.
+  with pytest.raises(ValueError, match=r"divisible by the 256 devices"):
+    compile_benchmark.compile_slice(config, "v5e:16x16", num_classes=10, programs=("train_step",))
