@@ -238,7 +238,7 @@ def cross_correlation(z_a, z_b, *, axis_name=None, eps: float = 1e-5) -> jax.Arr
   n_global, _ = _check_inputs("z_a", z_a, "z_b", z_b, axis_name)
   _check_number("eps", eps, minimum=0.0, strict=False)
   a = _normalise(z_a, "barlow_twins", n_global, eps, axis_name)
-  b = _normalise(z_b, "barlow_twins", n_global, eps, axis_name)
+  b = loss_kernels.like(_normalise(z_b, "barlow_twins", n_global, eps, axis_name), a)
   return loss_kernels.full_matrix(a, b, n_global, axis_name)
 
 
@@ -309,7 +309,7 @@ def barlow_twins_loss_terms(
     block_size = default_block_size(d)
 
   a = _normalise(z_a, variant, n_global, eps, axis_name)
-  b = _normalise(z_b, variant, n_global, eps, axis_name)
+  b = loss_kernels.like(_normalise(z_b, variant, n_global, eps, axis_name), a)
   invariance, redundancy = _raw_terms(
     a, b, variant, method, n_global, axis_name, temperature, block_size
   )
