@@ -142,7 +142,7 @@ def _check_inputs(name_a, z_a, name_b, z_b, axis_name) -> tuple[int, int]:
       f"{jnp.shape(z_b)}."
     )
   n_local, d = jnp.shape(z_a)
-  n_global = n_local if axis_name is None else n_local * lax.axis_size(axis_name)
+  n_global = n_local * _axis_size(name_a, z_a, name_b, z_b, axis_name)
   if n_global < 2:
     raise ValueError(
       f"`{name_a}` / `{name_b}`: the global batch has {n_global} example(s) "
@@ -151,6 +151,30 @@ def _check_inputs(name_a, z_a, name_b, z_b, axis_name) -> tuple[int, int]:
   if d < 1:
     raise ValueError(f"`{name_a}` / `{name_b}` have no features (D = 0).")
   return n_global, d
+
+
+def _axis_size(name_a, z_a, name_b, z_b, axis_name) -> int:
+  """Devices the batch is split over (1 for axis_name=None); misuse of `axis_name` -> ValueError."""
+  if axis_name is None:
+    varying = sorted(_varying_axes(z_a) | _varying_axes(z_b))
+    if varying:
+      names = ", ".join(repr(a) for a in varying)
+      raise ValueError(
+        f"`{name_a}` / `{name_b}` are per-device shards inside jax.shard_map (they vary over mesh "
+        f"axis {names}) but `axis_name` is None, which would compute each device's own loss of "
+        f"its rows: pass axis_name={varying[0]!r} (the axis in_specs splits the batch over)."
+      )
+    return 1
+  try:
+    return lax.axis_size(axis_name)
+  except NameError as e:
+    raise ValueError(
+      f"`axis_name={axis_name!r}` names no mapped axis here: it is only for the per-device rows "
+      "inside jax.shard_map or jax.pmap over that axis (e.g. jax.shard_map(loss_fn, mesh=mesh, "
+      'in_specs=(P("data"), P("data")), out_specs=P()) with axis_name="data"). Under jax.jit '
+      "with batch-sharded inputs (Auto or Explicit mesh) or on one device, the arrays are the "
+      "whole batch: pass axis_name=None."
+    ) from e
 
 
 def _check_number(name: str, value, *, minimum: float, strict: bool) -> None:

@@ -324,6 +324,7 @@ def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
       setup.workdir,
       train_state.backbone_of(loop.state),
       should_stop=lambda: flag.received,
+      checkpoint_step=loop.step,
     )
     result.preempted = stopped
   if result.preempted:

@@ -134,9 +134,13 @@ def _paused_run(workdir, sync_dir, pause_at: int) -> subprocess.Popen:
   """`tests/scale_out_worker.py` (main with a pause hook) on the tiny config, held at batch
   `pause_at` until `sync_dir/go` exists; its output goes to `workdir/../log`."""
   env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([_ROOT, os.path.join(_ROOT, "tests"), env.get("PYTHONPATH", "")])
+  env["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT, os.path.join(_ROOT, "tests"), env.get("PYTHONPATH", "")]
+  )
   env.update(
-    SCALE_OUT_PAUSE_AT=str(pause_at), SCALE_OUT_SYNC_DIR=str(sync_dir), SCALE_OUT_PAUSE_PROCESSES="0"
+    SCALE_OUT_PAUSE_AT=str(pause_at),
+    SCALE_OUT_SYNC_DIR=str(sync_dir),
+    SCALE_OUT_PAUSE_PROCESSES="0",
   )
   log = open(os.path.join(sync_dir, "log"), "w")
   return subprocess.Popen(
