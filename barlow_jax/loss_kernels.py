@@ -7,7 +7,7 @@ statistic of C the loss needs without the caller caring how it was formed: "dens
 Costs and the rule that picks one are in the `barlow_jax.losses` docstring. Like `losses`, this
 module imports only jax.
 
-Explicit sharding. On a mesh with Explicit axis types (`jax.make_mesh`'s default since jax 0.7's
+Explicit sharding. On a mesh with Explicit axis types (`jax.make_mesh`'s default in jax 0.10, with
 sharding-in-types), a contraction over a sharded axis must say how its result is sharded, or
 jax refuses it ("Contracting dimensions are sharded and it is ambiguous ..."). `einsum` below
 names the result's sharding from its operands' (a contracted axis's sharding becomes a sum

@@ -10,13 +10,16 @@ affine-free BatchNorm), then `C = A^T B / N_global` and
     invariance = sum_i (1 - C_ii)^2          redundancy = sum_{i != j} C_ij^2
     loss       = invariance + lambd * redundancy
 
-Distributed semantics. Under `jax.jit` with batch-sharded inputs, pass `axis_name=None`: the arrays
-are the global batch and XLA inserts the collectives. Inside `jax.shard_map` (or `pmap`) pass the
-mesh axis: the arrays are this device's rows, statistics and `C` are summed over the axis, every
-device returns the same global loss, and the gradient with respect to a shard is that shard's slice
-of the gradient of the global loss. (The PyTorch reference gets 1/W of it; docs/reference.md §3.)
-This holds for `jax.grad` taken inside `shard_map` (default `check_vma=True`) or inside `pmap`, and
-for `jax.grad` of a `shard_map` with `out_specs=P()`. The one combination to avoid is `jax.grad`
+Distributed semantics (examples: docs/loss.md). Under `jax.jit` with batch-sharded inputs, pass
+`axis_name=None`: the arrays are the global batch and XLA inserts the collectives; this holds on
+meshes with Explicit axis types (`jax.make_mesh`'s default) as on Auto ones, with the same value
+and gradient (`loss_kernels.einsum` names each contraction's result sharding). Inside
+`jax.shard_map` (or `pmap`) pass the mesh axis: the arrays are this device's rows, statistics and
+`C` are summed over the axis, every device returns the same global loss, and the gradient with
+respect to a shard is that shard's slice of the gradient of the global loss. (The PyTorch
+reference gets 1/W of it; docs/reference.md §3.) This holds for `jax.grad` taken inside
+`shard_map` (default `check_vma=True`) or inside `pmap`, and for `jax.grad` of a `shard_map` with
+`out_specs=P()`. The one combination to avoid is `jax.grad`
 outside a `shard_map(..., check_vma=False)`, which yields 1/W of the gradient: with
 `check_vma=False` take the gradient inside, as under `pmap`.
 

@@ -49,7 +49,7 @@ def create_mesh(devices=None) -> Mesh:
 def auto_mesh(mesh: Mesh) -> Mesh:
   """`mesh` with every axis of Auto type (the same devices and names); `mesh` if already so.
 
-  `jax.make_mesh` gives Explicit axes by default (jax >= 0.7), where every contraction over a
+  `jax.make_mesh` gives Explicit axes by default (jax 0.10), where every contraction over a
   sharded axis must name its result's sharding. The project's jitted functions fix the shardings
   of their inputs and outputs (this module's rules) and leave the inside to XLA's propagation, so
   they lay their arrays out on the Auto form of whatever mesh they are given: the same devices and
