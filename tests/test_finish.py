@@ -241,7 +241,7 @@ def test_ctrl_c_in_the_final_evaluation_stops_cleanly_and_the_rerun_finishes(thr
   (stopped, files), (rerun, _) = extended[1]
   assert stopped.preempted and stopped.stop_signal == "SIGINT" and stopped.evaluation is None
   assert stopped.step == stopped.total_steps == 6
-  before = three_runs[1][1]
+  before = three_runs[1][1][1]  # The files after the 3-step run's finished evaluation.
   # Nothing of the interrupted evaluation was written: the old table is still there, as it was.
   assert files[checkpointing.RESULTS_JSON] == before[checkpointing.RESULTS_JSON]
   assert not [name for name in files if ".tmp." in name]
@@ -250,7 +250,8 @@ def test_ctrl_c_in_the_final_evaluation_stops_cleanly_and_the_rerun_finishes(thr
 
 def test_extending_a_finished_run_recomputes_its_results(three_runs, extended):
   workdir, runs = extended
-  old = json.loads(three_runs[1][1][checkpointing.RESULTS_JSON][0])
+  finished = three_runs[1][1][1]  # The files after the 3-step run's finished evaluation.
+  old = json.loads(finished[checkpointing.RESULTS_JSON][0])
   result, files = runs[1]
   results = json.loads(files[checkpointing.RESULTS_JSON][0])
   assert results == result.evaluation
@@ -263,7 +264,7 @@ def test_extending_a_finished_run_recomputes_its_results(three_runs, extended):
   assert f"checkpoint step 6 (sha256 {results['backbone_sha256'][:12]})" in md
   # pretraining.json follows the run's last step, with the 3-step run's time carried over.
   record = json.loads(files[checkpointing.PRETRAINING_JSON][0])
-  first = json.loads(three_runs[1][1][checkpointing.PRETRAINING_JSON][0])
+  first = json.loads(finished[checkpointing.PRETRAINING_JSON][0])
   assert record["step"] == 6 and record["total_steps"] == 6 and record["finished"]
   assert record["seconds"] > first["seconds"] == record["seconds_at_step"]["3"]
   assert results["pretrain_seconds"] == record["seconds"]
