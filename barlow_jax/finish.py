@@ -11,10 +11,19 @@
 - SIGTERM during the evaluation stops it at the next row or step boundary; nothing is written
   (results files are replaced whole, atomically, only at the end) and the same command computes
   it again.
-- A workdir whose results were computed with the same evaluation settings reports them and
-  leaves every file as it is; other settings recompute them with the recorded pretraining time.
+- Every recorded result names what it describes: results.json holds `checkpoint_step` and
+  `backbone_sha256` (`backbone_digest` of the backbone's arrays), results.md says them in its last
+  line, and pretraining.json follows the run's last checkpoint (a finished run extended with a
+  larger `num_train_steps` records the new steps and time).
+- A workdir whose results were computed from the same backbone with the same evaluation settings
+  reports them and leaves every file as it is; other settings, or another backbone (the run was
+  extended, or its results predate these records and name other steps), recompute them with the
+  recorded pretraining time. Results that cannot be recomputed (the time-matched supervised
+  reference without a recorded time) are kept marked stale: `"stale"` in results.json and a
+  first line of results.md saying which backbone they describe and which the run now has.
 """
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +31,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from barlow_jax import checkpointing, parallel, progress
@@ -68,8 +78,14 @@ class PretrainingClock:
     return None if self.base is None else self.base + seconds
 
   def saved(self, step: int, seconds: float, *, total_steps: int, finished: bool = False) -> None:
-    """Records checkpoint `step`, reached after `seconds` of this invocation (process 0)."""
-    if jax.process_index() != 0 or self.finished:
+    """Records checkpoint `step`, reached after `seconds` of this invocation (process 0).
+
+    A finished record is kept as it is for its own or an earlier step (a rerun of a finished run
+    trains nothing); a later step (the run was extended) replaces it.
+    """
+    if jax.process_index() != 0:
+      return
+    if self.finished and int(step) <= int(self.record.get("step", 0)):
       return
     total = self.total(seconds)
     at = dict(self.record.get("seconds_at_step", {}))
@@ -98,12 +114,25 @@ def evaluation_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {key: plain[key] for key in _EVALUATION_KEYS if key in plain}
 
 
+def backbone_digest(variables: Mapping[str, Any]) -> str:
+  """sha256 (hex) of a backbone's `{"params", "batch_stats"}` host arrays: paths, dtypes, shapes
+  and bytes, in the tree's path order. Equal digests mean the same backbone, bit for bit."""
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(dict(variables))[0]
+  for path, leaf in leaves:
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
 def final_evaluation(
   config: ml_collections.ConfigDict,
   workdir: str,
   backbone: Mapping[str, Any],
   *,
   should_stop: Callable[[], bool],
+  checkpoint_step: int | None = None,
 ) -> tuple[dict[str, Any] | None, bool]:
   """The run's results table, computed once (on process 0) or reported from the workdir.
 
@@ -113,27 +142,41 @@ def final_evaluation(
     config: the run config. workdir: the run's directory (shared by every process).
     backbone: `{"params", "batch_stats"}` of the trained backbone (jax arrays of the run, any
       sharding: they are gathered to host NumPy only when the table is computed).
-    should_stop: true once SIGTERM arrived (polled by process 0 between rows and steps).
+    should_stop: true once SIGTERM or Ctrl-C arrived (polled by process 0 between rows and steps).
+    checkpoint_step: the checkpoint step `backbone` is from (default: pretraining.json's step);
+      recorded in results.json as `checkpoint_step` beside `backbone_sha256`.
 
   Returns:
-    (results as in results.json, or None when stopped; whether SIGTERM stopped it).
+    (results as in results.json, or None when stopped; whether SIGTERM / SIGINT stopped it).
   """
   settings = evaluation_settings(config)
   existing = checkpointing.read_json(os.path.join(workdir, checkpointing.RESULTS_JSON))
   record = checkpointing.read_json(os.path.join(workdir, checkpointing.PRETRAINING_JSON)) or {}
   seconds = record.get("seconds")
+  if checkpoint_step is None:
+    checkpoint_step = record.get("step")
+  variables = jax.tree.map(parallel.to_host, dict(backbone))
+  source = {
+    "checkpoint_step": None if checkpoint_step is None else int(checkpoint_step),
+    "backbone_sha256": backbone_digest(variables),
+  }
   if existing is not None:
-    reason = _keep_reason(existing, settings, seconds, config)
+    changed = _backbone_change(existing, source)
+    reason = _keep_reason(existing, settings, seconds, config, changed)
+    if reason and changed:
+      _mark_stale(workdir, existing, changed)
+      _report_existing(workdir, reason)
+      return existing, False
     if reason:
       _report_existing(workdir, reason)
       return existing, False
     logging.info(
-      "Final evaluation: the settings changed since %s/results.json was written: recomputing it "
-      "with the recorded pretraining time (%s s).",
+      "Final evaluation: %s since %s/results.json was written: recomputing it with the recorded "
+      "pretraining time (%s s).",
+      changed or "the settings changed",
       workdir,
       seconds,
     )
-  variables = jax.tree.map(parallel.to_host, dict(backbone))
   results, stopped = None, False
   if jax.process_index() == 0:
     try:
@@ -142,9 +185,10 @@ def final_evaluation(
         workdir,
         variables,
         pretrain_seconds=seconds,
-        pretrain_steps=record.get("step"),
+        pretrain_steps=record.get("step") if checkpoint_step is None else int(checkpoint_step),
         should_stop=should_stop,
         settings=settings,
+        source=source,
       )
     except progress.Stopped as e:
       logging.warning("%s; nothing was written. Rerun the same command to finish it.", e)
@@ -155,9 +199,44 @@ def final_evaluation(
     logging.info("Waiting for process 0's final evaluation.")
     wait_for_process_0("final_evaluation")
     results = checkpointing.read_json(os.path.join(workdir, checkpointing.RESULTS_JSON))
-    stopped = results is None or results.get("evaluation_settings") != settings
+    stopped = (
+      results is None
+      or results.get("evaluation_settings") != settings
+      or results.get("backbone_sha256", source["backbone_sha256"]) != source["backbone_sha256"]
+    )
     results = None if stopped else results
   return results, stopped
+
+
+def _backbone_change(existing: Mapping[str, Any], source: Mapping[str, Any]) -> str:
+  """How the backbone differs from the one `existing` results describe ("" when the same)."""
+  step, digest = source["checkpoint_step"], source["backbone_sha256"]
+  if "backbone_sha256" in existing:
+    if existing["backbone_sha256"] == digest:
+      return ""
+    return (
+      f"the backbone changed (results of step {existing.get('checkpoint_step')}, backbone "
+      f"{existing['backbone_sha256'][:12]}; now step {step}, backbone {digest[:12]})"
+    )
+  # Written before the backbone was recorded: its pretraining steps are all there is to compare.
+  old_steps = existing.get("pretrain_steps")
+  if old_steps is not None and step is not None and int(old_steps) != int(step):
+    return f"the backbone changed (results of step {old_steps}; now step {step})"
+  return ""
+
+
+def _mark_stale(workdir: str, existing: dict[str, Any], changed: str) -> None:
+  """Process 0 records in results.json / results.md that they describe an older backbone."""
+  note = f"STALE: {changed}; these results describe the older backbone."
+  if jax.process_index() != 0 or existing.get("stale") == note:
+    return
+  existing["stale"] = note
+  checkpointing.write_json(os.path.join(workdir, checkpointing.RESULTS_JSON), existing)
+  md = checkpointing.path(workdir) / checkpointing.RESULTS_MD
+  text = md.read_text() if md.exists() else ""
+  if text.startswith("STALE: "):
+    text = text.split("\n", 2)[-1]
+  checkpointing.write_text(os.fspath(md), f"{note}\n\n{text}")
 
 
 def _report_existing(workdir: str, reason: str) -> None:
@@ -169,15 +248,22 @@ def _report_existing(workdir: str, reason: str) -> None:
       print(md.read_text(), flush=True)
 
 
-def _keep_reason(existing, settings, seconds, config) -> str:
+def _keep_reason(existing, settings, seconds, config, changed: str = "") -> str:
   """Why the results in the workdir stand as they are ("" when they should be recomputed)."""
+  needs_time = (
+    config.eval.baselines and config.eval.supervised and config.eval.supervised_match == "time"
+  )
+  if changed:
+    if needs_time and seconds is None:
+      return (
+        f"{changed}, but the pretraining time is not recorded (the time-matched supervised "
+        "reference needs it); the old results are kept, marked stale"
+      )
+    return ""
   if "evaluation_settings" not in existing:
     return "the workdir's results predate the record of their settings; they are kept"
   if existing["evaluation_settings"] == settings:
     return "this run's results were computed with these settings"
-  needs_time = (
-    config.eval.baselines and config.eval.supervised and config.eval.supervised_match == "time"
-  )
   if needs_time and seconds is None:
     return (
       "the settings changed, but the pretraining time is not recorded (the time-matched "

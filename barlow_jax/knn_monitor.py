@@ -32,6 +32,7 @@ def accuracy(state: TrainState, config: ml_collections.ConfigDict, mesh: Mesh) -
   Features of both splits are computed on the mesh from global batches (every process feeds its
   shard) and replicated, so every process computes the same accuracy. Every process calls it.
   """
+  mesh = parallel.auto_mesh(mesh)
   variables = parallel.replicate(backbone_of(state), mesh)
   replicated = NamedSharding(mesh, P())
 

@@ -6,6 +6,14 @@ statistic of C the loss needs without the caller caring how it was formed: "dens
 "gram" uses the N x N Gram matrices, "blockwise" scans column tiles of C under `jax.checkpoint`.
 Costs and the rule that picks one are in the `barlow_jax.losses` docstring. Like `losses`, this
 module imports only jax.
+
+Explicit sharding. On a mesh with Explicit axis types (`jax.make_mesh`'s default in jax 0.10, with
+sharding-in-types), a contraction over a sharded axis must say how its result is sharded, or
+jax refuses it ("Contracting dimensions are sharded and it is ambiguous ..."). `einsum` below
+names the result's sharding from its operands' (a contracted axis's sharding becomes a sum
+over that mesh axis; a mesh axis already used by an earlier output dimension is not used twice),
+so the kernels compute the same values and gradients on Explicit meshes as on Auto ones, where
+the sharding of every intermediate is XLA's choice and `out_sharding` is never passed.
 """
 
 import functools
@@ -25,6 +33,64 @@ def psum(x, axis_name):
   return x if axis_name is None else lax.psum(x, axis_name)
 
 
+def explicit_sharding(x):
+  """`x`'s sharding type when its mesh has an Explicit axis (a `NamedSharding`), else None."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or not getattr(mesh, "explicit_axes", ()):
+    return None
+  return sharding
+
+
+def like(x, reference):
+  """`x` resharded to `reference`'s sharding when both are explicitly sharded and differ.
+
+  On an Explicit mesh an elementwise op of two differently sharded arrays is an error; on an
+  Auto mesh (or outside any mesh) `x` is returned as it is.
+  """
+  target, current = explicit_sharding(reference), explicit_sharding(x)
+  if target is None or current is None or tuple(current.spec) == tuple(target.spec):
+    return x
+  return jax.sharding.reshard(x, target)
+
+
+def _mesh_axes(entry) -> tuple:
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+def einsum(subscripts: str, x, y) -> jax.Array:
+  """`jnp.einsum(subscripts, x, y)` at HIGHEST precision, legal on Explicit meshes too.
+
+  On an Explicit mesh each output dimension keeps the sharding its letter has in `x` (else in
+  `y`) unless that mesh axis is already taken by an earlier output dimension; contracted letters
+  leave the sharding, so their partial sums are all-reduced. Elsewhere `out_sharding` is unset.
+  """
+  sharding = explicit_sharding(x) or explicit_sharding(y)
+  if sharding is None:
+    return jnp.einsum(subscripts, x, y, precision=_HIGHEST)
+  inputs, output = subscripts.split("->")
+  letters = {}
+  for operand_letters, operand in zip(inputs.split(","), (x, y), strict=True):
+    operand_sharding = explicit_sharding(operand)
+    spec = tuple(operand_sharding.spec) if operand_sharding is not None else ()
+    for i, letter in enumerate(operand_letters):
+      entry = spec[i] if i < len(spec) else None
+      if letters.get(letter) is None:
+        letters[letter] = entry
+  used, out_spec = set(), []
+  for letter in output:
+    axes = _mesh_axes(letters.get(letter))
+    if not axes or used.intersection(axes):
+      out_spec.append(None)
+      continue
+    used.update(axes)
+    out_spec.append(letters[letter])
+  out_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*out_spec))
+  return jnp.einsum(subscripts, x, y, precision=_HIGHEST, out_sharding=out_sharding)
+
+
 def column_dots(a, b, n_global: int, axis_name) -> jax.Array:
   """diag(A^T B) / N: [D]."""
   return psum(jnp.sum(a * b, axis=0), axis_name) / n_global
@@ -32,7 +98,7 @@ def column_dots(a, b, n_global: int, axis_name) -> jax.Array:
 
 def full_matrix(a, b, n_global: int, axis_name) -> jax.Array:
   """C = A^T B / N: [D, D]."""
-  c = jnp.einsum("nd,ne->de", a, b, precision=_HIGHEST)
+  c = einsum("nd,ne->de", a, b)
   return psum(c, axis_name) / n_global
 
 
@@ -54,8 +120,8 @@ def _frobenius_sq_via_gram(a, b) -> jax.Array:
 
 
 def _frobenius_sq_via_gram_fwd(a, b):
-  gram_a = jnp.einsum("nd,md->nm", a, a, precision=_HIGHEST)
-  gram_b = jnp.einsum("nd,md->nm", b, b, precision=_HIGHEST)
+  gram_a = einsum("nd,md->nm", a, a)
+  gram_b = einsum("nd,md->nm", b, b)
   return jnp.sum(gram_a * gram_b), (a, b, gram_a, gram_b)
 
 
@@ -63,8 +129,8 @@ def _frobenius_sq_via_gram_bwd(residuals, cotangent):
   # d/dA tr(A A^T B B^T) = 2 (B B^T) A: one N x N x D product per view. Autodiff of the einsum
   # cannot use the symmetry of A A^T and spends two.
   a, b, gram_a, gram_b = residuals
-  grad_a = jnp.einsum("nm,md->nd", gram_b, a, precision=_HIGHEST)
-  grad_b = jnp.einsum("nm,md->nd", gram_a, b, precision=_HIGHEST)
+  grad_a = einsum("nm,md->nd", gram_b, a)
+  grad_b = einsum("nm,md->nd", gram_a, b)
   return 2.0 * cotangent * grad_a, 2.0 * cotangent * grad_b
 
 
@@ -94,15 +160,15 @@ def _frobenius_sq_partial_fwd(a, b, axis_name):
   a_all = lax.all_gather(a, axis_name, tiled=True)
   b_all = lax.all_gather(b, axis_name, tiled=True)
   # This device's rows of A A^T and B B^T: [N_local, N_global].
-  gram_a = jnp.einsum("nd,md->nm", a, a_all, precision=_HIGHEST)
-  gram_b = jnp.einsum("nd,md->nm", b, b_all, precision=_HIGHEST)
+  gram_a = einsum("nd,md->nm", a, a_all)
+  gram_b = einsum("nd,md->nm", b, b_all)
   return jnp.sum(gram_a * gram_b), (a_all, b_all, gram_a, gram_b)
 
 
 def _frobenius_sq_partial_bwd(axis_name, residuals, cotangent):
   a_all, b_all, gram_a, gram_b = residuals
-  grad_a = jnp.einsum("nm,md->nd", gram_b, a_all, precision=_HIGHEST)
-  grad_b = jnp.einsum("nm,md->nd", gram_a, b_all, precision=_HIGHEST)
+  grad_a = einsum("nm,md->nd", gram_b, a_all)
+  grad_b = einsum("nm,md->nd", gram_a, b_all)
   return 2.0 * cotangent * grad_a, 2.0 * cotangent * grad_b
 
 
@@ -128,6 +194,11 @@ def blockwise_reduce(
   Returns the per-tile results stacked: [num_tiles]. Columns past D (padding) are masked out.
   """
   n_local, d = b.shape
+  sharding = explicit_sharding(b)
+  if sharding is not None and len(sharding.spec) > 1 and sharding.spec[1] is not None:
+    # Tiles are cut along the feature axis: gather it whole (the batch axis stays split).
+    spec = jax.sharding.PartitionSpec(sharding.spec[0], None)
+    b = jax.sharding.reshard(b, jax.sharding.NamedSharding(sharding.mesh, spec))
   num_tiles = -(-d // block_size)
   padded = num_tiles * block_size
   if padded != d:
@@ -139,7 +210,7 @@ def blockwise_reduce(
   @jax.checkpoint
   def body(carry, xs):
     index, b_tile = xs
-    c = jnp.einsum("nd,nt->dt", a, b_tile, precision=_HIGHEST)
+    c = einsum("nd,nt->dt", a, b_tile)
     c = psum(c, axis_name) / n_global
     offset = index * block_size
     mask = offdiag_mask(c.shape, offset)

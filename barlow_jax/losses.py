@@ -10,13 +10,16 @@ affine-free BatchNorm), then `C = A^T B / N_global` and
     invariance = sum_i (1 - C_ii)^2          redundancy = sum_{i != j} C_ij^2
     loss       = invariance + lambd * redundancy
 
-Distributed semantics. Under `jax.jit` with batch-sharded inputs, pass `axis_name=None`: the arrays
-are the global batch and XLA inserts the collectives. Inside `jax.shard_map` (or `pmap`) pass the
-mesh axis: the arrays are this device's rows, statistics and `C` are summed over the axis, every
-device returns the same global loss, and the gradient with respect to a shard is that shard's slice
-of the gradient of the global loss. (The PyTorch reference gets 1/W of it; docs/reference.md §3.)
-This holds for `jax.grad` taken inside `shard_map` (default `check_vma=True`) or inside `pmap`, and
-for `jax.grad` of a `shard_map` with `out_specs=P()`. The one combination to avoid is `jax.grad`
+Distributed semantics (examples: docs/loss.md). Under `jax.jit` with batch-sharded inputs, pass
+`axis_name=None`: the arrays are the global batch and XLA inserts the collectives; this holds on
+meshes with Explicit axis types (`jax.make_mesh`'s default) as on Auto ones, with the same value
+and gradient (`loss_kernels.einsum` names each contraction's result sharding). Inside
+`jax.shard_map` (or `pmap`) pass the mesh axis: the arrays are this device's rows, statistics and
+`C` are summed over the axis, every device returns the same global loss, and the gradient with
+respect to a shard is that shard's slice of the gradient of the global loss. (The PyTorch
+reference gets 1/W of it; docs/reference.md §3.) This holds for `jax.grad` taken inside
+`shard_map` (default `check_vma=True`) or inside `pmap`, and for `jax.grad` of a `shard_map` with
+`out_specs=P()`. The one combination to avoid is `jax.grad`
 outside a `shard_map(..., check_vma=False)`, which yields 1/W of the gradient: with
 `check_vma=False` take the gradient inside, as under `pmap`.
 
@@ -142,7 +145,7 @@ def _check_inputs(name_a, z_a, name_b, z_b, axis_name) -> tuple[int, int]:
       f"{jnp.shape(z_b)}."
     )
   n_local, d = jnp.shape(z_a)
-  n_global = n_local if axis_name is None else n_local * lax.axis_size(axis_name)
+  n_global = n_local * _axis_size(name_a, z_a, name_b, z_b, axis_name)
   if n_global < 2:
     raise ValueError(
       f"`{name_a}` / `{name_b}`: the global batch has {n_global} example(s) "
@@ -151,6 +154,30 @@ def _check_inputs(name_a, z_a, name_b, z_b, axis_name) -> tuple[int, int]:
   if d < 1:
     raise ValueError(f"`{name_a}` / `{name_b}` have no features (D = 0).")
   return n_global, d
+
+
+def _axis_size(name_a, z_a, name_b, z_b, axis_name) -> int:
+  """Devices the batch is split over (1 for axis_name=None); misuse of `axis_name` -> ValueError."""
+  if axis_name is None:
+    varying = sorted(_varying_axes(z_a) | _varying_axes(z_b))
+    if varying:
+      names = ", ".join(repr(a) for a in varying)
+      raise ValueError(
+        f"`{name_a}` / `{name_b}` are per-device shards inside jax.shard_map (they vary over mesh "
+        f"axis {names}) but `axis_name` is None, which would compute each device's own loss of "
+        f"its rows: pass axis_name={varying[0]!r} (the axis in_specs splits the batch over)."
+      )
+    return 1
+  try:
+    return lax.axis_size(axis_name)
+  except NameError as e:
+    raise ValueError(
+      f"`axis_name={axis_name!r}` names no mapped axis here: it is only for the per-device rows "
+      "inside jax.shard_map or jax.pmap over that axis (e.g. jax.shard_map(loss_fn, mesh=mesh, "
+      'in_specs=(P("data"), P("data")), out_specs=P()) with axis_name="data"). Under jax.jit '
+      "with batch-sharded inputs (Auto or Explicit mesh) or on one device, the arrays are the "
+      "whole batch: pass axis_name=None."
+    ) from e
 
 
 def _check_number(name: str, value, *, minimum: float, strict: bool) -> None:
@@ -238,7 +265,7 @@ def cross_correlation(z_a, z_b, *, axis_name=None, eps: float = 1e-5) -> jax.Arr
   n_global, _ = _check_inputs("z_a", z_a, "z_b", z_b, axis_name)
   _check_number("eps", eps, minimum=0.0, strict=False)
   a = _normalise(z_a, "barlow_twins", n_global, eps, axis_name)
-  b = _normalise(z_b, "barlow_twins", n_global, eps, axis_name)
+  b = loss_kernels.like(_normalise(z_b, "barlow_twins", n_global, eps, axis_name), a)
   return loss_kernels.full_matrix(a, b, n_global, axis_name)
 
 
@@ -309,7 +336,7 @@ def barlow_twins_loss_terms(
     block_size = default_block_size(d)
 
   a = _normalise(z_a, variant, n_global, eps, axis_name)
-  b = _normalise(z_b, variant, n_global, eps, axis_name)
+  b = loss_kernels.like(_normalise(z_b, variant, n_global, eps, axis_name), a)
   invariance, redundancy = _raw_terms(
     a, b, variant, method, n_global, axis_name, temperature, block_size
   )

@@ -72,12 +72,13 @@ def main(argv: list[str]) -> None:
     jax.devices()[0].device_kind,
   )
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  signal_name = result.stop_signal or "SIGTERM"
   if result.preempted and result.step < result.total_steps:
     logging.info(
-      "Stopped at step %d/%d on SIGTERM; rerun to resume.", result.step, result.total_steps
+      "Stopped at step %d/%d on %s; rerun to resume.", result.step, result.total_steps, signal_name
     )
   elif result.preempted:
-    logging.info("Stopped during the final evaluation on SIGTERM; rerun to finish it.")
+    logging.info("Stopped during the final evaluation on %s; rerun to finish it.", signal_name)
 
 
 def run() -> None:

@@ -5,15 +5,27 @@ Each `write_scalars(step, scalars)` of the pretraining loop appends one line
     {"step": 20, "loss": 512.3, "lr_weights": 0.2, ...}
 
 with the names of the TensorBoard scalars (the kNN monitor's `knn_accuracy` on a line of its own).
-A resumed run appends to the same file; a step it logs again (it restarted from an earlier
-checkpoint) gets a second line, and the later one wins in `read_metrics`. Every line is flushed as
-it is written, so a killed run keeps what it logged; a line cut short by the kill is skipped.
+Every line is flushed as it is written, so a killed run keeps what it logged; a line cut short by
+the kill is skipped.
+
+Resumes (TensorBoard's `purge_step`). An invocation that resumes from the checkpoint of step k
+first writes `{"purge_step": k}`: `read_metrics` drops every earlier line with a step past k, the
+steps of an abandoned invocation that the run redid (or never reached again). A step logged twice
+otherwise (two lines of one step) is merged, the later value winning.
+
+Object stores (gs://) have no append, and rewriting one growing object on every write uploads
+O(n^2) bytes. There the lines go into numbered objects of at most `LINES_PER_OBJECT` lines,
+`metrics.jsonl`, `metrics.jsonl.1`, `metrics.jsonl.2`, ..., each invocation starting a new one;
+a write rewrites only the current object (at most `LINES_PER_OBJECT` lines, so bounded bytes per
+write, and every write atomic). `read_metrics` reads them in their numeric order. Local files
+are appended to: `metrics.jsonl` alone.
 
 Experiments read results with `read_metrics(workdir)` instead of parsing log lines.
 """
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,41 +36,90 @@ from clu.metric_writers import interface
 from barlow_jax import checkpointing
 
 FILENAME = "metrics.jsonl"
+# Lines per object on object stores: a write uploads at most this many lines (~0.5 KB each).
+LINES_PER_OBJECT = 50
+_PART = re.compile(re.escape(FILENAME) + r"\.([0-9]+)$")
+
+
+def _parts(directory) -> list:
+  """`metrics.jsonl` (when it exists) and its numbered continuations, in order."""
+  numbered = []
+  if directory.exists():
+    for child in directory.iterdir():
+      match = _PART.match(child.name)
+      if match:
+        numbered.append((int(match.group(1)), child))
+  first = [directory / FILENAME] if (directory / FILENAME).exists() else []
+  return first + [child for _, child in sorted(numbered, key=lambda x: x[0])]
 
 
 class JsonlWriter(interface.MetricWriter):
   """A clu `MetricWriter` appending scalars to `workdir/metrics.jsonl` (other kinds ignored).
 
   Process 0 of a run creates it (the scalars are global: every process holds the same values).
-  The file is opened in append mode on the first write, so creating the writer writes nothing.
+  The file is opened on the first write, so creating the writer writes nothing.
 
   Args:
     workdir: the run's directory (local or gs://; it must exist).
+    purge_step: the checkpoint step this invocation resumed from (0 or None for a new run): its
+      first write marks earlier lines past it as abandoned (module docstring).
+    object_store: write as on an object store (numbered objects, each rewritten whole); None
+      decides from the path (a URL such as gs://... is an object store).
   """
 
-  def __init__(self, workdir: str | os.PathLike):
-    self.path = checkpointing.path(workdir) / FILENAME
-    # Object stores (gs://) have no append: there the whole object is rewritten on each write
-    # (a line per log step keeps it small), which also makes every write atomic.
-    self._object_store = "://" in os.fspath(self.path)
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    purge_step: int | None = None,
+    object_store: bool | None = None,
+  ):
+    self.directory = checkpointing.path(workdir)
+    self.path = self.directory / FILENAME
+    if object_store is None:
+      object_store = "://" in os.fspath(self.path)
+    self._object_store = object_store
+    self._purge_step = int(purge_step) if purge_step else None
     self._file = None
-    self._text = None
+    self._lines: list[str] | None = None  # The current object's lines (object stores).
+    self._object = None
+
+  def _open(self) -> None:
+    header = json.dumps({"purge_step": self._purge_step}) + "\n" if self._purge_step else ""
+    if self._object_store:
+      parts = _parts(self.directory)
+      if not parts:
+        self._object = self.path
+      else:
+        last = _PART.match(parts[-1].name)
+        self._object = self.directory / f"{FILENAME}.{int(last.group(1)) + 1 if last else 1}"
+      self._lines = [header] if header else []
+      return
+    # A run killed mid-line left no newline: start on a fresh line so the next one parses.
+    cut = False
+    if self.path.exists():
+      with self.path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+          f.seek(size - 1)
+          cut = f.read(1) != b"\n"
+    self._file = self.path.open("a")
+    self._file.write(("\n" if cut else "") + header)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Appends `{"step": step, name: float(value), ...}` as one line and flushes it."""
     line = {"step": int(step)}
     line.update({str(k): float(np.asarray(v)) for k, v in scalars.items()})
     line = json.dumps(line) + "\n"
-    if self._text is None:
-      # A run killed mid-line left no newline: start on a fresh line so the next one parses.
-      text = self.path.read_text() if self.path.exists() else ""
-      self._text = text + "\n" if text and not text.endswith("\n") else text
-      if not self._object_store:
-        self._file = self.path.open("a")
-        self._file.write(self._text[len(text) :])
+    if self._file is None and self._lines is None:
+      self._open()
     if self._object_store:
-      self._text += line
-      self.path.write_text(self._text)
+      if len(self._lines) >= LINES_PER_OBJECT:
+        number = _PART.match(self._object.name)
+        self._object = self.directory / f"{FILENAME}.{int(number.group(1)) + 1 if number else 1}"
+        self._lines = []
+      self._lines.append(line)
+      self._object.write_text("".join(self._lines))
     else:
       self._file.write(line)
       self._file.flush()
@@ -92,32 +153,38 @@ class JsonlWriter(interface.MetricWriter):
     if self._file is not None:
       self._file.close()
       self._file = None
-    self._text = None  # A write after close reopens (and re-reads) the file.
+    # A write after close reopens: a new object on object stores, no second purge mark.
+    self._lines = None
+    self._purge_step = None
 
 
 def read_metrics(workdir: str | os.PathLike) -> dict[int, dict[str, float]]:
-  """The scalars of `workdir/metrics.jsonl` by step: `{step: {name: value, ...}}`.
+  """The scalars of `workdir/metrics.jsonl` (and its continuations): `{step: {name: value}}`.
 
   The lines of one step are merged; where a name occurs twice for a step (a resumed run logged
-  the step again), the later line's value wins. Lines that are not a complete JSON object with a
-  `step` (a line cut short when the run was killed) are skipped with a warning. Values are
-  floats (NaN / inf as written).
+  the step again), the later line's value wins. A `{"purge_step": k}` line (a resume from step k)
+  drops the steps past k read so far. Lines that are not a complete JSON object with a `step`
+  (a line cut short when the run was killed) are skipped with a warning. Values are floats
+  (NaN / inf as written).
 
   Returns:
     `{}` when the file does not exist (a run that has not logged yet, or an older workdir).
   """
-  source = checkpointing.path(workdir) / FILENAME
-  if not source.exists():
-    return {}
+  directory = checkpointing.path(workdir)
   out: dict[int, dict[str, float]] = {}
-  for number, text in enumerate(source.read_text().splitlines(), 1):
-    if not text.strip():
-      continue
-    try:
-      line = json.loads(text)
-      step = int(line.pop("step"))
-    except (ValueError, KeyError, TypeError, AttributeError):
-      logging.warning("%s line %d is incomplete (a killed run?): skipped.", source, number)
-      continue
-    out.setdefault(step, {}).update({k: float(v) for k, v in line.items()})
+  for source in _parts(directory):
+    for number, text in enumerate(source.read_text().splitlines(), 1):
+      if not text.strip():
+        continue
+      try:
+        line = json.loads(text)
+        if isinstance(line, dict) and "step" not in line and "purge_step" in line:
+          purge = int(line["purge_step"])
+          out = {step: values for step, values in out.items() if step <= purge}
+          continue
+        step = int(line.pop("step"))
+      except (ValueError, KeyError, TypeError, AttributeError):
+        logging.warning("%s line %d is incomplete (a killed run?): skipped.", source, number)
+        continue
+      out.setdefault(step, {}).update({k: float(v) for k, v in line.items()})
   return out

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from barlow_jax import config_validation
@@ -44,6 +44,44 @@ def create_mesh(devices=None) -> Mesh:
   """A 1-D mesh named `"data"` over `devices` (default: every device of every process)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+  """`mesh` with every axis of Auto type (the same devices and names); `mesh` if already so.
+
+  `jax.make_mesh` gives Explicit axes by default (jax 0.10), where every contraction over a
+  sharded axis must name its result's sharding. The project's jitted functions fix the shardings
+  of their inputs and outputs (this module's rules) and leave the inside to XLA's propagation, so
+  they lay their arrays out on the Auto form of whatever mesh they are given: the same devices and
+  layout, the same numbers on Explicit and Auto meshes.
+  """
+  types = getattr(mesh, "axis_types", None)
+  if not types or all(t == AxisType.Auto for t in types):
+    return mesh
+  return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def _named(mesh: Mesh, spec: P) -> NamedSharding:
+  return NamedSharding(auto_mesh(mesh), spec)
+
+
+def to_auto(tree: Any) -> Any:
+  """`tree` with each array on an Explicit-typed mesh relabelled onto its `auto_mesh` (no copy).
+
+  A jitted function traces with its arguments' sharding types, so an array a user placed on an
+  Explicit mesh would make the project's Auto-mode programs fail to trace.
+  """
+
+  def relabel(x):
+    sharding = getattr(x, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+      return x
+    mesh = auto_mesh(sharding.mesh)
+    if mesh is sharding.mesh:
+      return x
+    return jax.device_put(x, NamedSharding(mesh, sharding.spec))
+
+  return jax.tree.map(relabel, tree)
 
 
 def fsdp_min_size(config: ml_collections.ConfigDict) -> int:
@@ -82,7 +120,7 @@ def param_shardings(params, mesh: Mesh, *, fsdp_min_size: int = 0):
   """`NamedSharding`s of a parameter tree (arrays or `jax.ShapeDtypeStruct`s) by the FSDP rule."""
   size = mesh.shape[DATA_AXIS]
   return jax.tree.map(
-    lambda x: NamedSharding(mesh, fsdp_partition_spec(np.shape(x), size, fsdp_min_size)), params
+    lambda x: _named(mesh, fsdp_partition_spec(np.shape(x), size, fsdp_min_size)), params
   )
 
 
@@ -92,7 +130,7 @@ def optimizer_shardings(tx, opt_state, params_shardings, mesh: Mesh):
   Counters and other non-parameter leaves are replicated. Uses `optax.tree_map_params`, so it
   follows the structure `tx.init` builds (chains, masks, `multi_transform`).
   """
-  replicated = NamedSharding(mesh, P())
+  replicated = _named(mesh, P())
   return optax.tree_utils.tree_map_params(
     tx,
     lambda _, sharding: sharding,
@@ -112,7 +150,7 @@ def state_shardings(state, mesh: Mesh, *, fsdp_min_size: int = 0):
   Returns:
     A `TrainState` of the same structure whose leaves are `NamedSharding`s.
   """
-  replicated = NamedSharding(mesh, P())
+  replicated = _named(mesh, P())
   params = param_shardings(state.params, mesh, fsdp_min_size=fsdp_min_size)
   probe_params = param_shardings(state.probe_params, mesh, fsdp_min_size=fsdp_min_size)
   if state.probe_tx is not None:
@@ -140,7 +178,7 @@ def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
   if not sharded:
     return tree
   mesh = sharded[0].sharding.mesh if mesh is None else mesh
-  replicated = NamedSharding(mesh, P())
+  replicated = _named(mesh, P())
   return jax.jit(lambda t: t, out_shardings=jax.tree.map(lambda _: replicated, tree))(tree)
 
 
@@ -176,7 +214,7 @@ def shard_batch(tree: Any, mesh: Mesh | None) -> Any:
   """
   if mesh is None:
     return jax.tree.map(jnp.asarray, tree)
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  sharding = _named(mesh, P(DATA_AXIS))
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
 
 
@@ -184,7 +222,7 @@ def put_replicated(tree: Any, mesh: Mesh | None) -> Any:
   """`tree` (host or device arrays) placed whole on every device of `mesh`; unchanged for None."""
   if mesh is None:
     return tree
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return jax.device_put(tree, _named(mesh, P()))
 
 
 def to_host(x: Any) -> np.ndarray:
@@ -207,8 +245,8 @@ def to_host(x: Any) -> np.ndarray:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batches are split over the devices on their first axis: `NamedSharding(mesh, P("data"))`."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Batches are split over the devices on their first axis: `_named(mesh, P("data"))`."""
+  return _named(mesh, P(DATA_AXIS))
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -86,8 +86,9 @@ class TrainResult:
     state: the final `TrainState` (on the devices).
     step: updates done (== total steps unless preempted).
     total_steps: the run's length.
-    preempted: True when SIGTERM stopped the run: in pretraining (a checkpoint at `step` was
-      saved) or in the final evaluation (`step == total_steps`; nothing of it was written).
+    preempted: True when SIGTERM or Ctrl-C (SIGINT) stopped the run: in pretraining (a
+      checkpoint at `step` was saved) or in the final evaluation (`step == total_steps`; nothing
+      of it was written).
     num_compiles: how many times the train step was traced (1 in a healthy run).
     history: `[(step, scalars)]` of every logged step of this invocation.
     evaluation: the end-of-run evaluation's results (None when not run).
@@ -100,6 +101,7 @@ class TrainResult:
   num_compiles: int
   history: list[tuple[int, dict[str, float]]]
   evaluation: Any = None
+  stop_signal: str | None = None  # "SIGTERM" or "SIGINT" when `preempted`.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -119,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       checkpoint written before it is kept. With `config.optim.skip_nonfinite`: after
       `config.optim.max_consecutive_skips` skipped steps in a row (`barlow_jax.spike_guard`).
   """
-  # SIGTERM from here on saves and stops (during start-up: stops before the first step).
+  # SIGTERM or Ctrl-C from here on saves and stops (during start-up: before the first step).
   flag = preemption.PreemptionFlag()
   try:
     return _train_and_evaluate(config, workdir, flag)
@@ -355,6 +357,7 @@ def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
     history=loop.history,
   )
   if loop.preempted:
+    result.stop_signal = flag.signal_name
     setup.manager.close()
     writer.close()
     return result
@@ -368,8 +371,11 @@ def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
       setup.workdir,
       train_state.backbone_of(loop.state),
       should_stop=lambda: flag.received,
+      checkpoint_step=loop.step,
     )
     result.preempted = stopped
+  if result.preempted:
+    result.stop_signal = flag.signal_name
   return result
 
 

@@ -284,7 +284,7 @@ def metric_writer(setup: RunSetup) -> metric_writers.MetricWriter:
     writer = metric_writers.MultiWriter(
       [
         metric_writers.create_default_writer(setup.workdir, asynchronous=True),
-        metrics_file.JsonlWriter(setup.workdir),
+        metrics_file.JsonlWriter(setup.workdir, purge_step=setup.start_step),
       ]
     )
   else:

@@ -202,6 +202,7 @@ class TracedStep:
       self.num_traces += 1
       return train_step(state, batch, monitor, config=config)
 
+    mesh = parallel.auto_mesh(mesh)  # The same layout on an Explicit mesh (parallel.auto_mesh).
     if shardings is None:
       shardings = parallel.state_shardings(
         state, mesh, fsdp_min_size=parallel.fsdp_min_size(config)
@@ -217,7 +218,7 @@ class TracedStep:
 
   def __call__(self, state, batch, monitor: bool):
     before = self.num_traces
-    out = self._fn(state, batch, np.bool_(monitor))
+    out = self._fn(*parallel.to_auto((state, batch)), np.bool_(monitor))
     if self.num_traces > before and self.num_traces > 1:
       shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype)), batch)
       logging.warning(
@@ -230,7 +231,7 @@ class TracedStep:
 
   def lower(self, state, batch, monitor: bool = False):
     """The jitted step lowered for these arguments (`.cost_analysis()`, `.compile()`)."""
-    return self._fn.lower(state, batch, np.bool_(monitor))
+    return self._fn.lower(*parallel.to_auto((state, batch)), np.bool_(monitor))
 
 
 def jit_train_step(config, mesh: Mesh, state: TrainState, *, shardings=None) -> TracedStep:

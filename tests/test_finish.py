@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import configs_tiny
+import numpy as np
 import pytest
 
 from barlow_jax import checkpointing, finish, progress, train
@@ -201,3 +202,178 @@ def test_two_processes_evaluate_once_on_process_0(tmp_path):
   assert re.findall(r"^\[p(\d)\] .*Final evaluation \[1/", output, re.MULTILINE) == ["0"]
   assert re.search(r"^\[p1\] .*Waiting for process 0's final evaluation", output, re.MULTILINE)
   assert (workdir / checkpointing.RESULTS_JSON).exists()
+
+
+# ------------------------------------------------------------------ extending a finished run
+
+
+@pytest.fixture(scope="module")
+def extended(three_runs, tmp_path_factory):
+  """Issue 26, items 9 and 3: the finished 3-step run extended to 6 steps; Ctrl-C (SIGINT) lands
+  in the extension's final evaluation, and the same command then finishes it.
+
+  Returns (workdir, [(result, snapshot)] of the interrupted extension and of its rerun).
+  """
+  workdir = str(tmp_path_factory.mktemp("extended") / "wd")
+  subprocess.run(["cp", "-a", three_runs[0], workdir], check=True)
+  config = _config()
+  config.num_train_steps = 6
+  original = baselines.evaluate_features
+  calls = []
+
+  def sigint_in_second_row(name, *args, **kwargs):
+    calls.append(name)
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGINT)
+    return original(name, *args, **kwargs)
+
+  runs = []
+  baselines.evaluate_features = sigint_in_second_row
+  try:
+    runs.append((train.train_and_evaluate(config, workdir), _snapshot(workdir)))
+  finally:
+    baselines.evaluate_features = original
+  runs.append((train.train_and_evaluate(config, workdir), _snapshot(workdir)))
+  return workdir, runs
+
+
+def test_ctrl_c_in_the_final_evaluation_stops_cleanly_and_the_rerun_finishes(three_runs, extended):
+  (stopped, files), (rerun, _) = extended[1]
+  assert stopped.preempted and stopped.stop_signal == "SIGINT" and stopped.evaluation is None
+  assert stopped.step == stopped.total_steps == 6
+  before = three_runs[1][1][1]  # The files after the 3-step run's finished evaluation.
+  # Nothing of the interrupted evaluation was written: the old table is still there, as it was.
+  assert files[checkpointing.RESULTS_JSON] == before[checkpointing.RESULTS_JSON]
+  assert not [name for name in files if ".tmp." in name]
+  assert not rerun.preempted and rerun.evaluation is not None
+
+
+def test_extending_a_finished_run_recomputes_its_results(three_runs, extended):
+  workdir, runs = extended
+  finished = three_runs[1][1][1]  # The files after the 3-step run's finished evaluation.
+  old = json.loads(finished[checkpointing.RESULTS_JSON][0])
+  result, files = runs[1]
+  results = json.loads(files[checkpointing.RESULTS_JSON][0])
+  assert results == result.evaluation
+  assert results["checkpoint_step"] == 6 and results["pretrain_steps"] == 6
+  exported, _ = checkpointing.load_backbone(os.path.join(workdir, checkpointing.BACKBONE))
+  assert results["backbone_sha256"] == finish.backbone_digest(exported)
+  assert results["backbone_sha256"] != old["backbone_sha256"]
+  assert old["checkpoint_step"] == 3
+  md = files[checkpointing.RESULTS_MD][0].decode()
+  assert f"checkpoint step 6 (sha256 {results['backbone_sha256'][:12]})" in md
+  # pretraining.json follows the run's last step, with the 3-step run's time carried over.
+  record = json.loads(files[checkpointing.PRETRAINING_JSON][0])
+  first = json.loads(finished[checkpointing.PRETRAINING_JSON][0])
+  assert record["step"] == 6 and record["total_steps"] == 6 and record["finished"]
+  assert record["seconds"] > first["seconds"] == record["seconds_at_step"]["3"]
+  assert results["pretrain_seconds"] == record["seconds"]
+
+
+def test_results_of_an_older_format_naming_other_steps_are_recomputed(monkeypatch, tmp_path):
+  # A results.json written before the backbone was recorded: its pretrain_steps decide.
+  config = _config()
+  settings = finish.evaluation_settings(config)
+  old = {"rows": [], "evaluation_settings": settings, "pretrain_steps": 4}
+  checkpointing.write_json(os.path.join(tmp_path, checkpointing.RESULTS_JSON), old)
+  calls = []
+
+  def fake_evaluation(config, workdir, variables, **kwargs):
+    calls.append(kwargs)
+    return {"rows": [], **kwargs["source"]}
+
+  monkeypatch.setattr(final_table, "run_final_evaluation", fake_evaluation)
+  backbone = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}}
+  results, _ = finish.final_evaluation(
+    config, str(tmp_path), backbone, should_stop=lambda: False, checkpoint_step=8
+  )
+  assert len(calls) == 1 and calls[0]["pretrain_steps"] == 8
+  assert results["checkpoint_step"] == 8
+  # Same steps, older format: kept.
+  old["pretrain_steps"] = 8
+  checkpointing.write_json(os.path.join(tmp_path, checkpointing.RESULTS_JSON), old)
+  finish.final_evaluation(
+    config, str(tmp_path), backbone, should_stop=lambda: False, checkpoint_step=8
+  )
+  assert len(calls) == 1
+
+
+def test_results_that_cannot_be_recomputed_are_marked_stale(monkeypatch, tmp_path):
+  config = _config()
+  config.eval.supervised = True
+  config.eval.supervised_match = "time"
+  settings = finish.evaluation_settings(config)
+  old = {"rows": [], "evaluation_settings": settings, "checkpoint_step": 3}
+  old["backbone_sha256"] = "0" * 64
+  checkpointing.write_json(os.path.join(tmp_path, checkpointing.RESULTS_JSON), old)
+  checkpointing.write_text(os.path.join(tmp_path, checkpointing.RESULTS_MD), "| table |\n")
+  monkeypatch.setattr(final_table, "run_final_evaluation", lambda *a, **k: 1 / 0)
+  backbone = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}}
+  results, stopped = finish.final_evaluation(
+    config, str(tmp_path), backbone, should_stop=lambda: False, checkpoint_step=6
+  )
+  assert not stopped and "step 3" in results["stale"] and "now step 6" in results["stale"]
+  assert json.loads((tmp_path / checkpointing.RESULTS_JSON).read_text())["stale"]
+  md = (tmp_path / checkpointing.RESULTS_MD).read_text()
+  assert md.startswith("STALE: the backbone changed") and md.endswith("| table |\n")
+
+
+# ------------------------------------------------------------------ process 0 only
+
+
+def test_only_process_0_prints_a_finished_runs_results_md(monkeypatch, tmp_path, capsys):
+  """Issue 27, item 12: a rerun of a finished run prints results.md once, on process 0."""
+  config = _config()
+  backbone = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}}
+  digest = finish.backbone_digest(backbone)
+  results = {"rows": [], "evaluation_settings": finish.evaluation_settings(config)}
+  results.update(checkpoint_step=3, backbone_sha256=digest)
+  checkpointing.write_json(os.path.join(tmp_path, checkpointing.RESULTS_JSON), results)
+  checkpointing.write_text(os.path.join(tmp_path, checkpointing.RESULTS_MD), "| the table |\n")
+  printed = {}
+  for index in (1, 0):
+    monkeypatch.setattr(finish.jax, "process_index", lambda index=index: index)
+    got, stopped = finish.final_evaluation(
+      config, str(tmp_path), backbone, should_stop=lambda: False, checkpoint_step=3
+    )
+    assert got == results and not stopped
+    printed[index] = capsys.readouterr().out
+  assert printed == {1: "", 0: "| the table |\n\n"}
+
+
+def test_only_process_0_writes_pretraining_json(monkeypatch, tmp_path):
+  path = tmp_path / checkpointing.PRETRAINING_JSON
+  monkeypatch.setattr(finish.jax, "process_index", lambda: 1)
+  clock = finish.PretrainingClock(str(tmp_path), 0)
+  clock.saved(2, 1.5, total_steps=4)
+  clock.saved(4, 3.0, total_steps=4, finished=True)
+  assert not path.exists()
+  monkeypatch.setattr(finish.jax, "process_index", lambda: 0)
+  clock.saved(4, 3.0, total_steps=4, finished=True)
+  assert json.loads(path.read_text())["step"] == 4
+  # Process 1 leaves process 0's record alone too (an extension's saves included).
+  before = path.read_bytes()
+  monkeypatch.setattr(finish.jax, "process_index", lambda: 1)
+  extension = finish.PretrainingClock(str(tmp_path), 4)
+  extension.saved(8, 2.0, total_steps=8, finished=True)
+  assert path.read_bytes() == before
+
+
+def test_the_pretraining_record_follows_an_extension_and_ignores_a_plain_rerun(tmp_path):
+  path = tmp_path / checkpointing.PRETRAINING_JSON
+  clock = finish.PretrainingClock(str(tmp_path), 0)
+  clock.saved(4, 10.0, total_steps=4, finished=True)
+  before = path.read_bytes()
+  rerun = finish.PretrainingClock(str(tmp_path), 4)  # The same command again: trains nothing.
+  rerun.saved(4, 0.5, total_steps=4, finished=True)
+  assert path.read_bytes() == before
+  extension = finish.PretrainingClock(str(tmp_path), 4)  # --config.num_train_steps=8
+  extension.saved(6, 4.0, total_steps=8)
+  extension.saved(8, 8.0, total_steps=8, finished=True)
+  record = json.loads(path.read_text())
+  assert record["step"] == 8 and record["total_steps"] == 8 and record["finished"]
+  assert record["seconds"] == 18.0 and record["seconds_at_step"] == {
+    "4": 10.0,
+    "6": 14.0,
+    "8": 18.0,
+  }

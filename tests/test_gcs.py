@@ -102,6 +102,8 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
     metrics_file.read_metrics(tmp_path / "local"),
   )
   assert sorted(logged) == sorted(expected) and logged, (sorted(logged), sorted(expected))
+  # One object per invocation (each at most LINES_PER_OBJECT lines), not one rewritten whole.
+  assert {"metrics.jsonl", "metrics.jsonl.1"} <= set(files), files
   assert logged[STEPS]["loss"] == pytest.approx(expected[STEPS]["loss"], rel=1e-5)
 
   # Evaluation: the backbone read from the bucket, the tables written there.

@@ -1,6 +1,7 @@
 """`python -m barlow_jax.main`: config files, locked overrides, and (slow) a whole run + resume."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -127,3 +128,87 @@ def test_the_process_exits_promptly_after_the_results_table(tmp_path):
   # Normal teardown (results written, interpreter and XLA shut down) takes 1-7 s on a shared
   # 2-core CPU at load ~10.
   assert exited - table[-1] < 12.0, text[-1500:]
+
+
+def _paused_run(workdir, sync_dir, pause_at: int) -> subprocess.Popen:
+  """`tests/scale_out_worker.py` (main with a pause hook) on the tiny config, held at batch
+  `pause_at` until `sync_dir/go` exists; its output goes to `workdir/../log`."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT, os.path.join(_ROOT, "tests"), env.get("PYTHONPATH", "")]
+  )
+  env.update(
+    SCALE_OUT_PAUSE_AT=str(pause_at),
+    SCALE_OUT_SYNC_DIR=str(sync_dir),
+    SCALE_OUT_PAUSE_PROCESSES="0",
+  )
+  log = open(os.path.join(sync_dir, "log"), "w")
+  return subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(_ROOT, "tests", "scale_out_worker.py"),
+      "--config=tests/configs_tiny.py",
+      f"--workdir={workdir}",
+    ],
+    cwd=_ROOT,
+    env=env,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
+
+
+def _wait_for(path, proc, timeout: float = 300.0) -> None:
+  import time
+
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    assert proc.poll() is None, f"the run exited ({proc.returncode}) before pausing"
+    assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+    time.sleep(0.1)
+
+
+def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
+  """Issue 26, item 3: SIGINT is handled as SIGTERM is (a checkpoint at the step it stopped at,
+  a clean exit with "rerun to resume"), and the same command then runs to the end."""
+  import signal
+
+  workdir, sync = tmp_path / "run", tmp_path / "sync"
+  sync.mkdir()
+  proc = _paused_run(workdir, sync, pause_at=3)
+  _wait_for(sync / "paused.0", proc)
+  proc.send_signal(signal.SIGINT)
+  (sync / "go").write_text("")
+  code = proc.wait(timeout=300)
+  log = (sync / "log").read_text()
+  assert code == 0, log[-3000:]
+  assert "KeyboardInterrupt" not in log, log[-3000:]
+  assert "SIGINT (Ctrl-C) received" in log, log[-3000:]
+  stopped = re.search(r"Stopped at step (\d+)/14 on SIGINT; rerun to resume", log)
+  assert stopped, log[-3000:]
+  step = int(stopped.group(1))
+  assert 1 <= step < 14
+  assert sorted(os.listdir(workdir / "checkpoints"))[-1] == str(step)
+  again = _main("--config=tests/configs_tiny.py", f"--workdir={workdir}", timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert re.search(rf"Resuming from .*step {step}\b", again.stderr), again.stderr[-3000:]
+  assert "step 14/14" in again.stderr, again.stderr[-3000:]
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+  import signal
+  import time
+
+  workdir, sync = tmp_path / "run", tmp_path / "sync"
+  sync.mkdir()
+  proc = _paused_run(workdir, sync, pause_at=3)
+  _wait_for(sync / "paused.0", proc)
+  proc.send_signal(signal.SIGINT)
+  log_path = sync / "log"
+  deadline = time.monotonic() + 60
+  while "SIGINT (Ctrl-C) received" not in log_path.read_text():
+    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGINT)  # Still paused: only the second signal can end it.
+  code = proc.wait(timeout=30)
+  assert code == -signal.SIGINT, log_path.read_text()[-3000:]
+  assert not (sync / "go").exists()

@@ -4,6 +4,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from clu import metric_writers
 
 from barlow_jax import metrics_file
@@ -67,3 +68,95 @@ def test_a_step_logged_again_after_a_resume_takes_the_later_values(tmp_path):
 
 def test_no_file_reads_as_no_metrics(tmp_path):
   assert metrics_file.read_metrics(tmp_path) == {}
+
+
+def _run(tmp_path, steps, *, purge_step=None, object_store=None):
+  writer = metrics_file.JsonlWriter(tmp_path, purge_step=purge_step, object_store=object_store)
+  for step in steps:
+    writer.write_scalars(step, {"loss": float(step)})
+  writer.close()
+
+
+@pytest.mark.parametrize("object_store", [False, True])
+def test_a_resume_drops_the_abandoned_invocations_later_steps(tmp_path, object_store):
+  """Issue 27, item 6: logged at 5, 10, 15, 20, killed, resumed from the step-12 checkpoint and run
+  to 14: the run's metrics are 5, 10, 14 (TensorBoard's purge_step)."""
+  _run(tmp_path, [5, 10, 15, 20], object_store=object_store)
+  _run(tmp_path, [14], purge_step=12, object_store=object_store)
+  assert metrics_file.read_metrics(tmp_path) == {
+    5: {"loss": 5.0},
+    10: {"loss": 10.0},
+    14: {"loss": 14.0},
+  }
+  # A later resume from 14 keeps everything up to 14.
+  _run(tmp_path, [15], purge_step=14, object_store=object_store)
+  assert sorted(metrics_file.read_metrics(tmp_path)) == [5, 10, 14, 15]
+
+
+@pytest.mark.parametrize("object_store", [False, True])
+def test_a_resume_before_logging_anything_still_drops_the_later_steps(tmp_path, object_store):
+  # The mark goes with the first write: an invocation that logs nothing changes nothing, and
+  # the next one that does log marks its own start step.
+  _run(tmp_path, [5, 10, 15], object_store=object_store)
+  _run(tmp_path, [], purge_step=8, object_store=object_store)
+  assert sorted(metrics_file.read_metrics(tmp_path)) == [5, 10, 15]
+  _run(tmp_path, [9], purge_step=8, object_store=object_store)
+  assert sorted(metrics_file.read_metrics(tmp_path)) == [5, 9]
+
+
+def _count_uploads(monkeypatch, tmp_path):
+  """Bytes written through `epath.Path.write_text` (the object-store branch's only write)."""
+  written = []
+  path_type = type(metrics_file.checkpointing.path(tmp_path))
+  original = path_type.write_text
+
+  def counting(self, data, *args, **kwargs):
+    written.append(len(data.encode()))
+    return original(self, data, *args, **kwargs)
+
+  monkeypatch.setattr(path_type, "write_text", counting)
+  return written
+
+
+def test_object_store_writes_upload_bounded_bytes_and_read_back_in_order(tmp_path, monkeypatch):
+  """Issue 27, item 7: on gs:// (forced here on a local path) each write uploads at most
+  LINES_PER_OBJECT lines, not the whole file: 1000 writes upload a bounded multiple of the data."""
+  written = _count_uploads(monkeypatch, tmp_path)
+  n = 1000
+  writer = metrics_file.JsonlWriter(tmp_path, object_store=True)
+  for step in range(1, n + 1):
+    writer.write_scalars(step, {"loss": 1.0 / step, "lr_weights": 0.2})
+  writer.close()
+  assert not hasattr(writer, "_file") or writer._file is None  # Never opened for append.
+  lines = [
+    line
+    for part in [tmp_path / metrics_file.FILENAME]
+    + [tmp_path / f"{metrics_file.FILENAME}.{i}" for i in range(1, 20)]
+    for line in part.read_text().splitlines()
+  ]
+  total = sum(len(line) + 1 for line in lines)
+  assert len(written) == n
+  line_bytes = max(len(line) + 1 for line in lines)
+  assert max(written) <= metrics_file.LINES_PER_OBJECT * line_bytes
+  # Rewriting one object each time would upload ~n/2 times the file (500x here).
+  assert sum(written) <= (metrics_file.LINES_PER_OBJECT / 2 + 1) * total
+  assert sum(written) < 0.1 * (n / 2) * total
+  logged = metrics_file.read_metrics(tmp_path)
+  assert sorted(logged) == list(range(1, n + 1))
+  assert logged[n]["loss"] == pytest.approx(1.0 / n)
+  # Numeric, not lexical, order of the parts: part 10 after part 9.
+  assert (tmp_path / f"{metrics_file.FILENAME}.10").exists()
+  (tmp_path / f"{metrics_file.FILENAME}.10").write_text('{"step": 505, "loss": -1.0}\n')
+  (tmp_path / f"{metrics_file.FILENAME}.9").write_text('{"step": 505, "loss": -9.0}\n')
+  assert metrics_file.read_metrics(tmp_path)[505]["loss"] == -1.0
+
+
+@pytest.mark.parametrize("object_store", [False, True])
+def test_both_branches_read_back_what_two_invocations_wrote(tmp_path, object_store):
+  # The gs:// branch exercised on a local path (the bucket test, tests/test_gcs.py, is slow).
+  _run(tmp_path, [5, 10], object_store=object_store)
+  _run(tmp_path, [15, 20], purge_step=10, object_store=object_store)
+  assert metrics_file.read_metrics(tmp_path) == {s: {"loss": float(s)} for s in (5, 10, 15, 20)}
+  names = sorted(p.name for p in tmp_path.iterdir())
+  expected = [metrics_file.FILENAME] + ([f"{metrics_file.FILENAME}.1"] if object_store else [])
+  assert names == expected

@@ -307,3 +307,48 @@ def test_host_batches_onto_the_mesh_and_back():
   assert len(replicated["image"].devices()) == 8
   assert parallel.put_replicated(batch, None) is batch
   assert parallel.local_mesh().devices.size == jax.local_device_count() == 8
+
+
+def test_the_train_step_and_feature_step_on_an_explicit_mesh(sharded_and_replicated_runs, devices):
+  """Issue 26, item 1: `jax.make_mesh` gives Explicit axes by default; the project's jitted
+  functions (state init, the train step with FSDP, feature extraction) run on such a mesh and give
+  the Auto mesh's numbers. Batches placed on the Explicit mesh by the caller are accepted too."""
+  from barlow_jax.evaluation import features
+
+  mesh = jax.make_mesh((8,), ("data",), devices=devices)
+  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+  config = fsdp_config()
+  state = train_state.create_train_state(
+    config, jax.random.key(0), mesh=mesh, steps_per_epoch=10, num_classes=10
+  )
+  step = train_step.jit_train_step(config, mesh, state)
+  rng = np.random.default_rng(0)
+  metrics = []
+  for i in range(3):
+    batch = {
+      "view_a": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+      "view_b": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+      "label": rng.integers(0, 10, size=16).astype(np.int32),
+    }
+    on_mesh = jax.device_put(batch, NamedSharding(mesh, P("data")))  # Explicit-typed arrays.
+    state, m = step(state, on_mesh, i == 2)
+    metrics.append(jax.device_get(m))
+  assert step.num_traces == 1
+  (auto_state, auto_metrics, _), _ = sharded_and_replicated_runs
+  assert state.params["projector"]["linear1"]["kernel"].sharding.spec == P(None, "data")
+  for name in ("params", "batch_stats", "opt_state", "probe_params"):
+    error = _relative_error(getattr(state, name), getattr(auto_state, name))
+    assert error < 1e-6, (name, error)
+  for m_e, m_a in zip(metrics, auto_metrics, strict=True):
+    for key in ("loss", "grad_norm", "param_norm", "probe_loss", "representation_rank"):
+      np.testing.assert_allclose(m_e[key], m_a[key], rtol=1e-6, err_msg=key)
+
+  backbone = state.model.backbone
+  variables = train_state.backbone_of(state)
+  images = rng.normal(size=(16, 16, 16, 3)).astype(np.float32)
+  batches = lambda: features.array_batches(images, np.zeros(16, np.int32), 16)
+  explicit, _ = features.extract_features(backbone, variables, batches(), mesh=mesh)
+  auto, _ = features.extract_features(
+    backbone, variables, batches(), mesh=parallel.create_mesh(devices)
+  )
+  np.testing.assert_allclose(explicit, auto, rtol=1e-6, atol=1e-6)

@@ -44,6 +44,7 @@ def run_final_evaluation(
   mesh: Mesh | None = None,
   should_stop: Callable[[], bool] | None = None,
   settings: Mapping[str, Any] | None = None,
+  source: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """The end-of-pretraining results table for a labelled in-memory dataset; writes it to workdir.
 
@@ -75,6 +76,8 @@ def run_final_evaluation(
       returns True, `progress.Stopped` is raised and nothing is written.
     settings: recorded as results["evaluation_settings"] (what the table was computed with;
       `barlow_jax.finish` compares it on a rerun).
+    source: what the backbone is (`{"checkpoint_step", "backbone_sha256"}`, from
+      `barlow_jax.finish`), recorded in results.json and named in results.md.
 
   Each row is logged as it starts (with the ETA of the rest) and ends; the supervised reference
   logs its steps' progress.
@@ -96,6 +99,8 @@ def run_final_evaluation(
   results["eval_seconds"] = time.perf_counter() - total_t0
   if settings is not None:
     results["evaluation_settings"] = dict(settings)
+  if source is not None:
+    results.update(source)
   write_results(workdir, results)
   return results
 
@@ -332,6 +337,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     + (", features standardised" if knn.get("standardize") else "")
     + (f"; {', '.join(extra)}." if extra else "."),
   ]
+  if results.get("backbone_sha256"):
+    lines.append(
+      f"Computed from the backbone of checkpoint step {results.get('checkpoint_step')} "
+      f"(sha256 {results['backbone_sha256'][:12]})."
+    )
   return "\n".join(lines) + "\n"
 
 
