@@ -243,3 +243,52 @@ def set_projector(config: ml_collections.ConfigDict, projector: str) -> None:
   config.model.projector = projector
   scale = projector_loss_scale(projector)
   config.optim.lr_biases = round(float(config.optim.lr_weights) * scale, 10)
+
+
+def solo_learn_small_recipe(config: ml_collections.ConfigDict, *, stem: str) -> None:
+  """solo-learn's ResNet-18 Barlow Twins optimisation (scripts/pretrain/cifar/barlow.yaml).
+
+  A ResNet-18 (`stem` "cifar" or "imagenet") with a 2048-2048-2048 projector in bfloat16,
+  lambda 0.0051, and LARS at lr 0.3 per 256 for weights and for biases / BN (solo-learn excludes
+  them from the trust ratio and decay but gives them the same rate), trust coefficient 0.02,
+  weight decay 1e-4, momentum 0.9, 10 warm-up epochs then cosine, and solo-learn's loss scale
+  0.1 as `optim.gradient_scale` (it matters for the biases / BN only: LARS's trust ratio cancels
+  it on the weights except against the decay). The CIFAR, STL-10 and ImageNet-100 presets share it.
+  """
+  config.model.backbone = "ResNet18"
+  config.model.stem = stem
+  config.model.width = 1.0
+  config.model.projector = "2048-2048-2048"
+  config.model.dtype = "bfloat16"
+  config.loss.lambd = 0.0051
+  config.optim.name = "lars"
+  config.optim.lr_weights = 0.3
+  config.optim.lr_biases = 0.3
+  config.optim.eta = 0.02
+  config.optim.weight_decay = 1e-4
+  config.optim.momentum = 0.9
+  config.optim.schedule = "warmup_cosine"
+  config.optim.warmup_epochs = 10.0
+  config.optim.gradient_scale = 0.1
+
+
+def shrink_for_local(config: ml_collections.ConfigDict, *, image_size: int | None = None) -> None:
+  """The presets' `:runlocal` variant: 2 steps of batch 16 in float32, a quarter-width network
+  with a 256-256-256 projector, no warm-up, no kNN monitor and no end-of-run table; crops of
+  `image_size` pixels (resized whole for evaluation) when given."""
+  if image_size is not None:
+    config.dataset.image_size = image_size
+    config.dataset.eval_resize = image_size
+  config.dataset.shuffle_buffer = 1000
+  config.model.width = 0.25
+  config.model.projector = "256-256-256"
+  config.model.dtype = "float32"
+  config.batch_size = 16
+  config.num_train_steps = 2
+  config.num_train_examples = 1024
+  config.optim.warmup_epochs = 0.0
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.image_every_steps = 2
+  config.eval_every_steps = 0
+  config.eval.final = False

@@ -24,7 +24,7 @@ Local variant (`:runlocal`): 20 steps of batch 32, float32, a quarter-width netw
     python -m barlow_jax.main --config=configs/cifar10_resnet18.py:runlocal --workdir=/tmp/c10
 """
 
-from barlow_jax.config import base_config
+from barlow_jax.config import base_config, solo_learn_small_recipe
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -48,23 +48,7 @@ def get_config(arg: str | None = None):
     view.blur_prob = 0.0
     view.solarize_prob = solarize
 
-  config.model.backbone = "ResNet18"
-  config.model.stem = "cifar"
-  config.model.width = 1.0
-  config.model.projector = "2048-2048-2048"
-  config.model.dtype = "bfloat16"
-
-  config.loss.lambd = 0.0051
-
-  config.optim.name = "lars"
-  config.optim.lr_weights = 0.3
-  config.optim.lr_biases = 0.3
-  config.optim.eta = 0.02
-  config.optim.weight_decay = 1e-4
-  config.optim.momentum = 0.9
-  config.optim.schedule = "warmup_cosine"
-  config.optim.warmup_epochs = 10.0
-  config.optim.gradient_scale = 0.1
+  solo_learn_small_recipe(config, stem="cifar")
 
   config.batch_size = 256
   config.num_epochs = 1000.0

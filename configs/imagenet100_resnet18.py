@@ -25,7 +25,7 @@ Local variant (`:runlocal`): 2 steps of batch 16 at 64 px, float32, a quarter-wi
     python -m barlow_jax.main --config=configs/imagenet100_resnet18.py:runlocal --workdir=/tmp/in100
 """
 
-from barlow_jax.config import base_config
+from barlow_jax.config import base_config, shrink_for_local, solo_learn_small_recipe
 
 
 def get_config(arg: str | None = None):
@@ -38,23 +38,7 @@ def get_config(arg: str | None = None):
   config.dataset.image_size = 224
   config.dataset.eval_resize = 256
 
-  config.model.backbone = "ResNet18"
-  config.model.stem = "imagenet"
-  config.model.width = 1.0
-  config.model.projector = "2048-2048-2048"
-  config.model.dtype = "bfloat16"
-
-  config.loss.lambd = 0.0051
-
-  config.optim.name = "lars"
-  config.optim.lr_weights = 0.3
-  config.optim.lr_biases = 0.3
-  config.optim.eta = 0.02
-  config.optim.weight_decay = 1e-4
-  config.optim.momentum = 0.9
-  config.optim.schedule = "warmup_cosine"
-  config.optim.warmup_epochs = 10.0
-  config.optim.gradient_scale = 0.1
+  solo_learn_small_recipe(config, stem="imagenet")
 
   config.batch_size = 256
   config.num_epochs = 400.0
@@ -68,19 +52,8 @@ def get_config(arg: str | None = None):
   config.eval.final = False  # The end-of-run table reads whole splits into memory.
 
   if arg == "runlocal":
-    config.dataset.image_size = 64
-    config.dataset.eval_resize = 73
-    config.dataset.shuffle_buffer = 1000
-    config.model.width = 0.25
-    config.model.projector = "256-256-256"
-    config.model.dtype = "float32"
-    config.batch_size = 16
-    config.num_train_steps = 2
-    config.num_train_examples = 1024
-    config.optim.warmup_epochs = 0.0
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    config.image_every_steps = 2
+    shrink_for_local(config, image_size=64)
+    config.dataset.eval_resize = 73  # 256 / 224 of the crop, as at full size.
   elif arg:
     raise ValueError(f"configs/imagenet100_resnet18.py: unknown argument {arg!r}; use 'runlocal'.")
   return config

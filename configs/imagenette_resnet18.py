@@ -23,7 +23,7 @@ Local variant (`:runlocal`): 2 steps of batch 16 at 64 px, float32, a quarter-wi
     python -m barlow_jax.main --config=configs/imagenette_resnet18.py:runlocal --workdir=/tmp/inette
 """
 
-from barlow_jax.config import base_config
+from barlow_jax.config import base_config, shrink_for_local
 
 
 def get_config(arg: str | None = None):
@@ -64,20 +64,7 @@ def get_config(arg: str | None = None):
   config.online_probe = True
 
   if arg == "runlocal":
-    config.dataset.image_size = 64
-    config.dataset.eval_resize = 64
-    config.dataset.shuffle_buffer = 1000
-    config.model.width = 0.25
-    config.model.projector = "256-256-256"
-    config.model.dtype = "float32"
-    config.batch_size = 16
-    config.num_train_steps = 2
-    config.num_train_examples = 1024
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    config.image_every_steps = 2
-    config.eval_every_steps = 0
-    config.eval.final = False
+    shrink_for_local(config, image_size=64)
   elif arg:
     raise ValueError(f"configs/imagenette_resnet18.py: unknown argument {arg!r}; use 'runlocal'.")
   return config

@@ -21,7 +21,7 @@ Local variant (`:runlocal`): 2 steps of batch 16 at 32 px, float32, a quarter-wi
     python -m barlow_jax.main --config=configs/stl10_resnet18.py:runlocal --workdir=/tmp/stl10
 """
 
-from barlow_jax.config import base_config
+from barlow_jax.config import base_config, shrink_for_local, solo_learn_small_recipe
 
 
 def get_config(arg: str | None = None):
@@ -39,23 +39,7 @@ def get_config(arg: str | None = None):
     view.blur_prob = 0.0
     view.solarize_prob = solarize
 
-  config.model.backbone = "ResNet18"
-  config.model.stem = "cifar"
-  config.model.width = 1.0
-  config.model.projector = "2048-2048-2048"
-  config.model.dtype = "bfloat16"
-
-  config.loss.lambd = 0.0051
-
-  config.optim.name = "lars"
-  config.optim.lr_weights = 0.3
-  config.optim.lr_biases = 0.3
-  config.optim.eta = 0.02
-  config.optim.weight_decay = 1e-4
-  config.optim.momentum = 0.9
-  config.optim.schedule = "warmup_cosine"
-  config.optim.warmup_epochs = 10.0
-  config.optim.gradient_scale = 0.1
+  solo_learn_small_recipe(config, stem="cifar")
 
   config.batch_size = 256
   config.num_epochs = 1000.0
@@ -68,21 +52,7 @@ def get_config(arg: str | None = None):
   config.online_probe = False  # The unlabelled split has no labels.
 
   if arg == "runlocal":
-    config.dataset.image_size = 32
-    config.dataset.eval_resize = 32
-    config.dataset.shuffle_buffer = 1000
-    config.model.width = 0.25
-    config.model.projector = "256-256-256"
-    config.model.dtype = "float32"
-    config.batch_size = 16
-    config.num_train_steps = 2
-    config.num_train_examples = 1024
-    config.optim.warmup_epochs = 0.0
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    config.image_every_steps = 2
-    config.eval_every_steps = 0
-    config.eval.final = False
+    shrink_for_local(config, image_size=32)
   elif arg:
     raise ValueError(f"configs/stl10_resnet18.py: unknown argument {arg!r}; use 'runlocal'.")
   return config
