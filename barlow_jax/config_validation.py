@@ -6,7 +6,7 @@ sentinel (`-1` = unset / automatic, `0` = off). A value that is neither the sent
 range is refused with a `ValueError` that names the key, e.g. `num_train_steps=0` (the run
 length is either unset, -1, or a positive step count; 0 used to fall back to `num_epochs`).
 
-`validate_numbers(config)` is called by `validate_pretraining` (`train.validate_config`), by
+`validate_numbers(config)` is called by `validate_pretraining`, by
 `optim.create_schedules` (for the `optim` keys) and by `evaluate.evaluate` (standalone evaluation).
 `validate_pretraining(config)` is the one check of a pretraining config: the numbers, plus what
 involves the environment or the model (the batch against the device count, the projector and

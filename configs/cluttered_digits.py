@@ -1,7 +1,7 @@
 r"""Cluttered digits: the offline default job, pretraining then the evaluation table.
 
 The 8x8 scikit-learn digits rendered on 20x20 RGB canvases with random background and foreground
-colours, size and position (`barlow_jax.datasets.cluttered_digits`; 7,185 training images, 1,080
+colours, size and position (`barlow_jax.data.digits.cluttered_digits`; 7,185 training images, 1,080
 held-out). Colour and position are nuisances, and the augmentations vary exactly those (crop,
 colour jitter with a full hue turn, channel permutation, grayscale, blur, noise; no flip, no
 solarize). Network: ResNet-18 with the CIFAR stem at quarter width
