@@ -11,8 +11,8 @@ batch 128, 900 steps (16 epochs): 292 s of pretraining on 2 idle CPU cores (~400
 Ends with the evaluation table (`config.eval.final`: Barlow Twins, random init, raw pixels). The
 supervised reference (the same network trained with labels for as long as the pretraining took)
 is off here to keep the job short; the same command with `--config.eval.supervised=True` after
-the run adds it, matched to the recorded pretraining time (README, "The default job's results
-table"). Measured over seeds 0 and 1 (README, experiments/results/default_job): Barlow
+the run adds it, matched to the recorded pretraining time (docs/training.md, "The results
+table"). Measured over seeds 0 and 1 (docs/benchmarks.md, experiments/results/default_job): Barlow
 Twins linear 67.5 / 54.3%, random init at best 30.9 / 30.7%, raw pixels at best 21.7%.
 
     python -m barlow_jax.main --config=configs/cluttered_digits.py \
@@ -90,7 +90,7 @@ def get_config(arg: str | None = None):
   config.eval_every_steps = 350  # kNN monitor (a few seconds).
   config.online_probe = True
   config.online_probe_lr = 0.1
-  # Context, not a target, and as long as the pretraining: a second command (README).
+  # Context, not a target, and as long as the pretraining: a second command (docs/training.md).
   config.eval.supervised = False
 
   if arg == "runlocal":

@@ -1,4 +1,4 @@
-r"""The accelerator suite: one command that measures what the README's accelerator table reports.
+r"""The accelerator suite: one command that measures the accelerator table of docs/benchmarks.md.
 
     PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --out_dir=$OUT            # GPU / TPU
     PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --tiny --out_dir=/tmp/s   # CPU check
