@@ -2,7 +2,7 @@
 
 The sweep walks `config_validation.NUMERIC_KEYS`, which must cover every numeric key of the schema
 and of every shipped config, and sends each key's out-of-range values through the real entry
-points (`train.validate_config`, `optim.create_optimizer`, `evaluate.evaluate`).
+points (`config_validation.validate_pretraining`, `optim.create_optimizer`, `evaluate.evaluate`).
 """
 
 import importlib.util
@@ -13,7 +13,7 @@ import configs_tiny
 import pytest
 
 from barlow_jax import config as config_lib
-from barlow_jax import config_validation, evaluate, optim, train
+from barlow_jax import config_validation, evaluate, optim
 
 RULES = config_validation.NUMERIC_KEYS
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +126,7 @@ def test_an_invalid_value_is_refused_naming_the_key(devices, key, value):
   assert not RULES[key].accepts(value)
   config = _set(config_lib.base_config(), key, value)
   with pytest.raises(ValueError, match=rf"config\.{key}\b" + _ALSO_NAMED_AS.get(key, "")):
-    train.validate_config(config)
+    config_validation.validate_pretraining(config)
 
 
 @pytest.mark.parametrize(
@@ -150,13 +150,13 @@ def test_an_invalid_value_is_refused_naming_the_key(devices, key, value):
   ],
 )
 def test_the_sentinel_and_the_closed_bounds_are_accepted(devices, key, value):
-  train.validate_config(_set(config_lib.base_config(), key, value))
+  config_validation.validate_pretraining(_set(config_lib.base_config(), key, value))
 
 
 def test_zero_train_steps_is_refused_not_read_as_unset(devices):
   config = _set(config_lib.base_config(), "num_train_steps", 0)
   with pytest.raises(ValueError, match=r"config\.num_train_steps must be -1 \(unset.*\) or >= 1"):
-    train.validate_config(config)
+    config_validation.validate_pretraining(config)
 
 
 def test_the_optimizer_and_the_standalone_evaluation_check_their_keys(tmp_path):

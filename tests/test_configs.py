@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from barlow_jax import models, optim, train
+from barlow_jax import config_validation, models, optim
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("imagenet_resnet50", "cifar10_resnet18", "cluttered_digits", "digits")
@@ -30,7 +30,7 @@ def test_every_config_validates_and_builds_its_optimizer(devices, name, arg):
   module, config = load(name, arg)
   assert "python -m barlow_jax.main --config=configs/" in module.__doc__
   assert ":runlocal" in module.__doc__
-  train.validate_config(config)
+  config_validation.validate_pretraining(config)
   examples = config.num_train_examples if config.num_train_examples > 0 else None
   examples = examples or EXAMPLES[config.dataset.name]
   steps_per_epoch = examples // config.batch_size
