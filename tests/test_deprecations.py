@@ -5,7 +5,10 @@ new home's object; pytest (pyproject.toml) turns the project's own DeprecationWa
 modules that own them now.
 """
 
+import ast
 import importlib
+import json
+import pathlib
 import warnings
 
 import pytest
@@ -148,3 +151,60 @@ def test_every_table_entry_resolves(old):
   assert set(OLD_PATHS[old][1].split()) - {"validate_config"} <= set(table)
   for name, new in table.items():
     assert _deprecations.resolve(new) is not None, f"{old}.{name} -> {new}"
+
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tables() -> dict[str, set[str]]:
+  """Old module -> its deprecated names, read from the source (`_DEPRECATED = {...}`)."""
+  out = {}
+  for old in OLD_PATHS:
+    path = _REPO / (old.replace(".", "/") + ".py")
+    for node in ast.parse(path.read_text()).body:
+      if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_DEPRECATED":
+        out[old] = set(ast.literal_eval(node.value))
+  return out
+
+
+def _old_uses(source: str, tables: dict[str, set[str]]) -> list[str]:
+  tree = ast.parse(source)
+  alias, uses = {}, []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      for a in node.names:
+        if f"{node.module}.{a.name}" in tables:
+          alias[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif node.module in tables and a.name in tables[node.module]:
+          uses.append(f"line {node.lineno}: from {node.module} import {a.name}")
+    elif isinstance(node, ast.Import):
+      for a in node.names:
+        if a.name in tables and a.asname:
+          alias[a.asname] = a.name
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+      old = alias.get(node.value.id)
+      if old and node.attr in tables[old]:
+        uses.append(f"line {node.lineno}: {old}.{node.attr}")
+  return uses
+
+
+def _sources():
+  for folder in ("barlow_jax", "tests", "experiments", "configs"):
+    for path in sorted((_REPO / folder).rglob("*.py")):
+      if path != pathlib.Path(__file__).resolve():
+        yield path, path.read_text()
+  notebook = _REPO / "experiments" / "colab_demo.ipynb"
+  cells = json.loads(notebook.read_text())["cells"]
+  code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+  lines = [ln for c in code for ln in c.splitlines() if not ln.lstrip().startswith(("!", "%"))]
+  yield notebook, "\n".join(lines)
+
+
+def test_the_project_uses_no_old_name_anywhere():
+  # Also where pytest's error filter cannot see: slow tests, subprocess scripts, the notebook.
+  tables = _tables()
+  assert set(tables) == set(OLD_PATHS) and all(tables.values())
+  assert _old_uses("from barlow_jax import train\ntrain.create_mesh()", tables)
+  found = {str(p.relative_to(_REPO)): u for p, s in _sources() if (u := _old_uses(s, tables))}
+  assert not found, f"old import paths in use (import the new home instead): {found}"
