@@ -4,4 +4,4 @@ Importing the package is cheap: it loads neither TensorFlow nor TFDS. The input 
 them when it is built.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -34,6 +34,7 @@ from absl import app, flags
 from etils import epath
 
 from barlow_jax import checkpointing, cli, models
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.config_validation import UserError
 
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -320,25 +321,14 @@ def _numpy(value):
 # ------------------------------------------------------------------------------------------------
 # The backbone/ directory: orbax checkpoint + model_config.json.
 
-# The format is `barlow_jax.checkpointing`'s; these names are kept for existing callers.
-MODEL_CONFIG_FILE = checkpointing.MODEL_CONFIG_FILE
-full_model_config = checkpointing.full_model_config
-
-
-def save_backbone(directory: str, variables: Mapping, model_config: Mapping) -> None:
-  """Writes a backbone directory at `directory` (which must not exist yet):
-  `checkpointing.save_backbone`."""
-  checkpointing.save_backbone(directory, variables, model_config)
-
-
-def load_backbone(directory: str) -> tuple[dict, dict]:
-  """Reads a `backbone/` directory -> (variables {"params", "batch_stats"}, model_config dict),
-  host NumPy arrays whatever device count wrote it (`checkpointing.load_backbone`).
-
-  Build the flax module with `models.create_model(ml_collections.ConfigDict(model_config))
-  .backbone` or apply `BarlowTwins.represent` with `{"params": {"backbone": ...}, ...}`.
-  """
-  return checkpointing.load_backbone(directory)
+# The format is `barlow_jax.checkpointing`'s; the names this module had for it are deprecated.
+_DEPRECATED = {
+  "MODEL_CONFIG_FILE": "barlow_jax.checkpointing.MODEL_CONFIG_FILE",
+  "full_model_config": "barlow_jax.checkpointing.full_model_config",
+  "load_backbone": "barlow_jax.checkpointing.load_backbone",
+  "save_backbone": "barlow_jax.checkpointing.save_backbone",
+}
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
 
 
 def torch_file_to_backbone_dir(path: str, directory: str) -> dict:
@@ -348,17 +338,17 @@ def torch_file_to_backbone_dir(path: str, directory: str) -> dict:
   if epath.Path(directory).exists():
     raise UserError(f"--to={directory} already exists: choose a new --to directory or remove it.")
   backbone_sd, projector_sd = split_state_dict(load_torch_state_dict(path))
-  model_config = full_model_config(infer_model_config(backbone_sd, projector_sd))
+  model_config = checkpointing.full_model_config(infer_model_config(backbone_sd, projector_sd))
   backbone = models.create_model(ml_collections.ConfigDict(model_config)).backbone
   variables = backbone_from_torch(backbone_sd, backbone)
-  save_backbone(directory, variables, model_config)
+  checkpointing.save_backbone(directory, variables, model_config)
   return model_config
 
 
 def backbone_dir_to_torch_file(directory: str, path: str) -> None:
   """backbone/ directory -> a torchvision state dict saved with torch.save (no `fc.*`)."""
   torch = _import_torch()
-  variables, model_config = load_backbone(directory)
+  variables, model_config = checkpointing.load_backbone(directory)
   if model_config.get("standardize_input"):
     # The weights are exact; the per-image standardisation in front of them is not a layer
     # torchvision has, so say what a torch user must add rather than export a silent mismatch.
@@ -431,12 +421,12 @@ def torch_backbone(path: str):
   torch = _import_torch()
   from barlow_jax import torch_resnet
 
-  if epath.Path(path, MODEL_CONFIG_FILE).exists():
-    variables, model_config = load_backbone(path)
+  if epath.Path(path, checkpointing.MODEL_CONFIG_FILE).exists():
+    variables, model_config = checkpointing.load_backbone(path)
     state_dict = backbone_to_torch(variables)
   else:
     state_dict, _ = split_state_dict(load_torch_state_dict(path))
-    model_config = full_model_config(infer_model_config(state_dict))
+    model_config = checkpointing.full_model_config(infer_model_config(state_dict))
     state_dict = {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}
   net = torch_resnet.ResNet(
     model_config["backbone"],

@@ -16,8 +16,9 @@ Two linear-probe protocols:
   two ways: no augmentation of the probe's training images, and standardised features.
 
 The code lives in `barlow_jax.evaluation` (metrics, knn, features, linear_probe, finetune,
-baselines, final_table, modes, transfer, voc07); this module is the command line and re-exports
-the public names it has always had, so `barlow_jax.evaluate.X` keeps working.
+baselines, final_table, modes, transfer, voc07); this module is the command line. The public names
+it re-exported before still work with a DeprecationWarning naming their home (`_DEPRECATED`,
+removed in 0.3).
 
 Command line (results.json + results.md in the workdir):
 
@@ -32,73 +33,44 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from barlow_jax import checkpointing, cli, config_validation
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.config_validation import UserError
-from barlow_jax.evaluation.baselines import recalibrate_batch_stats
-from barlow_jax.evaluation.features import (
-  array_batches,
-  backbone_variables,
-  create_backbone,
-  extract_features,
-  init_backbone,
-  load_backbone,
-)
-from barlow_jax.evaluation.final_table import (
-  STANDARDISED_PIXELS,
-  results_markdown,
-  run_final_evaluation,
-  write_results,
-)
-from barlow_jax.evaluation.finetune import (
-  Classifier,
-  classifier_accuracy,
-  finetune,
-  random_batches,
-  random_crop_flip,
-  select_subset,
-)
-from barlow_jax.evaluation.knn import knn_accuracy
-from barlow_jax.evaluation.linear_probe import (
-  LinearProbe,
-  crop_flip_config,
-  linear_probe_accuracy,
-  probe_kwargs_from_config,
-  reference_linear_probe,
-  train_linear_probe,
-)
-from barlow_jax.evaluation.metrics import topk_accuracy
-from barlow_jax.evaluation.modes import knn_evaluation, linear_evaluation, semisup_evaluation
 
-__all__ = [
-  "STANDARDISED_PIXELS",
-  "Classifier",
-  "LinearProbe",
-  "array_batches",
-  "backbone_variables",
-  "classifier_accuracy",
-  "create_backbone",
-  "crop_flip_config",
-  "evaluate",
-  "extract_features",
-  "finetune",
-  "init_backbone",
-  "knn_accuracy",
-  "knn_evaluation",
-  "linear_evaluation",
-  "linear_probe_accuracy",
-  "load_backbone",
-  "probe_kwargs_from_config",
-  "random_batches",
-  "random_crop_flip",
-  "recalibrate_batch_stats",
-  "reference_linear_probe",
-  "results_markdown",
-  "run_final_evaluation",
-  "select_subset",
-  "semisup_evaluation",
-  "topk_accuracy",
-  "train_linear_probe",
-  "write_results",
-]
+# The names this command line re-exported before `barlow_jax.evaluation` owned them
+# (removed in 0.3).
+_DEPRECATED = {
+  "array_batches": "barlow_jax.evaluation.features.array_batches",
+  "backbone_variables": "barlow_jax.evaluation.features.backbone_variables",
+  "Classifier": "barlow_jax.evaluation.finetune.Classifier",
+  "classifier_accuracy": "barlow_jax.evaluation.finetune.classifier_accuracy",
+  "create_backbone": "barlow_jax.evaluation.features.create_backbone",
+  "crop_flip_config": "barlow_jax.evaluation.linear_probe.crop_flip_config",
+  "extract_features": "barlow_jax.evaluation.features.extract_features",
+  "finetune": "barlow_jax.evaluation.finetune.finetune",
+  "init_backbone": "barlow_jax.evaluation.features.init_backbone",
+  "knn_accuracy": "barlow_jax.evaluation.knn.knn_accuracy",
+  "knn_evaluation": "barlow_jax.evaluation.modes.knn_evaluation",
+  "linear_evaluation": "barlow_jax.evaluation.modes.linear_evaluation",
+  "linear_probe_accuracy": "barlow_jax.evaluation.linear_probe.linear_probe_accuracy",
+  "LinearProbe": "barlow_jax.evaluation.linear_probe.LinearProbe",
+  "load_backbone": "barlow_jax.evaluation.features.load_backbone",
+  "probe_kwargs_from_config": "barlow_jax.evaluation.linear_probe.probe_kwargs_from_config",
+  "random_batches": "barlow_jax.evaluation.finetune.random_batches",
+  "random_crop_flip": "barlow_jax.evaluation.finetune.random_crop_flip",
+  "recalibrate_batch_stats": "barlow_jax.evaluation.baselines.recalibrate_batch_stats",
+  "reference_linear_probe": "barlow_jax.evaluation.linear_probe.reference_linear_probe",
+  "results_markdown": "barlow_jax.evaluation.final_table.results_markdown",
+  "run_final_evaluation": "barlow_jax.evaluation.final_table.run_final_evaluation",
+  "select_subset": "barlow_jax.evaluation.finetune.select_subset",
+  "semisup_evaluation": "barlow_jax.evaluation.modes.semisup_evaluation",
+  "STANDARDISED_PIXELS": "barlow_jax.evaluation.final_table.STANDARDISED_PIXELS",
+  "topk_accuracy": "barlow_jax.evaluation.metrics.topk_accuracy",
+  "train_linear_probe": "barlow_jax.evaluation.linear_probe.train_linear_probe",
+  "write_results": "barlow_jax.evaluation.final_table.write_results",
+}
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+
+__all__ = ["evaluate"]
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -118,11 +90,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
   from barlow_jax import preflight
   from barlow_jax.data import evaluation as eval_data
+  from barlow_jax.evaluation import modes as modes_lib
   from barlow_jax.evaluation import transfer
 
-  modes = {"linear": linear_evaluation, "semisup": semisup_evaluation, "knn": knn_evaluation}
-  modes["transfer"] = transfer.transfer_evaluation
-  config_validation.validate(config)
+  modes = {
+    "linear": modes_lib.linear_evaluation,
+    "semisup": modes_lib.semisup_evaluation,
+    "knn": modes_lib.knn_evaluation,
+    "transfer": transfer.transfer_evaluation,
+  }
+  config_validation.validate(config)  # eval.mode among the string keys.
   # Before the probe trains: a bad resize setting would otherwise fail at the first test batch.
   try:
     eval_data.eval_preprocessing(config)

@@ -27,7 +27,7 @@ The parts, each in its module: `train_setup` (the run's constants, derived once)
 (the state, its checkpoints and the backbone export), `train_step` (the update, jitted),
 `parallel` (mesh, shardings, global batches), `train_progress` (throughput and ETA),
 `knn_monitor`, `preemption` (SIGTERM), `finish` (the end-of-run evaluation). This module is the
-loop that drives them, and keeps the public names they had here.
+loop that drives them; the names they had here are deprecated (`_DEPRECATED`, removed in 0.3).
 """
 
 import dataclasses
@@ -46,32 +46,35 @@ from barlow_jax import (
   finish,
   knn_monitor,
   monitors,
-  parallel,
   preemption,
   train_setup,
   train_state,
 )
 from barlow_jax import train_step as step_lib
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.train_progress import INPUT_WAIT, TrainProgress
 
-# The public names this module had before they moved to their own modules.
-HEATMAP_SIZE = step_lib.HEATMAP_SIZE
-TrainState = train_state.TrainState
-create_train_state = train_state.create_train_state
-restore_state = train_state.restore_state
-backbone_of = train_state.backbone_of
-export_backbone = train_state.export_backbone
-load_exported_backbone = train_state.load_exported_backbone
-train_step = step_lib.train_step
-effective_rank = step_lib.effective_rank
-jit_train_step = step_lib.jit_train_step
-create_mesh = parallel.create_mesh
-state_shardings = parallel.state_shardings
-batch_sharding = parallel.batch_sharding
-global_batch = parallel.global_batch
-device_prefetch = parallel.device_prefetch
-validate_config = train_setup.validate_pretraining
-prepare_workdir = checkpointing.prepare_workdir
+# The names this module had before they moved to their own modules (removed in 0.3).
+_DEPRECATED = {
+  "HEATMAP_SIZE": "barlow_jax.train_step.HEATMAP_SIZE",
+  "TrainState": "barlow_jax.train_state.TrainState",
+  "create_train_state": "barlow_jax.train_state.create_train_state",
+  "restore_state": "barlow_jax.train_state.restore_state",
+  "backbone_of": "barlow_jax.train_state.backbone_of",
+  "export_backbone": "barlow_jax.train_state.export_backbone",
+  "load_exported_backbone": "barlow_jax.train_state.load_exported_backbone",
+  "train_step": "barlow_jax.train_step.train_step",
+  "effective_rank": "barlow_jax.train_step.effective_rank",
+  "jit_train_step": "barlow_jax.train_step.jit_train_step",
+  "create_mesh": "barlow_jax.parallel.create_mesh",
+  "state_shardings": "barlow_jax.parallel.state_shardings",
+  "batch_sharding": "barlow_jax.parallel.batch_sharding",
+  "global_batch": "barlow_jax.parallel.global_batch",
+  "device_prefetch": "barlow_jax.parallel.device_prefetch",
+  "validate_config": "barlow_jax.train_setup.validate_pretraining",
+  "prepare_workdir": "barlow_jax.checkpointing.prepare_workdir",
+}
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -94,7 +97,7 @@ class TrainResult:
     evaluation: the end-of-run evaluation's results (None when not run).
   """
 
-  state: TrainState
+  state: train_state.TrainState
   step: int
   total_steps: int
   preempted: bool

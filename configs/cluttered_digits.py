@@ -1,7 +1,7 @@
 r"""Cluttered digits: the offline default job, pretraining then the evaluation table.
 
 The 8x8 scikit-learn digits rendered on 20x20 RGB canvases with random background and foreground
-colours, size and position (`barlow_jax.datasets.cluttered_digits`; 7,185 training images, 1,080
+colours, size and position (`barlow_jax.data.digits.cluttered_digits`; 7,185 training images, 1,080
 held-out). Colour and position are nuisances, and the augmentations vary exactly those (crop,
 colour jitter with a full hue turn, channel permutation, grayscale, blur, noise; no flip, no
 solarize). Network: ResNet-18 with the CIFAR stem at quarter width
@@ -14,8 +14,8 @@ pixels per-image standardised; its kNN on features standardised as the linear pr
 docs/benchmarks.md). The
 supervised reference (the same network trained with labels for as long as the pretraining took)
 is off here to keep the job short; the same command with `--config.eval.supervised=True` after
-the run adds it, matched to the recorded pretraining time (README, "The default job's results
-table"). Measured over seeds 0 and 1 (README, experiments/results/default_job): Barlow
+the run adds it, matched to the recorded pretraining time (docs/training.md, "The results
+table"). Measured over seeds 0 and 1 (docs/benchmarks.md, experiments/results/default_job): Barlow
 Twins linear 67.5 / 54.3%, random init at best 30.9 / 30.7%, raw pixels at best 21.7%.
 
     python -m barlow_jax.main --config=configs/cluttered_digits.py \
@@ -96,7 +96,7 @@ def get_config(arg: str | None = None):
   # kNN on the features the linear probe reads (standardised with the training split's mean and
   # std), for every row of the table alike: docs/evaluation.md, "kNN on standardised features".
   config.eval.knn_standardize = True
-  # Context, not a target, and as long as the pretraining: a second command (README).
+  # Context, not a target, and as long as the pretraining: a second command (docs/training.md).
   config.eval.supervised = False
 
   if arg == "runlocal":

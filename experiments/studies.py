@@ -159,7 +159,7 @@ def projector_width_wide(scale: Scale) -> list[Run]:
   # The paper's accuracy still rose at 16384 (its Fig. 4) where memory stopped it. At 65536 the
   # projector holds 8.7 billion parameters: 105 GB with LARS's momentum and the gradient,
   # replicated. FSDP (config.parallel.fsdp_min_size) splits them over the devices, and the Gram
-  # form of the loss never builds the D x D matrix. README "Wider projectors" has the memory table.
+  # form of the loss never builds the D x D matrix. The memory table: docs/benchmarks.md.
   return [
     Run(
       f"width_{width}",

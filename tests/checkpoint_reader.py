@@ -3,10 +3,11 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=N python tests/checkpoint_reader.py W OUT.npz
 
 Writes each loader's values, flattened, under `<loader>/<leaf path>` into OUT.npz: the backbone
-export through `checkpointing`, `evaluate`, `train` and `convert` (host and sharded onto all N
-devices), the latest training checkpoint through the evaluation loader and through
-`train.restore_state` onto all N devices, and the `.pth` that the `python -m barlow_jax.convert
---export` command line writes. Run in a process of its own so that N is its own device count.
+export through `checkpointing`, `evaluation.features` and `train_state` (host and sharded onto
+all N devices), the latest training checkpoint through the evaluation loader and through
+`train_state.restore_state` onto all N devices, and the `.pth` that the
+`python -m barlow_jax.convert --export` command line writes. Run in a process of its own so
+that N is its own device count.
 """
 
 import os
@@ -42,11 +43,12 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from barlow_jax import checkpointing, convert, data, evaluate, train
+  from barlow_jax import checkpointing, convert, data, evaluate, parallel, train_state
+  from barlow_jax.evaluation import features as eval_features
 
   out: dict[str, np.ndarray] = {}
   export = os.path.join(workdir, "backbone")
-  mesh = train.create_mesh()
+  mesh = parallel.create_mesh()
   replicated = NamedSharding(mesh, P())
 
   _flat("checkpointing.load_backbone", checkpointing.load_backbone(export)[0], out)
@@ -54,16 +56,15 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
   for leaf in jax.tree.leaves(sharded):
     assert leaf.sharding.device_set == set(jax.devices()), leaf.sharding
   _flat("checkpointing.load_backbone(sharded)", sharded, out)
-  _flat("train.load_exported_backbone", train.load_exported_backbone(export)[1], out)
-  _flat("convert.load_backbone", convert.load_backbone(export)[0], out)
-  _flat("evaluate.load_backbone(export)", evaluate.load_backbone(workdir)[1], out)
+  _flat("train_state.load_exported_backbone", train_state.load_exported_backbone(export)[1], out)
+  _flat("features.load_backbone(export)", eval_features.load_backbone(workdir)[1], out)
   step = checkpointing.latest_step(workdir)
-  _, from_checkpoint, _ = evaluate.load_backbone(workdir, checkpoint_step=step)
-  _flat("evaluate.load_backbone(checkpoint)", from_checkpoint, out)
+  _, from_checkpoint, _ = eval_features.load_backbone(workdir, checkpoint_step=step)
+  _flat("features.load_backbone(checkpoint)", from_checkpoint, out)
 
   config = ml_collections.ConfigDict(checkpointing.read_json(os.path.join(workdir, "config.json")))
   target = jax.eval_shape(
-    lambda rng: train.create_train_state(
+    lambda rng: train_state.create_train_state(
       config,
       rng,
       mesh=mesh,
@@ -74,11 +75,11 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
   )
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   try:
-    state = train.restore_state(manager, target, mesh, step)
+    state = train_state.restore_state(manager, target, mesh, step)
   finally:
     manager.close()
   assert state.params["backbone"]["conv1"]["kernel"].sharding.device_set == set(jax.devices())
-  _flat("train.restore_state", flax.serialization.to_state_dict(state), out)
+  _flat("train_state.restore_state", flax.serialization.to_state_dict(state), out)
 
   pth = os.path.join(scratch, "backbone.pth")
   assert convert.main(["--export", "--from", export, "--to", pth]) == 0

@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from barlow_jax import config as config_lib
-from barlow_jax import models, optim, train
+from barlow_jax import models, optim, train_setup
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = (
@@ -62,7 +62,7 @@ def test_every_config_validates_and_builds_its_optimizer(devices, name, arg):
   module, config = load(name, arg)
   assert "python -m barlow_jax.main --config=configs/" in module.__doc__
   assert ":runlocal" in module.__doc__
-  train.validate_config(config)
+  train_setup.validate_pretraining(config)
   key = config.dataset.name
   if config.dataset.class_subset:
     key += ":" + config.dataset.class_subset

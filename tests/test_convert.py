@@ -199,7 +199,7 @@ def test_training_checkpoint_and_command_line(tmp_path, caplog, capsys):
   with pytest.raises(SystemExit):  # A user's mistake: one line on stderr, exit 1.
     convert.main(["--from", path, "--to", str(out_dir)])
   assert "already exists" in capsys.readouterr().err
-  variables, model_config = convert.load_backbone(str(out_dir))
+  variables, model_config = checkpointing.load_backbone(str(out_dir))
   assert model_config["backbone"] == "ResNet18" and model_config["stem"] == "cifar"
   assert model_config["width"] == 0.125 and model_config["projector"] == "32-32-16"
   backbone = models.create_model(ml_collections.ConfigDict(model_config)).backbone
@@ -216,7 +216,9 @@ def test_training_checkpoint_and_command_line(tmp_path, caplog, capsys):
 
   # A backbone that standardises its input exports the same weights, and says what torch lacks.
   standardising = tmp_path / "standardising"
-  convert.save_backbone(str(standardising), variables, {**model_config, "standardize_input": True})
+  checkpointing.save_backbone(
+    str(standardising), variables, {**model_config, "standardize_input": True}
+  )
   with caplog.at_level(logging.WARNING):
     assert convert.main(["--export", "--from", str(standardising), "--to", str(pth)]) == 0
   assert "standardize_images" in caplog.text

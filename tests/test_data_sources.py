@@ -95,65 +95,6 @@ def test_the_kinds_say_what_fits_in_memory_and_count_classes_per_split(monkeypat
   assert data.num_classes(config) == 3 and data.num_classes(config, "val") == 2
 
 
-OLD_PATHS = {
-  "barlow_jax.input_pipeline": (
-    "barlow_jax.data",
-    "IN_MEMORY_SPLITS check_batch_size shard_bounds num_classes num_train_examples "
-    "steps_per_epoch two_view_fn normalize_views options create_pretrain_iterator eval_resize "
-    "create_eval_iterator load_labelled_arrays",
-  ),
-  "barlow_jax.augment": (
-    "barlow_jax.data.augment barlow_jax.data.crop barlow_jax.data.colour",
-    "LUMA NUM_CROP_ATTEMPTS APPLIED_KEYS example_seed to_uint8 to_float crop_window "
-    "RESIZE_METHODS check_resize_method resize_image random_resized_crop "
-    "decode_and_random_resized_crop decode_image_uint8 decode_whole decode_image flip_left_right "
-    "to_grayscale adjust_brightness adjust_contrast adjust_saturation adjust_hue color_jitter "
-    "blur_radius gaussian_blur solarize permute_channels normalize maybe_flip augment_cropped "
-    "crop_seed crop_view augment_view eval_resize_crop",
-  ),
-  "barlow_jax.datasets": (
-    "barlow_jax.data.digits",
-    "NUM_TRAIN_DIGITS NUM_TEST_DIGITS CLUTTERED_SIZE CLUTTERED_RENDERS DIGITS_SIZE "
-    "cluttered_digits digits IN_MEMORY",
-  ),
-  "barlow_jax.blur": (
-    "barlow_jax.data.blur",
-    "box_radius kernel_radius pil_gaussian_kernel blur_batch blur_image",
-  ),
-  "barlow_jax.device_augment": (
-    "barlow_jax.data.device_augment barlow_jax.data.device_colour",
-    "LUMA APPLIED_KEYS JITTER_OPS validate_config to_grayscale adjust_brightness adjust_contrast "
-    "adjust_saturation rgb_to_hsv hsv_to_rgb adjust_hue blur_box_radius blur_half_width "
-    "blur_radius pil_gaussian_kernel gaussian_blur solarize normalize to_unit example_keys "
-    "sample_params color_jitter augment_image augment_views augment_batch prepare_views",
-  ),
-}
-
-
-@pytest.mark.parametrize("old", sorted(OLD_PATHS))
-def test_old_import_paths_export_the_new_homes_objects(old):
-  import importlib
-
-  homes, names = OLD_PATHS[old]
-  old_module = importlib.import_module(old)
-  homes = [importlib.import_module(h) for h in homes.split()]
-  for name in names.split():
-    new = next((vars(h)[name] for h in homes if name in vars(h)), None)
-    new = getattr(homes[0], name) if new is None else new  # barlow_jax.data: loaded on use.
-    assert getattr(old_module, name) is new, f"{old}.{name}"
-
-
-def test_a_function_replaced_in_the_package_is_what_the_old_path_gives(monkeypatch):
-  from barlow_jax import input_pipeline
-
-  def fake(config, **kwargs):
-    del config, kwargs
-    return iter(())
-
-  monkeypatch.setattr(data, "create_pretrain_iterator", fake)
-  assert input_pipeline.create_pretrain_iterator is fake
-
-
 def test_the_data_side_loads_tensorflow_only_for_pipelines_and_never_network_code():
   probe = (
     "import importlib, pkgutil, sys, barlow_jax.data as d, barlow_jax.data.digits,"

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from barlow_jax import config as config_lib
-from barlow_jax import train
+from barlow_jax import config_validation, parallel, train_state, train_step
 from barlow_jax.data import device_augment, device_colour
 from barlow_jax.data import digits as datasets
 
@@ -306,24 +306,24 @@ def _flat(tree) -> np.ndarray:
 
 
 def _initial_state(config, mesh):
-  state = train.create_train_state(
+  state = train_state.create_train_state(
     config, jax.random.key(0), mesh=mesh, steps_per_epoch=10, num_classes=10
   )
   return jax.device_get(state)
 
 
 def _run(step_fn, host_state, mesh, batches):
-  state = jax.device_put(host_state, train.state_shardings(host_state, mesh))
+  state = jax.device_put(host_state, parallel.state_shardings(host_state, mesh))
   for batch in batches:
-    state, metrics = step_fn(state, train.global_batch(batch, mesh), False)
+    state, metrics = step_fn(state, parallel.global_batch(batch, mesh), False)
   return jax.device_get(state), jax.device_get(metrics)
 
 
 def test_uint8_views_give_the_loss_and_gradients_of_the_normalised_float_views(devices):
   config = _tiny_config(sgd=True)
-  mesh = train.create_mesh(devices[:1])
+  mesh = parallel.create_mesh(devices[:1])
   host = _initial_state(config, mesh)
-  step = train.jit_train_step(config, mesh, host)
+  step = train_step.jit_train_step(config, mesh, host)
   pixels = _uint8_batches(1)[0]
   mean, std = np.float32(config.augment.mean), np.float32(config.augment.std)
   floats = dict(pixels)
@@ -345,13 +345,13 @@ def test_on_device_views_are_the_same_on_8_devices_and_on_1_and_repeat_by_step(d
   del batch["label"]
   out = {}
   for n in (8, 1):
-    mesh = train.create_mesh(devices[:n])
+    mesh = parallel.create_mesh(devices[:n])
     fn = jax.jit(
       functools.partial(device_augment.augment_batch, config=config),
-      in_shardings=(train.batch_sharding(mesh), None),
+      in_shardings=(parallel.batch_sharding(mesh), None),
     )
     for step in (4, 4, 5):
-      views = jax.device_get(fn(train.global_batch(batch, mesh), np.int32(step)))
+      views = jax.device_get(fn(parallel.global_batch(batch, mesh), np.int32(step)))
       out.setdefault((n, step), []).append(np.stack([views["view_a"], views["view_b"]]))
   np.testing.assert_array_equal(*out[(8, 4)])  # The same step draws the same augmentations.
   # Per-example ops: only float rounding differs between the compiled shapes (blurred pixels
@@ -365,10 +365,10 @@ def test_on_device_views_are_the_same_on_8_devices_and_on_1_and_repeat_by_step(d
 @pytest.mark.slow
 def test_on_device_training_is_deterministic_resumable_and_device_count_free(devices):
   config = _on_device_config()
-  mesh8, mesh1 = train.create_mesh(devices), train.create_mesh(devices[:1])
+  mesh8, mesh1 = parallel.create_mesh(devices), parallel.create_mesh(devices[:1])
   host = _initial_state(config, mesh8)
-  step8 = train.jit_train_step(config, mesh8, host)
-  step1 = train.jit_train_step(config, mesh1, host)
+  step8 = train_step.jit_train_step(config, mesh8, host)
+  step1 = train_step.jit_train_step(config, mesh1, host)
   batches = _uint8_batches(3, seed=1)
   full, metrics = _run(step8, host, mesh8, batches)
   again, _ = _run(step8, host, mesh8, batches)
@@ -393,11 +393,11 @@ def test_on_device_with_float_views_and_bad_settings_are_clear_errors():
     device_augment.prepare_views(floats, 0, config=config)
   config.augment.view_b.blur_prob = 1.5
   with pytest.raises(ValueError, match=r"config.augment.view_b.blur_prob .* \[0, 1\]"):
-    train.validate_config(config)
+    config_validation.validate_pretraining(config)
   config = _on_device_config()
   config.augment.std = (0.2, 0.0, 0.2)
   with pytest.raises(ValueError, match="config.augment.std must be > 0"):
-    train.validate_config(config)
+    config_validation.validate_pretraining(config)
 
 
 def test_the_on_device_train_step_builds_without_tensorflow():

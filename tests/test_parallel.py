@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import checkpointing, optim, parallel, train, train_state, train_step
+from barlow_jax import checkpointing, config_validation, optim, parallel, train_state, train_step
 from barlow_jax.benchmarks import memory
 
 MIN_SIZE = 4096
@@ -68,7 +68,7 @@ def test_fsdp_partition_spec(shape, devices, min_size, spec):
 def test_a_bad_fsdp_min_size_names_the_key():
   config = fsdp_config(min_size=-1)  # The locked schema already refuses floats and strings.
   with pytest.raises(ValueError, match="config.parallel.fsdp_min_size"):
-    train.validate_config(config)
+    config_validation.validate_pretraining(config)
 
 
 def test_trust_ratio_and_norm_metrics_use_global_norms_of_a_sharded_leaf(devices):
@@ -104,10 +104,10 @@ def test_the_wide_leaves_and_their_momentum_are_sharded(devices):
   config = fsdp_config()
   mesh = parallel.create_mesh(devices)
   state = jax.eval_shape(
-    functools.partial(train.create_train_state, config, mesh=mesh, steps_per_epoch=10),
+    functools.partial(train_state.create_train_state, config, mesh=mesh, steps_per_epoch=10),
     jax.random.key(0),
   )
-  shardings = train.state_shardings(state, mesh, fsdp_min_size=MIN_SIZE)
+  shardings = parallel.state_shardings(state, mesh, fsdp_min_size=MIN_SIZE)
   kernel = shardings.params["projector"]["linear1"]["kernel"]
   assert kernel.spec == P(None, "data")
   momentum = shardings.opt_state[1][0][2].trace["projector"]["linear1"]["kernel"]
@@ -118,17 +118,17 @@ def test_the_wide_leaves_and_their_momentum_are_sharded(devices):
     # Every leaf of this model has a last dimension divisible by 8: the size decides.
     assert (s.spec != P()) == (x.size >= MIN_SIZE), (x.shape, s.spec)
   # Replicated by default: the old layout.
-  plain = train.state_shardings(state, mesh)
+  plain = parallel.state_shardings(state, mesh)
   assert all(s.spec == P() for s in jax.tree.leaves(plain))
 
 
 def _run(config, mesh, num_steps=3):
   """(state after `num_steps` steps, their metrics, the initial parameters on the host)."""
-  state = train.create_train_state(
+  state = train_state.create_train_state(
     config, jax.random.key(0), mesh=mesh, steps_per_epoch=10, num_classes=10
   )
   initial = jax.device_get(state.params)  # A copy: the step donates the state's buffers.
-  step = train.jit_train_step(config, mesh, state)
+  step = train_step.jit_train_step(config, mesh, state)
   rng = np.random.default_rng(0)
   metrics = []
   for i in range(num_steps):
@@ -137,7 +137,7 @@ def _run(config, mesh, num_steps=3):
       "view_b": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
       "label": rng.integers(0, 10, size=16).astype(np.int32),
     }
-    state, m = step(state, train.global_batch(batch, mesh), i == num_steps - 1)
+    state, m = step(state, parallel.global_batch(batch, mesh), i == num_steps - 1)
     metrics.append(jax.device_get(m))
   return state, metrics, initial
 
@@ -200,7 +200,7 @@ def _save_and_restore(state, config, workdir, mesh, min_size):
     train_state.save_state(manager, state, 3)
     manager.wait_until_finished()
     target = jax.eval_shape(lambda s: s, state)
-    return train.restore_state(manager, target, mesh, 3, fsdp_min_size=min_size)
+    return train_state.restore_state(manager, target, mesh, 3, fsdp_min_size=min_size)
   finally:
     manager.close()
 
@@ -228,8 +228,8 @@ def test_the_backbone_export_of_a_sharded_state_is_whole(sharded_and_replicated_
   assert not all(
     x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded.params["backbone"])
   )
-  train.export_backbone(sharded, fsdp_config(), str(tmp_path / "backbone"))
-  _, variables = train.load_exported_backbone(str(tmp_path / "backbone"))
+  train_state.export_backbone(sharded, fsdp_config(), str(tmp_path / "backbone"))
+  _, variables = train_state.load_exported_backbone(str(tmp_path / "backbone"))
   assert _relative_error(variables["params"], sharded.params["backbone"]) == 0.0
   assert all(_whole(x) for x in jax.tree.leaves(variables["params"]))
 
@@ -237,7 +237,7 @@ def test_the_backbone_export_of_a_sharded_state_is_whole(sharded_and_replicated_
 def test_evaluation_reads_the_backbone_of_a_sharded_checkpoint(
   sharded_and_replicated_runs, tmp_path
 ):
-  from barlow_jax import evaluate
+  from barlow_jax.evaluation import features as eval_features
 
   (sharded, _, _), _ = sharded_and_replicated_runs
   config = fsdp_config()
@@ -250,7 +250,7 @@ def test_evaluation_reads_the_backbone_of_a_sharded_checkpoint(
     manager.wait_until_finished()
   finally:
     manager.close()
-  _, variables, _ = evaluate.load_backbone(str(tmp_path), checkpoint_step=3)
+  _, variables, _ = eval_features.load_backbone(str(tmp_path), checkpoint_step=3)
   assert all(_whole(x) for x in jax.tree.leaves(variables))
   assert _relative_error(variables["params"], sharded.params["backbone"]) == 0.0
 

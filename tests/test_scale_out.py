@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import checkpointing, data, metrics_file, train
+from barlow_jax import checkpointing, data, metrics_file, parallel, train, train_state
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TESTS = os.path.join(_ROOT, "tests")
@@ -143,13 +143,13 @@ def run_2x4(tmp_path_factory, cache_dir):
   return str(workdir), _run_to_end(workdir, cache_dir)
 
 
-def _restore(workdir: str, step: int, devices) -> train.TrainState:
+def _restore(workdir: str, step: int, devices) -> train_state.TrainState:
   """Checkpoint `step` of `workdir` restored onto a mesh of `devices` (this process)."""
   config = _tiny_config()
-  mesh = train.create_mesh(devices)
+  mesh = parallel.create_mesh(devices)
 
   def init(rng):
-    return train.create_train_state(
+    return train_state.create_train_state(
       config,
       rng,
       mesh=mesh,
@@ -161,7 +161,7 @@ def _restore(workdir: str, step: int, devices) -> train.TrainState:
   target = jax.eval_shape(init, jax.random.key(0))
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   try:
-    return train.restore_state(manager, target, mesh, step)
+    return train_state.restore_state(manager, target, mesh, step)
   finally:
     manager.close()
 
@@ -169,7 +169,9 @@ def _restore(workdir: str, step: int, devices) -> train.TrainState:
 _STATE_FIELDS = ("params", "batch_stats", "opt_state", "probe_params", "probe_opt_state")
 
 
-def _assert_same_state(a: train.TrainState, b: train.TrainState, *, rtol: float) -> None:
+def _assert_same_state(
+  a: train_state.TrainState, b: train_state.TrainState, *, rtol: float
+) -> None:
   assert int(a.step) == int(b.step)
   for name in _STATE_FIELDS:
     x, y = _flat(getattr(a, name)), _flat(getattr(b, name))

@@ -14,7 +14,16 @@ import jax
 import numpy as np
 import pytest
 
-from barlow_jax import data, losses, metrics_file, preemption, train
+from barlow_jax import (
+  data,
+  losses,
+  metrics_file,
+  parallel,
+  preemption,
+  train,
+  train_state,
+  train_step,
+)
 
 STEPS = 40
 
@@ -88,15 +97,15 @@ def uninterrupted(tmp_path_factory):
 
 def test_eight_devices_give_the_one_device_parameters(devices):
   config = tiny_config()
-  mesh8, mesh1 = train.create_mesh(devices), train.create_mesh(devices[:1])
-  state8 = train.create_train_state(
+  mesh8, mesh1 = parallel.create_mesh(devices), parallel.create_mesh(devices[:1])
+  state8 = train_state.create_train_state(
     config, jax.random.key(0), mesh=mesh8, steps_per_epoch=10, num_classes=10
   )
   host = jax.device_get(state8)  # A copy: state8's buffers are donated below.
-  state1 = jax.device_put(host, train.state_shardings(state8, mesh1))
+  state1 = jax.device_put(host, parallel.state_shardings(state8, mesh1))
   p0 = _flat(host.params)
-  step8 = train.jit_train_step(config, mesh8, state8)
-  step1 = train.jit_train_step(config, mesh1, state1)
+  step8 = train_step.jit_train_step(config, mesh8, state8)
+  step1 = train_step.jit_train_step(config, mesh1, state1)
   rng = np.random.default_rng(0)
   for i in range(3):
     batch = {
@@ -104,8 +113,8 @@ def test_eight_devices_give_the_one_device_parameters(devices):
       "view_b": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
       "label": rng.integers(0, 10, size=16).astype(np.int32),
     }
-    state8, metrics8 = step8(state8, train.global_batch(batch, mesh8), i == 2)
-    state1, metrics1 = step1(state1, train.global_batch(batch, mesh1), i == 2)
+    state8, metrics8 = step8(state8, parallel.global_batch(batch, mesh8), i == 2)
+    state1, metrics1 = step1(state1, parallel.global_batch(batch, mesh1), i == 2)
   assert len(state8.params["backbone"]["conv1"]["kernel"].sharding.device_set) == 8
   for name in ("params", "batch_stats", "probe_params"):
     a, b = _flat(getattr(state8, name)), _flat(getattr(state1, name))
@@ -139,15 +148,15 @@ def test_an_sgd_step_is_the_gradient_of_the_global_batch_loss_on_8_devices_and_o
   config = tiny_config(**overrides, **{"optim.lr_biases": 0.03, "online_probe": False})
   rng = np.random.default_rng(1)
   views = [rng.normal(size=(16, 8, 8, 3)).astype(np.float32) for _ in range(2)]
-  step = jax.jit(functools.partial(train.train_step, config=config))
-  state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  step = jax.jit(functools.partial(train_step.train_step, config=config))
+  state = train_state.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
   host = jax.device_get(state)
   expected = _sgd_update_from_jax_grad(config, host, views)
   assert np.linalg.norm(expected) > 1e-3
   for num_devices in (8, 1):
-    mesh = train.create_mesh(devices[:num_devices])
-    state = jax.device_put(host, train.state_shardings(host, mesh))
-    batch = train.global_batch({"view_a": views[0], "view_b": views[1]}, mesh)
+    mesh = parallel.create_mesh(devices[:num_devices])
+    state = jax.device_put(host, parallel.state_shardings(host, mesh))
+    batch = parallel.global_batch({"view_a": views[0], "view_b": views[1]}, mesh)
     new, _ = step(state, batch, False)
     update = _flat(jax.device_get(new.params)) - _flat(host.params)
     error = np.linalg.norm(update - expected) / np.linalg.norm(expected)
@@ -185,7 +194,7 @@ def test_metrics_jsonl_holds_every_logged_scalar_and_the_knn_monitor(uninterrupt
 def test_keep_k_checkpoints_and_the_backbone_export(uninterrupted):
   workdir, result = uninterrupted
   assert _checkpoint_steps(workdir) == [30, 40]
-  model_config, variables = train.load_exported_backbone(os.path.join(workdir, "backbone"))
+  model_config, variables = train_state.load_exported_backbone(os.path.join(workdir, "backbone"))
   assert model_config.width == 0.125
   np.testing.assert_array_equal(
     variables["params"]["conv1"]["kernel"],
@@ -264,5 +273,5 @@ def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
 def test_effective_rank_counts_equal_directions():
   x = np.zeros((8, 6), np.float32)
   x[:3, :3] = np.eye(3) * 2.0
-  np.testing.assert_allclose(float(train.effective_rank(x)), 3.0, rtol=1e-5)
-  np.testing.assert_allclose(float(train.effective_rank(np.ones((8, 6)))), 1.0, rtol=1e-4)
+  np.testing.assert_allclose(float(train_step.effective_rank(x)), 3.0, rtol=1e-5)
+  np.testing.assert_allclose(float(train_step.effective_rank(np.ones((8, 6)))), 1.0, rtol=1e-4)

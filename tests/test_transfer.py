@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from barlow_jax import convert, evaluate
+from barlow_jax import checkpointing, convert, evaluate
+from barlow_jax.evaluation import features as eval_features
 from barlow_jax.evaluation import transfer
 from configs import eval_transfer
 
@@ -21,13 +22,13 @@ _SIZE = 16
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory):
   """A random-init ResNet-18 (width 1/8, CIFAR stem) written as a backbone export."""
-  model_config = convert.full_model_config(
+  model_config = checkpointing.full_model_config(
     {"backbone": "ResNet18", "stem": "cifar", "width": 0.125, "dtype": "float32"}
   )
-  backbone = evaluate.create_backbone(ml_collections.ConfigDict(model_config))
-  variables = evaluate.init_backbone(backbone, _SIZE, seed=0)
+  backbone = eval_features.create_backbone(ml_collections.ConfigDict(model_config))
+  variables = eval_features.init_backbone(backbone, _SIZE, seed=0)
   directory = str(tmp_path_factory.mktemp("transfer") / "backbone")
-  convert.save_backbone(directory, variables, model_config)
+  checkpointing.save_backbone(directory, variables, model_config)
   return directory
 
 
@@ -263,14 +264,14 @@ def _detectron2_resnet50_names():
 def test_export_for_detectron2s_torchvision_converter(tmp_path):
   """`convert --export` of a ResNet-50 gives the file detectron2's converter maps completely."""
   torch = pytest.importorskip("torch")
-  model_config = convert.full_model_config({})  # ResNet-50, ImageNet stem, width 1.
-  backbone = evaluate.create_backbone(ml_collections.ConfigDict(model_config))
+  model_config = checkpointing.full_model_config({})  # ResNet-50, ImageNet stem, width 1.
+  backbone = eval_features.create_backbone(ml_collections.ConfigDict(model_config))
   shapes = jax.eval_shape(
     lambda: backbone.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False)
   )
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
-  convert.save_backbone(str(tmp_path / "bt_r50"), variables, model_config)
+  checkpointing.save_backbone(str(tmp_path / "bt_r50"), variables, model_config)
   pth = str(tmp_path / "r50.pth")
   assert convert.main(["--export", "--from", str(tmp_path / "bt_r50"), "--to", pth]) == 0
 

@@ -6,7 +6,7 @@
 With `--peer=pil`: this project's pipeline and a PIL + NumPy restatement of the reference's
 per-view transform side by side on one core, on the same JPEG bytes (`benchmarks/input_peer.py`).
 
-Cases (each the pretraining per-example map of `barlow_jax.input_pipeline`, batched and
+Cases (each the pretraining per-example map of `barlow_jax.data.pretrain`, batched and
 prefetched with the pipeline's tf.data options):
   - `imagenet_224_jpeg`: ImageNet-like JPEG bytes (400x350, quality 90, smooth random scenes plus
     texture) -> two 224 px views with the reference augmentations (fused decode-and-crop, bicubic,

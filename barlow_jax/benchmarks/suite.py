@@ -1,4 +1,4 @@
-r"""The accelerator suite: one command that measures what the README's accelerator table reports.
+r"""The accelerator suite: one command that measures the accelerator table of docs/benchmarks.md.
 
     PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --out_dir=$OUT            # GPU / TPU
     PYTHONUNBUFFERED=1 python -m barlow_jax.benchmark suite --tiny --out_dir=/tmp/s   # CPU check
@@ -10,7 +10,7 @@ out of time is reported and the rest still run), all inside `--budget` seconds:
    (host augmentations: the views arrive augmented), with the PyTorch peers on the same device
    (the reference's fp16 autocast + GradScaler step, and the tuned bf16 channels-last one).
 2. `step_on_device`: the same JAX step with `config.augment.on_device=True` (skipped with a note
-   where `barlow_jax.device_augment` is not in the checkout); its share of the step's time and
+   where `barlow_jax.data.device_augment` is not in the checkout); its share of the step's time and
    FLOPs against part 1. It leaves `LOSS_RESERVE` seconds of the budget to part 3.
 3. `loss`: loss + gradient, `auto` against the PyTorch formula, at N=2048, D=8192 and at N=512,
    D=65536 (`python -m barlow_jax.benchmark loss`, device-synchronised medians).

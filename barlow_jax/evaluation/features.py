@@ -198,7 +198,7 @@ def load_backbone(
   """Reads a frozen backbone from any of the places a run or a conversion leaves one.
 
   Finds the backbone, reads it through `checkpointing` and builds its module;
-  `checkpointing.load_backbone` (also `convert.load_backbone`) reads one backbone directory only.
+  `checkpointing.load_backbone` reads one backbone directory only.
 
   Args:
     path: one of
