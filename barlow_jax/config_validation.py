@@ -366,10 +366,11 @@ def validate(config) -> None:
 
 def __getattr__(name: str):
   # The pretraining check needs the model and the device count: it lives with the run's setup.
+  # (barlow_jax._deprecations' message, written out: this module imports nothing of the project.)
   if name == "validate_pretraining":
     warnings.warn(
-      "barlow_jax.config_validation.validate_pretraining moved to "
-      "barlow_jax.train_setup.validate_pretraining.",
+      "barlow_jax.config_validation.validate_pretraining is deprecated and will be removed in "
+      "barlow_jax 0.3: use barlow_jax.train_setup.validate_pretraining instead (CHANGELOG.md).",
       DeprecationWarning,
       stacklevel=2,
     )

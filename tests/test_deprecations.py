@@ -95,10 +95,10 @@ def test_each_old_name_warns_naming_its_home_and_returns_the_homes_object(old):
 
 
 def test_validate_config_warns_naming_its_new_name():
-  from barlow_jax import config_validation, train
+  from barlow_jax import train, train_setup
 
-  with pytest.warns(DeprecationWarning, match="config_validation.validate_pretraining"):
-    assert train.validate_config is config_validation.validate_pretraining
+  with pytest.warns(DeprecationWarning, match=r"train_setup\.validate_pretraining"):
+    assert train.validate_config is train_setup.validate_pretraining
 
 
 def test_from_import_of_an_old_name_warns_too():
