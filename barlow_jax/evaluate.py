@@ -41,6 +41,7 @@ from barlow_jax.evaluation.features import (
   extract_features,
   init_backbone,
   load_backbone,
+  topk_accuracy,
 )
 from barlow_jax.evaluation.final_table import (
   STANDARDISED_PIXELS,
@@ -65,7 +66,6 @@ from barlow_jax.evaluation.linear_probe import (
   reference_linear_probe,
   train_linear_probe,
 )
-from barlow_jax.evaluation.metrics import topk_accuracy
 from barlow_jax.evaluation.modes import knn_evaluation, linear_evaluation, semisup_evaluation
 
 __all__ = [

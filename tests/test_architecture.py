@@ -28,6 +28,7 @@ COMPATIBILITY = {
   "barlow_jax.datasets",
   "barlow_jax.blur",
   "barlow_jax.device_augment",
+  "barlow_jax.evaluation.metrics",
 }
 
 

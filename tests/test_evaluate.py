@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from barlow_jax import evaluate
-from barlow_jax.evaluation import final_table, knn, metrics
+from barlow_jax.evaluation import features, final_table, knn
 
 
 def _separable_linear_data(rng, n, d, c, margin):
@@ -49,9 +49,9 @@ def test_topk_counts_hand_made():
     np.float32,
   )
   labels, mask = np.array([6, 4, 0, 2]), np.array([True, True, False, True])
-  np.testing.assert_allclose(metrics.topk_counts(logits, labels, mask), [1.0, 3.0, 3.0])
+  np.testing.assert_allclose(features.topk_counts(logits, labels, mask), [1.0, 3.0, 3.0])
   # Fewer than 5 classes: "top-5" is top-C, every unmasked row a hit.
-  np.testing.assert_allclose(metrics.topk_counts(logits[:, :3], labels % 3, mask), [0.0, 3.0, 3.0])
+  np.testing.assert_allclose(features.topk_counts(logits[:, :3], labels % 3, mask), [0.0, 3.0, 3.0])
 
 
 def _knn_numpy(train_x, train_y, test_x, k, t, c):

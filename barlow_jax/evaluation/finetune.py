@@ -22,13 +22,13 @@ from barlow_jax import parallel
 from barlow_jax.evaluation.features import (
   accuracy_over_batches,
   backbone_variables,
+  topk_counts,
 )
 from barlow_jax.evaluation.linear_probe import (
   cosine_to_zero,
   linear_head_kernel_init,
   torch_sgd,
 )
-from barlow_jax.evaluation.metrics import topk_counts
 
 # Steps timed to size a time-matched fine-tuning run.
 _TIMED_STEPS = 10

@@ -24,8 +24,9 @@ from barlow_jax import optim, parallel
 from barlow_jax.evaluation.features import (
   accuracy_over_batches,
   backbone_variables,
+  topk_accuracy,
+  topk_counts,
 )
-from barlow_jax.evaluation.metrics import topk_accuracy, topk_counts
 
 
 @dataclasses.dataclass(frozen=True)
