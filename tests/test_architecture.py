@@ -29,6 +29,7 @@ COMPATIBILITY = {
   "barlow_jax.blur",
   "barlow_jax.device_augment",
   "barlow_jax.evaluation.metrics",
+  "barlow_jax.knn_monitor",
 }
 
 
