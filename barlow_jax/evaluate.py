@@ -50,7 +50,6 @@ from barlow_jax.evaluation.final_table import (
   write_results,
 )
 from barlow_jax.evaluation.finetune import (
-  Classifier,
   classifier_accuracy,
   finetune,
   random_batches,
@@ -67,6 +66,7 @@ from barlow_jax.evaluation.linear_probe import (
   train_linear_probe,
 )
 from barlow_jax.evaluation.modes import knn_evaluation, linear_evaluation, semisup_evaluation
+from barlow_jax.models import Classifier
 
 __all__ = [
   "STANDARDISED_PIXELS",

@@ -20,7 +20,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from barlow_jax import optim, parallel
+from barlow_jax import models, optim, parallel
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.evaluation.features import (
   accuracy_over_batches,
   backbone_variables,
@@ -60,11 +61,6 @@ def torch_sgd(lr_schedule, momentum: float, weight_decay) -> optax.GradientTrans
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr_schedule, momentum))
 
 
-# The reference's head initialisation (reference evaluate.py: `fc.weight.data.normal_(mean=0.0,
-# std=0.01)`, `fc.bias.data.zero_()`), as a flax initializer for heads inside modules.
-linear_head_kernel_init = nn.initializers.normal(0.01)
-
-
 def linear_head_init(key: jax.Array, dim: int, num_classes: int) -> dict[str, jax.Array]:
   """A new linear head on `dim`-wide features: the one initialisation of every linear head.
 
@@ -76,11 +72,12 @@ def linear_head_init(key: jax.Array, dim: int, num_classes: int) -> dict[str, ja
   Returns:
     {"kernel": [D, C] float32 ~ N(0, 0.01^2), "bias": [C] float32 zeros}; logits are
     `features @ kernel + bias`. Used by the linear probes here, the online probe in training and
-    (as `linear_head_kernel_init`, same numbers for the same key) the fine-tuning `Classifier`.
+    (as `models.linear_head_kernel_init`, same numbers for the same key) the fine-tuning
+    `models.Classifier`.
     Reference evaluate.py: `fc.weight.data.normal_(mean=0.0, std=0.01)`, `fc.bias.data.zero_()`.
   """
   return {
-    "kernel": linear_head_kernel_init(key, (dim, num_classes), jnp.float32),
+    "kernel": models.linear_head_kernel_init(key, (dim, num_classes), jnp.float32),
     "bias": jnp.zeros((num_classes,), jnp.float32),
   }
 
@@ -336,3 +333,9 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
     }
     head, opt_state, _ = step(head, opt_state, frozen, parallel.shard_batch(arrays, mesh))
   return head, total, time.perf_counter() - t0
+
+
+# Old names of this module, now in their own homes: each warns DeprecationWarning naming it.
+_DEPRECATED = {"linear_head_kernel_init": "barlow_jax.models.linear_head_kernel_init"}
+
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)

@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from barlow_jax import parallel
+from barlow_jax import models, parallel
 from barlow_jax.evaluation.features import (
   array_batches,
   load_backbone,
@@ -19,7 +19,6 @@ from barlow_jax.evaluation.features import (
 )
 from barlow_jax.evaluation.final_table import write_results
 from barlow_jax.evaluation.finetune import (
-  Classifier,
   classifier_accuracy,
   crop_flip_kwargs,
   finetune,
@@ -169,7 +168,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
     seed=int(ev.semisup_seed),
     mesh=mesh,
   )
-  model = Classifier(backbone=backbone, num_classes=data.num_classes)
+  model = models.Classifier(backbone=backbone, num_classes=data.num_classes)
   results.update(classifier_accuracy(model, trained, data.eval_batches, mesh=mesh))
   results.update(steps=info["steps"], seconds=info["seconds"], batch_size=data.batch_size)
   write_results(workdir, results)
