@@ -59,7 +59,6 @@ from barlow_jax.evaluation.finetune import (
 from barlow_jax.evaluation.knn import knn_accuracy
 from barlow_jax.evaluation.linear_probe import (
   LinearProbe,
-  crop_flip_config,
   linear_probe_accuracy,
   probe_kwargs_from_config,
   reference_linear_probe,
@@ -76,7 +75,7 @@ __all__ = [
   "backbone_variables",
   "classifier_accuracy",
   "create_backbone",
-  "crop_flip_config",
+  "crop_flip_config",  # noqa: F822  (module __getattr__)
   "evaluate",
   "extract_features",
   "finetune",
@@ -99,6 +98,15 @@ __all__ = [
   "train_linear_probe",
   "write_results",
 ]
+
+
+def __getattr__(name: str) -> Any:
+  # The data side's pipeline module loads TensorFlow: its name here loads on first use.
+  if name == "crop_flip_config":
+    from barlow_jax.data import pretrain
+
+    return pretrain.crop_flip_config
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

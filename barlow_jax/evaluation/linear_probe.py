@@ -200,41 +200,6 @@ def probe_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any
   )
 
 
-def crop_flip_config(
-  config: ml_collections.ConfigDict, *, split: str, batch_size: int, name: str | None = None
-) -> ml_collections.ConfigDict:
-  """`config` whose pretraining stream yields the probe's training augmentation in view A.
-
-  Random resized crop (the configured area / aspect / method) + flip, nothing else: colour
-  jitter, grayscale, blur, solarize, channel permutation and noise are switched off.
-  """
-  out = ml_collections.ConfigDict(config.to_dict())
-  out.dataset.train_split = split
-  if name is not None:
-    out.dataset.name = name
-  out.batch_size = int(batch_size)
-  out.num_train_examples = -1
-  off = ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "channel_permute_prob")
-  for view in (out.augment.view_a, out.augment.view_b):
-    for key in (*off, "noise_std"):
-      view[key] = 0.0
-  return out
-
-
-def labelled_view_a(iterator, config):
-  """Pretraining batches -> {"image": normalised view A, "label"}; raises without labels."""
-  from barlow_jax import data
-
-  for batch in iterator:
-    if "label" not in batch:
-      raise ValueError("the training split has no labels (config.dataset.label_key)")
-    # The pretraining stream's views are uint8; the probe's network takes normalised floats.
-    yield {
-      "image": data.normalize_views(batch, config)["view_a"],
-      "label": batch["label"],
-    }
-
-
 def reference_linear_probe(
   config: ml_collections.ConfigDict,
   backbone: nn.Module,
@@ -309,7 +274,9 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
   need = preflight.Need("probe_split", reader, batch_key="eval.probe_batch_size")
   preflight.check(config, [need])
   batch_size = int(config.eval.probe_batch_size)
-  train_config = crop_flip_config(config, split=config.dataset.probe_split, batch_size=batch_size)
+  train_config = data.crop_flip_config(
+    config, split=config.dataset.probe_split, batch_size=batch_size
+  )
   total = int(config.eval.probe_epochs) * data.steps_per_epoch(train_config)
   rate = float(config.eval.probe_lr) * batch_size / 256
   tx = torch_sgd(
@@ -324,7 +291,7 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
   opt_state = tx.init(head)
   step = reference_head_step(backbone, tx)
   t0 = time.perf_counter()
-  batches = labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
+  batches = data.labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
   for _ in range(total):
     b = next(batches)
     arrays = {
@@ -336,6 +303,10 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
 
 
 # Old names of this module, now in their own homes: each warns DeprecationWarning naming it.
-_DEPRECATED = {"linear_head_kernel_init": "barlow_jax.models.linear_head_kernel_init"}
+_DEPRECATED = {
+  "crop_flip_config": "barlow_jax.data.pretrain.crop_flip_config",
+  "labelled_view_a": "barlow_jax.data.pretrain.labelled_view_a",
+  "linear_head_kernel_init": "barlow_jax.models.linear_head_kernel_init",
+}
 
 __getattr__ = deprecation_getattr(__name__, _DEPRECATED)
