@@ -41,10 +41,10 @@ from barlow_jax.config_validation import UserError
 _DEPRECATED = {
   "array_batches": "barlow_jax.evaluation.features.array_batches",
   "backbone_variables": "barlow_jax.evaluation.features.backbone_variables",
-  "Classifier": "barlow_jax.evaluation.finetune.Classifier",
+  "Classifier": "barlow_jax.models.Classifier",
   "classifier_accuracy": "barlow_jax.evaluation.finetune.classifier_accuracy",
   "create_backbone": "barlow_jax.evaluation.features.create_backbone",
-  "crop_flip_config": "barlow_jax.evaluation.linear_probe.crop_flip_config",
+  "crop_flip_config": "barlow_jax.data.pretrain.crop_flip_config",
   "extract_features": "barlow_jax.evaluation.features.extract_features",
   "finetune": "barlow_jax.evaluation.finetune.finetune",
   "init_backbone": "barlow_jax.evaluation.features.init_backbone",
@@ -64,7 +64,7 @@ _DEPRECATED = {
   "select_subset": "barlow_jax.evaluation.finetune.select_subset",
   "semisup_evaluation": "barlow_jax.evaluation.modes.semisup_evaluation",
   "STANDARDISED_PIXELS": "barlow_jax.evaluation.final_table.STANDARDISED_PIXELS",
-  "topk_accuracy": "barlow_jax.evaluation.metrics.topk_accuracy",
+  "topk_accuracy": "barlow_jax.evaluation.features.topk_accuracy",
   "train_linear_probe": "barlow_jax.evaluation.linear_probe.train_linear_probe",
   "write_results": "barlow_jax.evaluation.final_table.write_results",
 }

@@ -1,5 +1,6 @@
 """The Barlow Twins network (flax linen): a `barlow_jax.resnet` backbone, the projector, and the
-module applying both to a pair of views; `create_model` builds it from `config.model`.
+module applying both to a pair of views; `create_model` builds it from `config.model`. The
+evaluation's fine-tuning network, `Classifier` (backbone + linear head), is here too.
 
 The projector follows the reference (docs/reference.md §2): `Linear(no bias) -> BN -> ReLU` per
 hidden layer, torch.nn.Linear's initialisation, the backbone's BatchNorm settings. The backbone's
@@ -206,3 +207,29 @@ def create_model(model_config, *, axis_name: str | None = None) -> BarlowTwins:
     predictor=predictor,
     stop_gradient_b=bool(model_config.get("stop_gradient_b", False)),
   )
+
+
+# The reference's head initialisation (reference evaluate.py: `fc.weight.data.normal_(mean=0.0,
+# std=0.01)`, `fc.bias.data.zero_()`), as a flax initializer for heads inside modules.
+linear_head_kernel_init = nn.initializers.normal(0.01)
+
+
+class Classifier(nn.Module):
+  """Backbone + one linear head (weights N(0, 0.01), bias 0): images -> [N, num_classes] logits.
+
+  The network `barlow_jax.evaluation.finetune` fine-tunes (semi-supervised evaluation, the
+  supervised baseline). Variables: {"params": {"backbone", "head"}, "batch_stats": {"backbone"}}.
+
+  Attributes:
+    backbone: a module whose `__call__(x, train)` gives [N, F] features (a `ResNet`).
+    num_classes: C, the width of the logits (float32).
+  """
+
+  backbone: nn.Module
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    features = self.backbone(x, train=train).astype(jnp.float32)
+    head = nn.Dense(self.num_classes, kernel_init=linear_head_kernel_init, name="head")
+    return head(features)

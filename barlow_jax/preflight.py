@@ -86,7 +86,8 @@ def check(config: ml_collections.ConfigDict, needs: Sequence[Need]) -> None:
 
 def pretraining_needs(config: ml_collections.ConfigDict, *, knn_monitor: bool) -> list[Need]:
   """The splits a pretraining run reads after its first step: the kNN monitor's (when
-  `knn_monitor`, see `knn_monitor.is_enabled`) and the final table's (`config.eval.final`)."""
+  `knn_monitor`, see `evaluation.knn.monitor_enabled`) and the final table's
+  (`config.eval.final`)."""
   needs = []
   if knn_monitor:
     reader = f"the kNN monitor (config.eval_every_steps={config.eval_every_steps})"

@@ -25,9 +25,10 @@ dropout), so an interrupted-and-resumed run ends with the parameters of an unint
 
 The parts, each in its module: `train_setup` (the run's constants, derived once), `train_state`
 (the state, its checkpoints and the backbone export), `train_step` (the update, jitted),
-`parallel` (mesh, shardings, global batches), `train_progress` (throughput and ETA),
-`knn_monitor`, `preemption` (SIGTERM), `finish` (the end-of-run evaluation). This module is the
-loop that drives them; the names they had here are deprecated (`_DEPRECATED`, removed in 0.3).
+`parallel` (mesh, shardings, global batches), `train_progress` (throughput and ETA), the kNN
+monitor (`evaluation.knn`), `preemption` (SIGTERM, Ctrl-C), `finish` (the end-of-run
+evaluation). This module is the loop that drives them; the names they had here are deprecated
+(`_DEPRECATED`, removed in 0.3).
 """
 
 import dataclasses
@@ -44,7 +45,6 @@ from clu import periodic_actions
 from barlow_jax import (
   checkpointing,
   finish,
-  knn_monitor,
   monitors,
   preemption,
   train_setup,
@@ -52,6 +52,7 @@ from barlow_jax import (
 )
 from barlow_jax import train_step as step_lib
 from barlow_jax._deprecations import deprecation_getattr
+from barlow_jax.evaluation import knn
 from barlow_jax.train_progress import INPUT_WAIT, TrainProgress
 
 # The names this module had before they moved to their own modules (removed in 0.3).
@@ -194,7 +195,7 @@ class _Loop:
     ]
     # The last step's monitor runs after the backbone export (`_end_of_run`): a failure there
     # must not cost the export.
-    self.knn_enabled = knn_monitor.is_enabled(config, setup.num_classes)
+    self.knn_enabled = knn.monitor_enabled(config, setup.num_classes)
     if self.knn_enabled:
       self.actions.append(
         periodic_actions.PeriodicCallback(
@@ -328,7 +329,7 @@ class _Loop:
   def knn_monitor(self, step: int) -> None:
     """Runs the kNN monitor on the current state and logs its accuracy at `step`."""
     start = time.perf_counter()
-    accuracy = knn_monitor.accuracy(self.state, self.config, self.setup.mesh)
+    accuracy = knn.monitor_accuracy(self.state, self.config, self.setup.mesh)
     self.monitor_seconds += time.perf_counter() - start
     self.writer.write_scalars(step, {"knn_accuracy": accuracy})
     logging.info("step %d: kNN top-1 %.2f%%", step, 100.0 * accuracy)

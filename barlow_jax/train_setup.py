@@ -29,7 +29,6 @@ from barlow_jax import (
   config_validation,
   data,
   finish,
-  knn_monitor,
   metrics_file,
   models,
   optim,
@@ -39,6 +38,7 @@ from barlow_jax import (
 )
 from barlow_jax.config_validation import UserError
 from barlow_jax.data import device_augment
+from barlow_jax.evaluation import knn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +180,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
     # From the dataset, not from a batch: a rerun of a finished run has no batch to look at, and
     # the probe's presence is part of the checkpoint's structure.
     num_classes = data.num_classes(config) if config.online_probe else 0
-  preflight.check_pretraining(config, knn_monitor=knn_monitor.is_enabled(config, num_classes))
+  preflight.check_pretraining(config, knn_monitor=knn.monitor_enabled(config, num_classes))
   check_resume(config, workdir)
   workdir = checkpointing.prepare_workdir(workdir)
   mesh = parallel.create_mesh()

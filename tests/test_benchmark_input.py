@@ -8,11 +8,12 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("PIL")
 
-from barlow_jax.benchmarks import input_peer, pil_peer  # noqa: E402
+from barlow_jax.benchmarks import input as input_benchmark  # noqa: E402
+from barlow_jax.benchmarks import pil_peer  # noqa: E402
 
 
 def test_pil_peer_makes_two_normalised_views_with_torchvision_crop_semantics():
-  jpegs = input_peer.natural_jpegs(2)
+  jpegs = input_benchmark.natural_jpegs(2)
   a, b = pil_peer.two_views(jpegs[0], random.Random(0), size=32)
   for view in (a, b):
     assert view.shape == (3, 32, 32) and view.dtype == np.float32  # ToTensor layout.
@@ -28,10 +29,10 @@ def test_pil_peer_makes_two_normalised_views_with_torchvision_crop_semantics():
 
 
 def test_side_by_side_run_reports_rates_ratios_and_op_costs():
-  result = input_peer.run(0.05, 2, 1, input_peer.natural_jpegs(2, 40, 48), size=16)
+  result = input_benchmark.run_peer(0.05, 2, 1, input_benchmark.natural_jpegs(2, 40, 48), size=16)
   rates = result["median_examples_per_cpu_s"]
-  assert set(rates) >= {input_peer.FULL, input_peer.HOST_PART, input_peer.PEER}
+  assert set(rates) >= {input_benchmark.FULL, input_benchmark.HOST_PART, input_benchmark.PEER}
   assert all(r > 0 for r in rates.values())
-  assert result["ratio_to_peer"][input_peer.PEER] == 1.0
-  assert set(result["op_ms_per_example"]) == set(input_peer.WITHOUT)
-  assert "x PIL" in input_peer.report(result, 0, (1.0, 1.0, 1.0))
+  assert result["ratio_to_peer"][input_benchmark.PEER] == 1.0
+  assert set(result["op_ms_per_example"]) == set(input_benchmark.WITHOUT)
+  assert "x PIL" in input_benchmark.peer_report(result, 0, (1.0, 1.0, 1.0))

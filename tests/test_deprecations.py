@@ -56,7 +56,8 @@ OLD_PATHS = {
   "barlow_jax.evaluate": (
     "barlow_jax.evaluation.baselines barlow_jax.evaluation.features "
     "barlow_jax.evaluation.final_table barlow_jax.evaluation.finetune barlow_jax.evaluation.knn "
-    "barlow_jax.evaluation.linear_probe barlow_jax.evaluation.metrics barlow_jax.evaluation.modes",
+    "barlow_jax.evaluation.linear_probe barlow_jax.evaluation.modes barlow_jax.models "
+    "barlow_jax.data.pretrain",
     "STANDARDISED_PIXELS Classifier LinearProbe array_batches backbone_variables "
     "classifier_accuracy create_backbone crop_flip_config extract_features finetune init_backbone "
     "knn_accuracy knn_evaluation linear_evaluation linear_probe_accuracy load_backbone "

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from barlow_jax import evaluate
-from barlow_jax.evaluation import features as eval_features
-from barlow_jax.evaluation import final_table, finetune, knn, linear_probe, metrics
+from barlow_jax.evaluation import features, final_table, finetune, knn, linear_probe
 
 
 def _separable_linear_data(rng, n, d, c, margin):
@@ -30,13 +29,13 @@ def test_topk_accuracy_hand_made():
     np.float32,
   )
   labels = np.array([6, 4, 5, 2])
-  assert float(metrics.topk_accuracy(logits, labels, 1)) == pytest.approx(0.25)
-  assert float(metrics.topk_accuracy(logits, labels, 2)) == pytest.approx(0.5)
-  assert float(metrics.topk_accuracy(logits, labels, 5)) == pytest.approx(0.75)
+  assert float(features.topk_accuracy(logits, labels, 1)) == pytest.approx(0.25)
+  assert float(features.topk_accuracy(logits, labels, 2)) == pytest.approx(0.5)
+  assert float(features.topk_accuracy(logits, labels, 5)) == pytest.approx(0.75)
   mask = np.array([True, True, False, False])
-  assert float(metrics.topk_accuracy(logits, labels, 5, mask)) == pytest.approx(1.0)
+  assert float(features.topk_accuracy(logits, labels, 5, mask)) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="k must be"):
-    metrics.topk_accuracy(logits, labels, 8)
+    features.topk_accuracy(logits, labels, 8)
 
 
 def test_topk_counts_hand_made():
@@ -50,9 +49,9 @@ def test_topk_counts_hand_made():
     np.float32,
   )
   labels, mask = np.array([6, 4, 0, 2]), np.array([True, True, False, True])
-  np.testing.assert_allclose(metrics.topk_counts(logits, labels, mask), [1.0, 3.0, 3.0])
+  np.testing.assert_allclose(features.topk_counts(logits, labels, mask), [1.0, 3.0, 3.0])
   # Fewer than 5 classes: "top-5" is top-C, every unmasked row a hit.
-  np.testing.assert_allclose(metrics.topk_counts(logits[:, :3], labels % 3, mask), [0.0, 3.0, 3.0])
+  np.testing.assert_allclose(features.topk_counts(logits[:, :3], labels % 3, mask), [0.0, 3.0, 3.0])
 
 
 def _knn_numpy(train_x, train_y, test_x, k, t, c):
@@ -362,7 +361,7 @@ def test_evaluate_from_the_workdir_semisup(pretrained, tmp_path):
 
 def test_reference_probe_leaves_the_frozen_backbone_bit_identical(pretrained):
   config, workdir, _ = pretrained
-  backbone, variables, _ = eval_features.load_backbone(workdir)
+  backbone, variables, _ = features.load_backbone(workdir)
   before = jax.tree.map(lambda x: np.array(x, copy=True), variables)
   config = _tiny_cluttered_config()
   config.eval.probe_epochs = 1
@@ -378,12 +377,12 @@ def test_reference_probe_leaves_the_frozen_backbone_bit_identical(pretrained):
 
 def test_load_backbone_checkpoint_equals_export(pretrained):
   _, workdir, _ = pretrained
-  _, exported, _ = eval_features.load_backbone(workdir)
-  _, from_ckpt, _ = eval_features.load_backbone(workdir, checkpoint_step=2)
+  _, exported, _ = features.load_backbone(workdir)
+  _, from_ckpt, _ = features.load_backbone(workdir, checkpoint_step=2)
   for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(from_ckpt)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ValueError, match="checkpoint_step"):
-    eval_features.load_backbone(workdir, checkpoint_step=7)
+    features.load_backbone(workdir, checkpoint_step=7)
 
 
 def test_random_crop_flip_identity_mirror_and_crop():

@@ -25,12 +25,11 @@ from barlow_jax import (
   cli,
   convert,
   evaluate,
-  knn_monitor,
   train,
   train_setup,
 )
 from barlow_jax.config_validation import UserError
-from barlow_jax.evaluation import modes, transfer
+from barlow_jax.evaluation import knn, modes, transfer
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,12 +171,12 @@ def late_failure(tmp_path_factory):
       raise RuntimeError("the last kNN monitor failed")
     return 0.5
 
-  saved, knn_monitor.accuracy = knn_monitor.accuracy, accuracy
+  saved, knn.monitor_accuracy = knn.monitor_accuracy, accuracy
   try:
     with pytest.raises(RuntimeError, match="the last kNN monitor failed"):
       train.train_and_evaluate(config, str(workdir))
   finally:
-    knn_monitor.accuracy = saved
+    knn.monitor_accuracy = saved
   return config, workdir, calls
 
 

@@ -9,7 +9,8 @@ It knows no network: nothing here imports models, training or evaluation code.
   tfds_source.py     the "tfds" kind: any TFDS dataset
   digits.py          the offline digits / cluttered digits (NumPy only)
   batching.py        batch checks, process shards, tf.data options
-  pretrain.py        two augmented uint8 views per image (`create_pretrain_iterator`)
+  pretrain.py        two augmented uint8 views per image (`create_pretrain_iterator`); its
+                     crop + flip view A, labelled, for the evaluation's heads (`crop_flip_config`)
   evaluation.py      resize + centre crop (`create_eval_iterator`, `load_labelled_arrays`)
   augment.py         one view: seeds and the per-view composition of the ops below
   crop.py            decoding, random resized crops, PIL-like resizes
@@ -44,6 +45,8 @@ _EXPORTS = {
   "create_pretrain_iterator": "pretrain",
   "normalize_views": "pretrain",
   "two_view_fn": "pretrain",
+  "crop_flip_config": "pretrain",
+  "labelled_view_a": "pretrain",
   "create_eval_iterator": "evaluation",
   "eval_resize": "evaluation",
   "load_labelled_arrays": "evaluation",

@@ -9,10 +9,14 @@ Order and resumability: epoch `e` visits the process's shard in an order drawn f
 start_step=k)` yields exactly batches k, k+1, ... of a run started at 0, skipping the first
 k % steps_per_epoch batches of the epoch without decoding them. Each epoch has exactly
 `steps_per_epoch(config)` batches on every process (remainders dropped, docs/reference.md §3).
+
+The same stream with crop + flip only, view A normalised and labelled (`crop_flip_config`,
+`labelled_view_a`), is the single-view labelled stream the evaluation trains its heads on.
 """
 
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -135,3 +139,49 @@ def create_pretrain_iterator(
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(batching.options(config))
   return ds.as_numpy_iterator()
+
+
+def crop_flip_config(
+  config: ml_collections.ConfigDict, *, split: str, batch_size: int, name: str | None = None
+) -> ml_collections.ConfigDict:
+  """`config` whose pretraining stream yields the probe's training augmentation in view A: with
+  `labelled_view_a`, the single-view labelled stream of the linear probe's reference protocol and
+  the semi-supervised fine-tuning.
+
+  Random resized crop (the configured area / aspect / method) + flip, nothing else: colour
+  jitter, grayscale, blur, solarize, channel permutation and noise are switched off.
+  """
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.dataset.train_split = split
+  if name is not None:
+    out.dataset.name = name
+  out.batch_size = int(batch_size)
+  out.num_train_examples = -1
+  off = ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "channel_permute_prob")
+  for view in (out.augment.view_a, out.augment.view_b):
+    for key in (*off, "noise_std"):
+      view[key] = 0.0
+  return out
+
+
+def labelled_view_a(iterator, config):
+  """Pretraining batches -> {"image": normalised view A, "label"}; raises without labels.
+
+  Args:
+    iterator: `create_pretrain_iterator(config)` of a `crop_flip_config` config.
+    config: that config.
+
+  Yields:
+    {"image": [B, S, S, 3] float32 (normalised), "label": [B] int}.
+
+  Raises:
+    ValueError: naming config.dataset.label_key when a batch has no labels.
+  """
+  for batch in iterator:
+    if "label" not in batch:
+      raise ValueError("the training split has no labels (config.dataset.label_key)")
+    # The pretraining stream's views are uint8; the probe's network takes normalised floats.
+    yield {
+      "image": normalize_views(batch, config)["view_a"],
+      "label": batch["label"],
+    }

@@ -1,10 +1,11 @@
 """Evaluation of a frozen backbone; `python -m barlow_jax.evaluate` is its command line.
 
 Read top-down (each module imports only those above it):
-- `metrics`: top-k accuracy, and per-batch top-1 / top-5 counts to sum over eval batches.
-- `knn`: the weighted kNN classifier (the kNN monitor).
 - `features`: backbone building / loading (through `barlow_jax.checkpointing`), labelled
-  in-memory splits, features, top-k over eval batches (on devices through `barlow_jax.parallel`).
+  in-memory splits, features, top-k accuracy and per-batch top-1 / top-5 counts summed over eval
+  batches (on devices through `barlow_jax.parallel`).
+- `knn`: the weighted kNN classifier, and the kNN monitor of a pretraining run (it reads the
+  state's backbone; nothing of the training loop is imported).
 - `linear_probe`: the linear probe, "features" and "reference" protocols.
 - `finetune`: backbone + head fine-tuning, labelled subsets (semi-supervised).
 - `baselines`: a table row (probe + kNN), BN recalibration, the supervised reference.

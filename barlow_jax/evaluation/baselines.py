@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from barlow_jax import parallel, progress
+from barlow_jax import models, parallel, progress
 from barlow_jax.evaluation.features import (
   array_batches,
   backbone_variables,
@@ -24,7 +24,6 @@ from barlow_jax.evaluation.features import (
   round_to,
 )
 from barlow_jax.evaluation.finetune import (
-  Classifier,
   classifier_accuracy,
   crop_flip_kwargs,
   finetune,
@@ -154,7 +153,7 @@ def supervised_row(
     mesh=mesh,
     should_stop=should_stop,
   )
-  model = Classifier(backbone=backbone, num_classes=num_classes)
+  model = models.Classifier(backbone=backbone, num_classes=num_classes)
   eval_bs = eval_batch_size(len(test[0]), mesh.size)
   head = classifier_accuracy(model, trained, array_batches(*test, eval_bs), mesh=mesh)
   train_f, test_f = features(backbone_variables(trained))

@@ -18,17 +18,17 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from barlow_jax import parallel
+from barlow_jax import models, parallel
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.evaluation.features import (
   accuracy_over_batches,
   backbone_variables,
+  topk_counts,
 )
 from barlow_jax.evaluation.linear_probe import (
   cosine_to_zero,
-  linear_head_kernel_init,
   torch_sgd,
 )
-from barlow_jax.evaluation.metrics import topk_counts
 
 # Steps timed to size a time-matched fine-tuning run.
 _TIMED_STEPS = 10
@@ -136,19 +136,6 @@ def crop_flip_kwargs(view: ml_collections.ConfigDict) -> dict[str, Any]:
   }
 
 
-class Classifier(nn.Module):
-  """Backbone + one linear head (weights N(0, 0.01), bias 0): images -> [N, num_classes] logits."""
-
-  backbone: nn.Module
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    features = self.backbone(x, train=train).astype(jnp.float32)
-    head = nn.Dense(self.num_classes, kernel_init=linear_head_kernel_init, name="head")
-    return head(features)
-
-
 # Long by its signature and docstring; the body is the steps' loop (its parts are helpers below).
 def finetune(
   backbone: nn.Module,
@@ -194,7 +181,7 @@ def finetune(
   mesh = parallel.create_mesh() if mesh is None else mesh
   if batch_size % mesh.size:
     raise ValueError(f"batch_size {batch_size} must divide by the {mesh.size} devices")
-  model = Classifier(backbone=backbone, num_classes=num_classes)
+  model = models.Classifier(backbone=backbone, num_classes=num_classes)
   first = next(batches)
   params, stats = _start_variables(model, variables, first["image"], seed)
   if optimizer is None:
@@ -252,7 +239,7 @@ def _labelled_arrays(batch, mesh: Mesh):
   return parallel.shard_batch(arrays, mesh)
 
 
-def _start_variables(model: Classifier, variables, image, seed: int):
+def _start_variables(model: models.Classifier, variables, image, seed: int):
   """(params {"backbone", "head"}, batch_stats {"backbone"}): the backbone's, a new head."""
   start = backbone_variables(variables)
   head = jax.jit(functools.partial(model.init, train=False))(
@@ -290,7 +277,7 @@ def two_rate_sgd(
   )
 
 
-def _classifier_step(model: Classifier, tx: optax.GradientTransformation, augment):
+def _classifier_step(model: models.Classifier, tx: optax.GradientTransformation, augment):
   """The jitted step `(params, stats, opt_state, batch, key) -> (..., loss)`: cross-entropy,
   train-mode BatchNorm, `random_crop_flip(**augment)` on the devices unless augment is None."""
 
@@ -345,7 +332,7 @@ def random_batches(
 
 
 def classifier_accuracy(
-  model: Classifier,
+  model: models.Classifier,
   variables: Mapping[str, Any],
   batches: Iterable[Mapping[str, np.ndarray]],
   *,
@@ -362,3 +349,9 @@ def classifier_accuracy(
 
   counts_fn = functools.partial(counts, variables)
   return accuracy_over_batches(counts_fn, batches, mesh=mesh, what="classifier_accuracy")
+
+
+# Old names of this module, now in their own homes: each warns DeprecationWarning naming it.
+_DEPRECATED = {"Classifier": "barlow_jax.models.Classifier"}
+
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)

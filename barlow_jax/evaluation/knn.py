@@ -1,4 +1,12 @@
-"""Weighted kNN classifier on L2-normalised features: the kNN monitor (docs/reference.md §5)."""
+"""Weighted kNN classifier on L2-normalised features (docs/reference.md §5), and the kNN
+monitor: weighted kNN top-1 of the backbone being trained, every `eval_every_steps`.
+
+The monitor's memory bank is the probe split's eval-preprocessed images, its queries the eval
+split's (InstDisc's monitor); the backbone runs in eval mode (running BatchNorm statistics).
+Cheap enough to run during pretraining, it shows whether the representation is getting more
+useful, where the loss alone cannot. It reads only the state's model and variables, so this
+module imports nothing of the training loop.
+"""
 
 import functools
 from typing import Any
@@ -7,6 +15,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from barlow_jax import data, parallel
+from barlow_jax.evaluation.features import backbone_variables
 
 # Bound on the [test_chunk, num_train] similarity matrix of the kNN monitor (elements).
 KNN_MAX_SIMILARITIES = 1 << 25
@@ -123,4 +136,55 @@ def knn_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     k=int(config.eval.knn_k),
     temperature=float(config.eval.knn_temperature),
     standardize=bool(config.eval.get("knn_standardize", False)),
+  )
+
+
+def monitor_enabled(config: ml_collections.ConfigDict, num_classes: int) -> bool:
+  """Whether the run has a kNN monitor: `eval_every_steps` > 0, both splits, labels."""
+  dataset = config.dataset
+  return bool(
+    config.eval_every_steps and dataset.eval_split and dataset.probe_split and num_classes
+  )
+
+
+def monitor_accuracy(state: Any, config: ml_collections.ConfigDict, mesh: Mesh) -> float:
+  """Weighted kNN top-1 (a fraction) of the current backbone: probe split -> eval split.
+
+  Features of both splits are computed on the mesh from global batches (every process feeds its
+  shard) and replicated, so every process computes the same accuracy. Every process calls it.
+
+  Args:
+    state: the pretraining state (`barlow_jax.train_state.TrainState`), or any object with
+      `model.backbone` (a flax module) and the full two-view network's `params` and
+      `batch_stats` (their "backbone" entries are used).
+    config: the run's config (`dataset.probe_split`, `dataset.eval_split`, `batch_size`, the kNN
+      settings of `config.eval`).
+    mesh: the run's mesh.
+  """
+  mesh = parallel.auto_mesh(mesh)  # The same layout on an Explicit mesh (parallel.auto_mesh).
+  variables = backbone_variables({"params": state.params, "batch_stats": state.batch_stats})
+  variables = parallel.replicate(variables, mesh)
+  replicated = NamedSharding(mesh, P())
+
+  def represent(variables, batch):
+    features = state.model.backbone.apply(variables, batch["image"], train=False)
+    return features.astype(jnp.float32), batch["label"], batch["mask"]
+
+  represent = jax.jit(
+    represent, in_shardings=(replicated, parallel.batch_sharding(mesh)), out_shardings=replicated
+  )
+  out = []
+  for split in (config.dataset.probe_split, config.dataset.eval_split):
+    features, labels = [], []
+    for local in data.create_eval_iterator(config, split, batch_size=int(config.batch_size)):
+      feats, label, mask = jax.device_get(represent(variables, parallel.global_batch(local, mesh)))
+      features.append(feats[mask])
+      labels.append(label[mask])
+    out.append((np.concatenate(features), np.concatenate(labels)))
+  (train_x, train_y), (test_x, test_y) = out
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  return float(
+    knn_accuracy(
+      train_x, train_y, test_x, test_y, num_classes=num_classes, **knn_kwargs_from_config(config)
+    )
   )

@@ -20,12 +20,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from barlow_jax import optim, parallel
+from barlow_jax import models, optim, parallel
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.evaluation.features import (
   accuracy_over_batches,
   backbone_variables,
+  topk_accuracy,
+  topk_counts,
 )
-from barlow_jax.evaluation.metrics import topk_accuracy, topk_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +61,6 @@ def torch_sgd(lr_schedule, momentum: float, weight_decay) -> optax.GradientTrans
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr_schedule, momentum))
 
 
-# The reference's head initialisation (reference evaluate.py: `fc.weight.data.normal_(mean=0.0,
-# std=0.01)`, `fc.bias.data.zero_()`), as a flax initializer for heads inside modules.
-linear_head_kernel_init = nn.initializers.normal(0.01)
-
-
 def linear_head_init(key: jax.Array, dim: int, num_classes: int) -> dict[str, jax.Array]:
   """A new linear head on `dim`-wide features: the one initialisation of every linear head.
 
@@ -75,11 +72,12 @@ def linear_head_init(key: jax.Array, dim: int, num_classes: int) -> dict[str, ja
   Returns:
     {"kernel": [D, C] float32 ~ N(0, 0.01^2), "bias": [C] float32 zeros}; logits are
     `features @ kernel + bias`. Used by the linear probes here, the online probe in training and
-    (as `linear_head_kernel_init`, same numbers for the same key) the fine-tuning `Classifier`.
+    (as `models.linear_head_kernel_init`, same numbers for the same key) the fine-tuning
+    `models.Classifier`.
     Reference evaluate.py: `fc.weight.data.normal_(mean=0.0, std=0.01)`, `fc.bias.data.zero_()`.
   """
   return {
-    "kernel": linear_head_kernel_init(key, (dim, num_classes), jnp.float32),
+    "kernel": models.linear_head_kernel_init(key, (dim, num_classes), jnp.float32),
     "bias": jnp.zeros((num_classes,), jnp.float32),
   }
 
@@ -202,41 +200,6 @@ def probe_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any
   )
 
 
-def crop_flip_config(
-  config: ml_collections.ConfigDict, *, split: str, batch_size: int, name: str | None = None
-) -> ml_collections.ConfigDict:
-  """`config` whose pretraining stream yields the probe's training augmentation in view A.
-
-  Random resized crop (the configured area / aspect / method) + flip, nothing else: colour
-  jitter, grayscale, blur, solarize, channel permutation and noise are switched off.
-  """
-  out = ml_collections.ConfigDict(config.to_dict())
-  out.dataset.train_split = split
-  if name is not None:
-    out.dataset.name = name
-  out.batch_size = int(batch_size)
-  out.num_train_examples = -1
-  off = ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "channel_permute_prob")
-  for view in (out.augment.view_a, out.augment.view_b):
-    for key in (*off, "noise_std"):
-      view[key] = 0.0
-  return out
-
-
-def labelled_view_a(iterator, config):
-  """Pretraining batches -> {"image": normalised view A, "label"}; raises without labels."""
-  from barlow_jax import data
-
-  for batch in iterator:
-    if "label" not in batch:
-      raise ValueError("the training split has no labels (config.dataset.label_key)")
-    # The pretraining stream's views are uint8; the probe's network takes normalised floats.
-    yield {
-      "image": data.normalize_views(batch, config)["view_a"],
-      "label": batch["label"],
-    }
-
-
 def reference_linear_probe(
   config: ml_collections.ConfigDict,
   backbone: nn.Module,
@@ -311,7 +274,9 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
   need = preflight.Need("probe_split", reader, batch_key="eval.probe_batch_size")
   preflight.check(config, [need])
   batch_size = int(config.eval.probe_batch_size)
-  train_config = crop_flip_config(config, split=config.dataset.probe_split, batch_size=batch_size)
+  train_config = data.crop_flip_config(
+    config, split=config.dataset.probe_split, batch_size=batch_size
+  )
   total = int(config.eval.probe_epochs) * data.steps_per_epoch(train_config)
   rate = float(config.eval.probe_lr) * batch_size / 256
   tx = torch_sgd(
@@ -326,7 +291,7 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
   opt_state = tx.init(head)
   step = reference_head_step(backbone, tx)
   t0 = time.perf_counter()
-  batches = labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
+  batches = data.labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
   for _ in range(total):
     b = next(batches)
     arrays = {
@@ -335,3 +300,13 @@ def _train_reference_head(config, backbone, frozen, num_classes: int, mesh: Mesh
     }
     head, opt_state, _ = step(head, opt_state, frozen, parallel.shard_batch(arrays, mesh))
   return head, total, time.perf_counter() - t0
+
+
+# Old names of this module, now in their own homes: each warns DeprecationWarning naming it.
+_DEPRECATED = {
+  "crop_flip_config": "barlow_jax.data.pretrain.crop_flip_config",
+  "labelled_view_a": "barlow_jax.data.pretrain.labelled_view_a",
+  "linear_head_kernel_init": "barlow_jax.models.linear_head_kernel_init",
+}
+
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)

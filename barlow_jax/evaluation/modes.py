@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from barlow_jax import parallel
+from barlow_jax import models, parallel
 from barlow_jax.evaluation.features import (
   array_batches,
   load_backbone,
@@ -19,7 +19,6 @@ from barlow_jax.evaluation.features import (
 )
 from barlow_jax.evaluation.final_table import write_results
 from barlow_jax.evaluation.finetune import (
-  Classifier,
   classifier_accuracy,
   crop_flip_kwargs,
   finetune,
@@ -28,8 +27,6 @@ from barlow_jax.evaluation.finetune import (
 )
 from barlow_jax.evaluation.knn import knn_accuracy, knn_kwargs_from_config
 from barlow_jax.evaluation.linear_probe import (
-  crop_flip_config,
-  labelled_view_a,
   linear_probe_accuracy,
   probe_kwargs_from_config,
   reference_linear_probe,
@@ -169,7 +166,7 @@ def semisup_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[
     seed=int(ev.semisup_seed),
     mesh=mesh,
   )
-  model = Classifier(backbone=backbone, num_classes=data.num_classes)
+  model = models.Classifier(backbone=backbone, num_classes=data.num_classes)
   results.update(classifier_accuracy(model, trained, data.eval_batches, mesh=mesh))
   results.update(steps=info["steps"], seconds=info["seconds"], batch_size=data.batch_size)
   write_results(workdir, results)
@@ -198,12 +195,12 @@ def _imagenet_subset(config: ml_collections.ConfigDict, eval_bs: int) -> _Semisu
   if subset not in ("1pct", "10pct"):
     raise ValueError(f"config.eval.semisup_subset={subset!r}: use '1pct', '10pct' or ''")
   batch_size = int(ev.semisup_batch_size)
-  train_config = crop_flip_config(
+  train_config = data.crop_flip_config(
     config, split="train", batch_size=batch_size, name=f"imagenet2012_subset/{subset}"
   )
   steps = int(ev.semisup_epochs) * data.steps_per_epoch(train_config)
   num_classes = _num_classes(config)
-  batches = labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
+  batches = data.labelled_view_a(data.create_pretrain_iterator(train_config), train_config)
   eval_batches = data.create_eval_iterator(config, config.dataset.eval_split, batch_size=eval_bs)
   num_labelled = data.num_train_examples(train_config)
   return _SemisupData(batches, eval_batches, num_classes, num_labelled, batch_size, steps, None)
