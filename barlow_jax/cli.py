@@ -97,6 +97,30 @@ def _fail(message: str) -> NoReturn:
   raise SystemExit(1)
 
 
+def without_traceback(message: str) -> str:
+  """`message` without the Python traceback ml_collections puts inside a config file's error:
+  its first line (which flag) and the exception's last line (what went wrong)."""
+  lines = [line for line in message.splitlines() if line.strip()]
+  if not any(line.startswith("Traceback") for line in lines):
+    return message
+  return f"{lines[0].rstrip(':')} {lines[-1]}"
+
+
+def loaded_config(flag_values: flags.FlagValues, name: str = "config"):
+  """The config of the `--NAME` config-file flag.
+
+  ml_collections reports a config file that could not be loaded (a missing path) when the value
+  is first read; this turns that into a `UserError` naming the flag, printed as one line.
+  """
+  try:
+    config = getattr(flag_values, name)
+    config.to_dict()  # ml_collections' stand-in for a file that did not load raises here.
+    return config
+  except OSError as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raise UserError(f"--{name}: the config file could not be loaded: {lines[-1]}") from None
+
+
 def _parse(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
   # ml_collections' config flags find their `--config.KEY` overrides in sys.argv when they
   # parse: an in-process parse shows them the argv it parses.
@@ -104,7 +128,7 @@ def _parse(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
   try:
     return flag_values(argv)
   except flags.Error as e:
-    _fail(str(e))
+    _fail(without_traceback(str(e)))
   except (AttributeError, KeyError) as e:
     # ml_collections' config_flags raise these from inside the parse for a `--config.KEY=V`
     # whose KEY the config lacks: report it as the flag error it is, not as a traceback.

@@ -149,7 +149,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 def _command(flag_values: flags.FlagValues, argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  evaluate(flag_values.config, flag_values.workdir)
+  evaluate(cli.loaded_config(flag_values), flag_values.workdir)
 
 
 COMMAND = cli.Command("python -m barlow_jax.evaluate", define_flags, _command, __doc__)

@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_logger().addFilter(_QuietOrbax())
+  config = cli.loaded_config(FLAGS)  # A config file that did not load: one line, before jax.
   # Imported here so a flag error (a misspelt --config. key) fails in a second, not after jax.
   from barlow_jax import distributed
 
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> None:
     jax.device_count(),
     jax.devices()[0].device_kind,
   )
-  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  result = train.train_and_evaluate(config, FLAGS.workdir)
   signal_name = result.stop_signal or "SIGTERM"
   if result.preempted and result.step < result.total_steps:
     logging.info(

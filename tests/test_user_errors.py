@@ -326,3 +326,34 @@ def test_main_prints_the_split_error_alone_and_writes_nothing(tmp_path):
   assert "config.dataset.eval_split='test'" in line[0] and "config.eval_every_steps=0" in line[0]
   assert "set by configs/cluttered_digits.py" in line[0]
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+  "config_arg, expected",
+  [
+    # A missing file: ml_collections reports it on first use, with a traceback of its own.
+    ("configs/no_such_config.py", "No such file or directory: 'configs/no_such_config.py'"),
+    # A misspelt variant: the config file's ValueError, without the traceback around it.
+    ("configs/cifar10_resnet18.py:run_local", "unknown argument 'run_local'; use 'runlocal'."),
+  ],
+)
+def test_a_config_file_that_does_not_load_is_one_line_without_a_traceback(
+  tmp_path, config_arg, expected
+):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "barlow_jax.main",
+      f"--config={config_arg}",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert expected in result.stderr
+  assert not (tmp_path / "run").exists()

@@ -38,6 +38,7 @@ from ml_collections import config_flags
 
 from barlow_jax import benchmarks, cli
 from barlow_jax.benchmarks import tpu_slices
+from barlow_jax.config_validation import UserError
 
 # The host pipeline's two-view 224 px examples per CPU-second per core (`python -m
 # barlow_jax.benchmark input`, README: 220 / 193 with host augmentations, 415 / 362 for the
@@ -78,9 +79,10 @@ def _num_classes(config, given: int) -> int:
   try:
     return data.num_classes(config)
   except Exception as e:  # noqa: BLE001 -- any reason the dataset cannot be opened here.
-    raise ValueError(
+    raise UserError(
       f"could not read the classes of config.dataset.name={config.dataset.name!r} on this machine "
-      f"({type(e).__name__}: {str(e)[:200]}); pass --num_classes=N (1000 for ImageNet)."
+      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass --num_classes=N (1000 for "
+      "ImageNet, 10 for CIFAR-10)."
     ) from None
 
 
@@ -242,7 +244,7 @@ def table(result: dict) -> str:
 def _command(args: flags.FlagValues, argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = args.config
+  config = cli.loaded_config(args)
   spec = tpu_slices.parse_topology(args.topology)
   missing = tpu_slices.libtpu_missing()
   if missing:
