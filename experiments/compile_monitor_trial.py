@@ -32,8 +32,10 @@ def main() -> None:
   p.add_argument("--out", default="")
   a = p.parse_args()
   if a.eigh != "default":
-    impl = {"qdwh": jax.lax.linalg.EighImplementation.QDWH,
-            "jacobi": jax.lax.linalg.EighImplementation.JACOBI}[a.eigh]
+    impl = {
+      "qdwh": jax.lax.linalg.EighImplementation.QDWH,
+      "jacobi": jax.lax.linalg.EighImplementation.JACOBI,
+    }[a.eigh]
     orig = jax.lax.linalg.eigh
     jnp.linalg.eigh = lambda x, **k: orig(x, implementation=impl)[::-1]
   spec = tpu_slices.parse_topology(a.topology)
@@ -50,9 +52,13 @@ def main() -> None:
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
-  row = {"trial": vars(a), "lower_seconds": round(t1 - t0, 1), "compile_seconds": round(t2 - t1, 1),
-         "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
-         "hlo_chars": len(compiled.as_text())}
+  row = {
+    "trial": vars(a),
+    "lower_seconds": round(t1 - t0, 1),
+    "compile_seconds": round(t2 - t1, 1),
+    "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+    "hlo_chars": len(compiled.as_text()),
+  }
   print(json.dumps(row))
   if a.out:
     with open(a.out, "w") as f:

@@ -18,7 +18,6 @@ import time
 from barlow_jax.benchmarks import compile as compile_bench
 
 
-
 def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--topology", default="v5e:2x2")
