@@ -21,8 +21,8 @@ GB = 10**9
 # A least-squares line through these three points in `activation_bytes` (residuals under 0.08
 # GB): a fixed part (the program: backbone, projector, optimizer, monitors) and a small part
 # growing with the batch per chip. ResNet-18 + 512 at 64 px, 64 per chip (2.4 GB) lies below it:
-# the estimate is an upper bound there. Not measured: wider or deeper backbones than ResNet-50,
-# and slices other than v5e:2x2 (the program is per chip; its collectives' groups grow).
+# the estimate is an upper bound there. The chip count barely matters (v5e:2x4, 8 per chip:
+# 4.75 GB). Not measured: wider or deeper backbones than ResNet-50, v4 / v5p, slices past 8 chips.
 _BASE_BYTES = 4.82 * GB
 _BYTES_PER_ACTIVATION_BYTE = 0.012
 
