@@ -33,6 +33,26 @@ def global_norm(tree) -> jax.Array:
   return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
+def _eigenvectors(gram: jax.Array) -> jax.Array:
+  """Eigenvectors (columns) of the symmetric float32 [F, F] `gram`.
+
+  On TPU by XLA's one-sweep-loop Jacobi kernel (the `Eigh` custom call), not JAX's default QDWH
+  divide and conquer: that one is traced as a `lax.switch` over one branch per block size (5 at
+  F = 2048), each a QDWH iteration, and XLA:TPU's compile of it alone took longer and more host
+  memory than a ResNet-18 training step (docs/scaling.md, "What drives the TPU compiler's host
+  memory"). Elsewhere LAPACK / cuSOLVER as `jnp.linalg.eigh` (Jacobi has no CPU kernel). Only
+  the directions are used (`effective_rank` takes the singular values as |x v_i|); Jacobi stops
+  at an off-diagonal tolerance of 1e-6 (relative), which bounds how much of the largest singular
+  value leaks into the smallest. Not checked on a TPU here: CI has none.
+  """
+  jacobi = jax.lax.linalg.EighImplementation.JACOBI
+  return jax.lax.platform_dependent(
+    gram,
+    tpu=lambda g: jax.lax.linalg.eigh(g, implementation=jacobi)[0],
+    default=lambda g: jnp.linalg.eigh(g)[1],
+  )
+
+
 def effective_rank(x: jax.Array) -> jax.Array:
   """exp(entropy of the normalised singular values) of x [N, F] (RankMe); 1 when collapsed.
 
@@ -49,7 +69,7 @@ def effective_rank(x: jax.Array) -> jax.Array:
   x = x.astype(jnp.float32)
   highest = jax.lax.Precision.HIGHEST  # TPU's default float32 matmul rounds inputs to bfloat16.
   gram = jnp.matmul(x.T, x, precision=highest)
-  _, vectors = jnp.linalg.eigh(gram)
+  vectors = _eigenvectors(gram)
   s = jnp.sqrt(jnp.sum(jnp.square(jnp.matmul(x, vectors, precision=highest)), axis=0))
   p = s / jnp.maximum(jnp.sum(s), 1e-12)
   entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))

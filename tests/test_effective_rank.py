@@ -1,5 +1,7 @@
 """RankMe from the Gram matrix's eigenvectors against a float64 NumPy SVD of the same matrix."""
 
+import platform
+
 import jax
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from barlow_jax import parallel, train_step
+from barlow_jax.benchmarks import tpu_slices
 
 
 def _reference(x: np.ndarray) -> float:
@@ -59,3 +62,18 @@ def test_batch_sharded_equals_unsharded(devices):
   sharded = jax.device_put(x, NamedSharding(mesh, P(parallel.DATA_AXIS)))
   got = float(jax.jit(train_step.effective_rank)(sharded))
   np.testing.assert_allclose(got, _reference(x), rtol=2e-4)
+
+
+@pytest.mark.skipif(
+  not (platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")),
+  reason=f"libtpu is built for x86-64 Linux only; this is {platform.system()} {platform.machine()}",
+)
+def test_tpu_eigendecomposition_is_one_jacobi_kernel():
+  # JAX's default TPU eigh for F > 256 is a QDWH divide and conquer traced as 11 while loops
+  # and a switch over block sizes; its XLA:TPU compile at F = 2048 alone cost more host time and
+  # memory than a ResNet-18 step (docs/scaling.md). On TPU the rank uses XLA's Eigh kernel.
+  mesh = parallel.create_mesh(tpu_slices.slice_devices(tpu_slices.parse_topology("v5e:2x2")))
+  x = jax.ShapeDtypeStruct((16, 512), np.float32, sharding=parallel.batch_sharding(mesh))
+  text = jax.jit(train_step.effective_rank).lower(x).as_text()
+  assert "@Eigh" in text
+  assert "stablehlo.while" not in text

@@ -2,8 +2,9 @@
 compile that would be killed.
 
 `estimate_bytes(config, spec)` is fitted to the peak RSS of compiles measured on a 2-core x86-64
-machine (docs/scaling.md, "Compiling on this machine"); `check_host` compares it with what this
-process may use (free memory, the address-space limit `ulimit -v`, a cgroup's limit).
+machine (docs/scaling.md, "What drives the TPU compiler's host memory"); `check_host` compares
+it with what this process may use (free memory, the address-space limit `ulimit -v`, a cgroup's
+limit).
 """
 
 import math
@@ -14,13 +15,16 @@ from barlow_jax.benchmarks import tpu_slices
 
 GB = 10**9
 
-# Peak RSS of the training step's XLA:TPU compile grows with the activations one chip holds
-# (docs/scaling.md, "Compiling on this machine"): measured on v5e:2x2 with 64 px views, 64 per
-# chip, 1.9 GB for ResNet-18 (512-wide features) and 3.6 GB and rising for ResNet-50 + 8192
-# (2048-wide); ResNet-50 + 8192 at 224 px, 64 per device on 32 v4 TensorCores, was killed past
-# 24 GB. A fixed part plus a part proportional to `activation_bytes` reproduces all three.
-_BASE_BYTES = 1.9 * GB
-_BYTES_PER_ACTIVATION_BYTE = 0.56
+# Peak RSS of the training step's XLA:TPU compile (docs/scaling.md, "What drives the TPU
+# compiler's host memory"; 2-core x86-64, jax 0.10.2, libtpu 0.0.42.1, v5e:2x2): ResNet-50 +
+# 8192-8192-8192 at 224 px, bfloat16, 8, 32 and 128 examples per chip: 4.70, 5.01 and 5.61 GB.
+# A least-squares line through these three points in `activation_bytes` (residuals under 0.08
+# GB): a fixed part (the program: backbone, projector, optimizer, monitors) and a small part
+# growing with the batch per chip. ResNet-18 + 512 at 64 px, 64 per chip (2.4 GB) lies below it:
+# the estimate is an upper bound there. The chip count barely matters (v5e:2x4, 8 per chip:
+# 4.75 GB). Not measured: wider or deeper backbones than ResNet-50, v4 / v5p, slices past 8 chips.
+_BASE_BYTES = 4.82 * GB
+_BYTES_PER_ACTIVATION_BYTE = 0.012
 
 
 def activation_bytes(config, chips: int) -> int:
@@ -32,8 +36,8 @@ def activation_bytes(config, chips: int) -> int:
 
 
 def estimate_bytes(config, spec: tpu_slices.Slice) -> int:
-  """Estimated peak host RSS (bytes) of compiling `config`'s training step for `spec`: an
-  extrapolation from three measured compiles (see above), not a bound."""
+  """Estimated peak host RSS (bytes) of compiling `config`'s training step for `spec`: the line
+  fitted on measured compiles of ResNet-50 + 8192 (see above), not a bound."""
   return int(_BASE_BYTES + _BYTES_PER_ACTIVATION_BYTE * activation_bytes(config, spec.chips))
 
 
