@@ -105,6 +105,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     eval_data.eval_preprocessing(config)
   except ValueError as e:
     raise UserError(str(e)) from None
+  if config.eval.mode == "transfer":  # Its settings before any split is opened.
+    try:
+      transfer.validate_config(config)
+    except UserError:
+      raise
+    except ValueError as e:
+      raise UserError(str(e)) from None
   _check_backbone_location(str(config.eval.backbone))
   checkpointing.check_output_dir(workdir, "--workdir")
   preflight.check_evaluation(config)

@@ -138,6 +138,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     UserError: "the checkpoint in W was written by a run with model.projector=32-32-32; this
       invocation asks for 64-64-64: ...".
   """
+  if not workdir:  # checkpointing.prepare_workdir names the empty --workdir.
+    return
   recorded = checkpointing.recorded_config(workdir)
   if recorded is None:
     return

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from barlow_jax import config as config_lib
-from barlow_jax import config_validation, parallel, train_state, train_step
+from barlow_jax import parallel, train_setup, train_state, train_step
 from barlow_jax.data import device_augment, device_colour
 from barlow_jax.data import digits as datasets
 
@@ -393,11 +393,11 @@ def test_on_device_with_float_views_and_bad_settings_are_clear_errors():
     device_augment.prepare_views(floats, 0, config=config)
   config.augment.view_b.blur_prob = 1.5
   with pytest.raises(ValueError, match=r"config.augment.view_b.blur_prob .* \[0, 1\]"):
-    config_validation.validate_pretraining(config)
+    train_setup.validate_pretraining(config)
   config = _on_device_config()
   config.augment.std = (0.2, 0.0, 0.2)
   with pytest.raises(ValueError, match="config.augment.std must be > 0"):
-    config_validation.validate_pretraining(config)
+    train_setup.validate_pretraining(config)
 
 
 def test_the_on_device_train_step_builds_without_tensorflow():

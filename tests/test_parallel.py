@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import checkpointing, config_validation, optim, parallel, train_state, train_step
+from barlow_jax import checkpointing, optim, parallel, train_setup, train_state, train_step
 from barlow_jax.benchmarks import memory
 
 MIN_SIZE = 4096
@@ -68,7 +68,7 @@ def test_fsdp_partition_spec(shape, devices, min_size, spec):
 def test_a_bad_fsdp_min_size_names_the_key():
   config = fsdp_config(min_size=-1)  # The locked schema already refuses floats and strings.
   with pytest.raises(ValueError, match="config.parallel.fsdp_min_size"):
-    config_validation.validate_pretraining(config)
+    train_setup.validate_pretraining(config)
 
 
 def test_trust_ratio_and_norm_metrics_use_global_norms_of_a_sharded_leaf(devices):
@@ -168,7 +168,10 @@ def test_three_steps_sharded_equal_three_steps_replicated(sharded_and_replicated
   assert _relative_error(replicated.params, initial) > 1e-4  # The steps moved them.
   for m_s, m_r in zip(metrics_s, metrics_r, strict=True):
     for key in ("loss", "grad_norm", "param_norm", "probe_loss", "representation_rank"):
-      np.testing.assert_allclose(m_s[key], m_r[key], rtol=1e-6, err_msg=key)
+      # The rank monitor's float32 eigendecomposition of the Gram matrix sums in another order
+      # per sharding: ~1e-5 apart (tests/test_effective_rank.py holds it to the SVD at 1e-4).
+      rtol = 1e-4 if key == "representation_rank" else 1e-6
+      np.testing.assert_allclose(m_s[key], m_r[key], rtol=rtol, err_msg=key)
 
 
 def test_compiled_step_holds_a_sixth_of_the_parameters_and_optimizer_state(devices):
@@ -341,7 +344,10 @@ def test_the_train_step_and_feature_step_on_an_explicit_mesh(sharded_and_replica
     assert error < 1e-6, (name, error)
   for m_e, m_a in zip(metrics, auto_metrics, strict=True):
     for key in ("loss", "grad_norm", "param_norm", "probe_loss", "representation_rank"):
-      np.testing.assert_allclose(m_e[key], m_a[key], rtol=1e-6, err_msg=key)
+      # The rank monitor's float32 eigendecomposition of the Gram matrix sums in another order
+      # per sharding: ~1e-5 apart (tests/test_effective_rank.py holds it to the SVD at 1e-4).
+      rtol = 1e-4 if key == "representation_rank" else 1e-6
+      np.testing.assert_allclose(m_e[key], m_a[key], rtol=rtol, err_msg=key)
 
   backbone = state.model.backbone
   variables = train_state.backbone_of(state)

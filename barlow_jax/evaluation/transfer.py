@@ -70,6 +70,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.transfer.svm_costs must be positive numbers, got {t.svm_costs}")
     if int(t.svm_folds) < 2:
       raise ValueError(f"config.transfer.svm_folds must be >= 2, got {t.svm_folds}")
+    _objects_features(config)  # The per-object keys, from the dataset's metadata alone.
 
 
 # ---------------------------------------------------------------------------------------------
