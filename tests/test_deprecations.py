@@ -168,7 +168,8 @@ def _tables() -> dict[str, set[str]]:
   return out
 
 
-def _old_uses(source: str, tables: dict[str, set[str]]) -> list[str]:
+def old_uses(source: str, tables) -> list[str]:
+  """`from OLD import name` and `alias.name` uses in `source` of the names `tables[OLD]` holds."""
   tree = ast.parse(source)
   alias, uses = {}, []
   for node in ast.walk(tree):
@@ -190,10 +191,12 @@ def _old_uses(source: str, tables: dict[str, set[str]]) -> list[str]:
   return uses
 
 
-def _sources():
+def project_sources(skip: str = __file__):
+  """(path, Python source) of every module, test, script, config and the notebook's code cells,
+  but `skip` (the test that uses old names on purpose)."""
   for folder in ("barlow_jax", "tests", "experiments", "configs"):
     for path in sorted((_REPO / folder).rglob("*.py")):
-      if path != pathlib.Path(__file__).resolve():
+      if path != pathlib.Path(skip).resolve():
         yield path, path.read_text()
   notebook = _REPO / "experiments" / "colab_demo.ipynb"
   cells = json.loads(notebook.read_text())["cells"]
@@ -206,6 +209,6 @@ def test_the_project_uses_no_old_name_anywhere():
   # Also where pytest's error filter cannot see: slow tests, subprocess scripts, the notebook.
   tables = _tables()
   assert set(tables) == set(OLD_PATHS) and all(tables.values())
-  assert _old_uses("from barlow_jax import train\ntrain.create_mesh()", tables)
-  found = {str(p.relative_to(_REPO)): u for p, s in _sources() if (u := _old_uses(s, tables))}
+  assert old_uses("from barlow_jax import train\ntrain.create_mesh()", tables)
+  found = {str(p.relative_to(_REPO)): u for p, s in project_sources() if (u := old_uses(s, tables))}
   assert not found, f"old import paths in use (import the new home instead): {found}"

@@ -4,12 +4,11 @@ and returns the new home's object; nothing in the project uses an old name.
 `MOVED` lists, independently of the modules' tables, every name that moved and its new home.
 """
 
-import ast
 import importlib
-import json
 import pathlib
 
 import pytest
+from test_deprecations import old_uses, project_sources
 
 from barlow_jax import _deprecations
 
@@ -77,43 +76,14 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _moved_uses(source: str) -> list[str]:
-  """`from OLD import name` and `alias.name` uses of the names of `MOVED` in `source`."""
-  tree = ast.parse(source)
-  alias, uses = {}, []
-  for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module:
-      for a in node.names:
-        if f"{node.module}.{a.name}" in MOVED:
-          alias[a.asname or a.name] = f"{node.module}.{a.name}"
-        elif node.module in MOVED and a.name in MOVED[node.module]:
-          uses.append(f"line {node.lineno}: from {node.module} import {a.name}")
-    elif isinstance(node, ast.Import):
-      for a in node.names:
-        if a.name in MOVED and a.asname:
-          alias[a.asname] = a.name
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-      old = alias.get(node.value.id)
-      if old and node.attr in MOVED[old]:
-        uses.append(f"line {node.lineno}: {old}.{node.attr}")
-  return uses
-
-
-def _sources():
-  for folder in ("barlow_jax", "tests", "experiments", "configs"):
-    for path in sorted((_REPO / folder).rglob("*.py")):
-      if path != pathlib.Path(__file__).resolve():
-        yield path, path.read_text()
-  notebook = _REPO / "experiments" / "colab_demo.ipynb"
-  cells = json.loads(notebook.read_text())["cells"]
-  code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
-  lines = [ln for c in code for ln in c.splitlines() if not ln.lstrip().startswith(("!", "%"))]
-  yield notebook, "\n".join(lines)
+  return old_uses(source, MOVED)
 
 
 def test_the_project_uses_no_moved_name():
   # Also where pytest's error filter cannot see: slow tests, subprocess scripts, the notebook.
   assert _moved_uses("from barlow_jax import knn_monitor\nknn_monitor.accuracy(1, 2, 3)")
   assert _moved_uses("from barlow_jax.evaluation.finetune import Classifier")
-  found = {str(p.relative_to(_REPO)): u for p, s in _sources() if (u := _moved_uses(s))}
+  found = {
+    str(p.relative_to(_REPO)): u for p, s in project_sources(__file__) if (u := _moved_uses(s))
+  }
   assert not found, f"old import paths in use (import the new home instead): {found}"
