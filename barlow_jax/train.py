@@ -148,6 +148,12 @@ def _train_and_evaluate(config, workdir: str, flag: preemption.PreemptionFlag) -
     config.batch_size,
     setup.start_step,
   )
+  if setup.start_step >= setup.total_steps:
+    logging.info(
+      "%s holds the finished run (step %d): nothing to train.",
+      setup.workdir,
+      setup.start_step,
+    )
   loop = _Loop(setup, state, step_fn, writer, flag)
   try:
     loop.run(batches)
