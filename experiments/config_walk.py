@@ -1,4 +1,4 @@
-"""Where the run's config travels: the project's functions that receive it, from `train_and_evaluate`.
+"""Where the run's config travels: the functions that receive it, from `train_and_evaluate`.
 
     python experiments/config_walk.py [--config=tests/configs_tiny.py] [--out=FILE.json]
 
