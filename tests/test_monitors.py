@@ -1,4 +1,5 @@
-"""The slab-wise summary of C against a float64 NumPy C computed whole."""
+"""The step's monitors: the slab-wise summary of C against a float64 NumPy C computed whole, and
+the effective rank (RankMe) against a float64 NumPy SVD."""
 
 import platform
 
@@ -61,7 +62,7 @@ def test_heatmap_image_is_red_above_zero_blue_below_white_at_zero_and_upsampled(
 # same matrix.
 
 
-def _reference(x: np.ndarray) -> float:
+def _rankme(x: np.ndarray) -> float:
   """exp(entropy of s / sum(s)) with s the float64 singular values of x (RankMe's definition)."""
   s = np.linalg.svd(x.astype(np.float64), compute_uv=False)
   p = s / s.sum()
@@ -90,7 +91,7 @@ def _matrix(n, f, rank, offset, seed=0):
 def test_equals_float64_svd(n, f, rank, offset):
   x = _matrix(n, f, rank, offset)
   got = float(jax.jit(monitors.effective_rank)(x))
-  np.testing.assert_allclose(got, _reference(x), rtol=2e-4)
+  np.testing.assert_allclose(got, _rankme(x), rtol=2e-4)
 
 
 def test_zero_matrix_is_rank_one():
@@ -102,7 +103,7 @@ def test_bfloat16_input_is_computed_in_float32():
   bf16 = np.asarray(jax.numpy.asarray(x, jax.numpy.bfloat16))
   got = monitors.effective_rank(jax.numpy.asarray(bf16))
   assert got.dtype == np.float32
-  np.testing.assert_allclose(float(got), _reference(bf16.astype(np.float32)), rtol=2e-4)
+  np.testing.assert_allclose(float(got), _rankme(bf16.astype(np.float32)), rtol=2e-4)
 
 
 def test_batch_sharded_equals_unsharded(devices):
@@ -110,7 +111,7 @@ def test_batch_sharded_equals_unsharded(devices):
   mesh = parallel.create_mesh(devices)
   sharded = jax.device_put(x, NamedSharding(mesh, P(parallel.DATA_AXIS)))
   got = float(jax.jit(monitors.effective_rank)(sharded))
-  np.testing.assert_allclose(got, _reference(x), rtol=2e-4)
+  np.testing.assert_allclose(got, _rankme(x), rtol=2e-4)
 
 
 @pytest.mark.skipif(
