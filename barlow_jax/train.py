@@ -82,11 +82,11 @@ class TrainProgress(periodic_actions.ReportProgress):
   (`config.log_every_steps`), the global `batch_size`, `num_devices` (for the per-device rate),
   `start_step` (0 or the resumed checkpoint's) and the training clock `t` at `start_step`.
 
-  Call it after every step as `progress(step, t)`; on the log steps it returns True, after which
+  Call it after every step as `report(step, t)`; on the log steps it returns True, after which
   `scalars` (images_per_second, images_per_second_per_device, input_wait_fraction) and
   `eta_seconds` describe the window that ended. The loop's clock leaves out the kNN monitor; the
   first window includes the step's compilation. Wrap the wait for each batch in
-  `progress.timed(INPUT_WAIT, wait_jax_async_dispatch=False)`.
+  `report.timed(INPUT_WAIT, wait_jax_async_dispatch=False)`.
   """
 
   def __init__(
