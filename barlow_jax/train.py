@@ -240,7 +240,7 @@ class _Loop:
       periodic_actions.PeriodicCallback(
         every_steps=int(config.checkpoint_every_steps),
         on_steps=[setup.total_steps],
-        callback_fn=self._checkpoint,
+        callback_fn=lambda step, t: self._save(step),
       )
     ]
     # The last step's monitor runs after the backbone export (`_end_of_run`): a failure there
@@ -341,10 +341,6 @@ class _Loop:
       replace = self.setup.start_step == 0
       checkpointing.write_config(self.config, self.setup.workdir, replace=replace)
       self.recorded = True
-
-  def _checkpoint(self, step: int, t: float) -> None:
-    del t
-    self._save(step)
 
   def knn_monitor(self, step: int) -> None:
     """Runs the kNN monitor on the current state and logs its accuracy at `step`."""
