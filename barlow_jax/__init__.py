@@ -10,4 +10,5 @@ __version__ = "0.2.0"
 
 # Old module paths (`barlow_jax.augment`, `barlow_jax.preemption`, ...) are tables in
 # `_deprecations/`: found there by the import system, they warn on use (`barlow_jax._deprecations`).
-__path__.append(_deprecations.OLD_MODULES)  # noqa: F821 (a package's module global)
+if _deprecations.OLD_MODULES not in __path__:  # Once, even under importlib.reload.
+  __path__.append(_deprecations.OLD_MODULES)
