@@ -1,9 +1,9 @@
 """The end of a pretraining run: done once per run, by process 0, stoppable, never redone worse.
 
-- The pretraining's wall time is kept in the workdir (`pretraining.json`, summed over every
-  invocation of a resumed run), so an evaluation computed later (a rerun with other evaluation
-  settings, or one that SIGTERM interrupted) matches the supervised reference to the real
-  pretraining time, not to the seconds of a rerun that trained nothing.
+- The pretraining's wall time is read from the workdir (`pretraining.json`, summed over every
+  invocation of a resumed run by `metrics_file.PretrainingClock`), so an evaluation computed later
+  (a rerun with other evaluation settings, or one that SIGTERM interrupted) matches the supervised
+  reference to the real pretraining time, not to the seconds of a rerun that trained nothing.
 - The final evaluation runs on process 0's devices while the other processes wait for it at a
   barrier; only process 0 writes and prints. (Its data are small in-memory arrays, so process 0
   alone is the simple and complete way; a run of several hosts would gain little from spreading
@@ -34,8 +34,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from barlow_jax import checkpointing, parallel, progress
+from barlow_jax import checkpointing, parallel, progress, train_state
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.evaluation import final_table
+
+# The names this module had before they moved (removed in 0.3).
+_DEPRECATED = {"PretrainingClock": "barlow_jax.metrics_file.PretrainingClock"}
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
 
 # How long the other processes wait for process 0's evaluation (the coordination service's
 # heartbeats still stop them at once if process 0 dies).
@@ -43,67 +48,26 @@ WAIT_TIMEOUT_S = 24 * 3600
 # The config sections that determine the final table (the supervised reference uses the
 # pretraining's optimizer, batch size and view-A crop).
 _EVALUATION_KEYS = ("dataset", "model", "augment", "optim", "eval", "batch_size", "seed")
-# Checkpoint steps whose cumulative pretraining time the record keeps (resume points).
-_KEEP_STEPS = 8
 
 
-class PretrainingClock:
-  """Pretraining wall time summed over the invocations of a run, kept in `pretraining.json`.
+def close_pretraining(setup, state, train_seconds: float) -> None:
+  """The pretraining's end, after its last checkpoint was saved: waits for the checkpoint to
+  commit, records the run as finished in pretraining.json, and exports the backbone.
 
   Args:
-    workdir: the run's directory.
-    start_step: the step this invocation starts from (0, or the checkpoint it resumed).
+    setup: the run's `train_setup.RunSetup`. state: the final `TrainState`.
+    train_seconds: this invocation's pretraining seconds (`metrics_file.PretrainingClock`).
   """
-
-  def __init__(self, workdir: str, start_step: int):
-    self.path = os.path.join(workdir, checkpointing.PRETRAINING_JSON)
-    self.record = checkpointing.read_json(self.path) or {}
-    at = self.record.get("seconds_at_step", {})
-    # Unknown for a run resumed from a checkpoint the record does not cover (written by an older
-    # version, or saved after the record's last update): then the total stays unknown.
-    self.base = 0.0 if start_step == 0 else at.get(str(start_step))
-    if start_step and self.base is None:
-      logging.warning(
-        "%s does not cover step %d: the pretraining time of this run will be unknown.",
-        self.path,
-        start_step,
-      )
-
-  @property
-  def finished(self) -> bool:
-    return bool(self.record.get("finished"))
-
-  def total(self, seconds: float) -> float | None:
-    """Pretraining seconds up to now, given this invocation's `seconds` (None: unknown)."""
-    return None if self.base is None else self.base + seconds
-
-  def saved(self, step: int, seconds: float, *, total_steps: int, finished: bool = False) -> None:
-    """Records checkpoint `step`, reached after `seconds` of this invocation (process 0).
-
-    A finished record is kept as it is for its own or an earlier step (a rerun of a finished run
-    trains nothing); a later step (the run was extended) replaces it.
-    """
-    if jax.process_index() != 0:
-      return
-    if self.finished and int(step) <= int(self.record.get("step", 0)):
-      return
-    total = self.total(seconds)
-    at = dict(self.record.get("seconds_at_step", {}))
-    if total is not None:
-      at[str(step)] = round(total, 3)
-    keep = sorted(at, key=int)[-_KEEP_STEPS:]
-    self.record = {
-      "step": int(step),
-      "total_steps": int(total_steps),
-      "seconds": None if total is None else round(total, 3),
-      "seconds_at_step": {k: at[k] for k in keep},
-      "devices": jax.device_count(),
-      "processes": jax.process_count(),
-      "finished": bool(finished),
-      "what": "pretraining wall seconds over every invocation (compilation included, kNN "
-      "monitor excluded)",
-    }
-    checkpointing.write_json(self.path, self.record)
+  manager, total_steps = setup.manager, setup.total_steps
+  manager.wait_until_finished()
+  manager.close()
+  # Written once, when the last checkpoint is committed; a rerun keeps the original record.
+  setup.clock.saved(total_steps, train_seconds, total_steps=total_steps, finished=True)
+  export = os.path.join(setup.workdir, checkpointing.BACKBONE)
+  # A rerun of a finished run exports again only a backbone directory that is missing or torn.
+  if setup.start_step < total_steps or not checkpointing.is_backbone_dir(export):
+    logging.info("Exporting the backbone to %s.", export)
+    train_state.export_backbone(state, setup.config, export)
 
 
 def evaluation_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -6,7 +6,7 @@ r"""Pretrains Barlow Twins from a config file into a workdir; the same command r
 
 `--config=FILE[:ARG]` loads `get_config(ARG)` from FILE; `--config.KEY=VALUE` overrides one key
 (the config is locked: a misspelt key is an error naming it). Several processes (TPU pod,
-multi-node GPU, `python -m barlow_jax.launch`) join through `barlow_jax.distributed` first.
+multi-node GPU, `python -m barlow_jax.launch`) join through `barlow_jax.launch.initialize` first.
 """
 
 import logging as std_logging
@@ -51,9 +51,9 @@ def main(argv: list[str]) -> None:
   logging.get_absl_logger().addFilter(_QuietOrbax())
   config = cli.loaded_config(FLAGS)  # A config file that did not load: one line, before jax.
   # Imported here so a flag error (a misspelt --config. key) fails in a second, not after jax.
-  from barlow_jax import distributed
+  from barlow_jax import launch
 
-  distributed.initialize(
+  launch.initialize(
     FLAGS.coordinator_address,
     FLAGS.num_processes,
     FLAGS.process_id,

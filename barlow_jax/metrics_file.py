@@ -21,6 +21,11 @@ write, and every write atomic). `read_metrics` reads them in their numeric order
 are appended to: `metrics.jsonl` alone.
 
 Experiments read results with `read_metrics(workdir)` instead of parsing log lines.
+
+The pretraining clock. `PretrainingClock` keeps the run's pretraining wall time in
+`WORKDIR/pretraining.json` (`checkpointing.PRETRAINING_JSON`), summed over every invocation of a
+resumed run and updated with each checkpoint, so the end-of-run table (`barlow_jax.finish`)
+matches the supervised reference to the real pretraining time, not to the seconds of a rerun.
 """
 
 import json
@@ -29,6 +34,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 from clu.metric_writers import interface
@@ -39,6 +45,8 @@ FILENAME = "metrics.jsonl"
 # Lines per object on object stores: a write uploads at most this many lines (~0.5 KB each).
 LINES_PER_OBJECT = 50
 _PART = re.compile(re.escape(FILENAME) + r"\.([0-9]+)$")
+# Checkpoint steps whose cumulative pretraining time the clock's record keeps (resume points).
+_KEEP_STEPS = 8
 
 
 def _parts(directory) -> list:
@@ -188,3 +196,62 @@ def read_metrics(workdir: str | os.PathLike) -> dict[int, dict[str, float]]:
         continue
       out.setdefault(step, {}).update({k: float(v) for k, v in line.items()})
   return out
+
+
+class PretrainingClock:
+  """Pretraining wall time summed over the invocations of a run, kept in `pretraining.json`.
+
+  Args:
+    workdir: the run's directory.
+    start_step: the step this invocation starts from (0, or the checkpoint it resumed).
+  """
+
+  def __init__(self, workdir: str, start_step: int):
+    self.path = os.path.join(workdir, checkpointing.PRETRAINING_JSON)
+    self.record = checkpointing.read_json(self.path) or {}
+    at = self.record.get("seconds_at_step", {})
+    # Unknown for a run resumed from a checkpoint the record does not cover (written by an older
+    # version, or saved after the record's last update): then the total stays unknown.
+    self.base = 0.0 if start_step == 0 else at.get(str(start_step))
+    if start_step and self.base is None:
+      logging.warning(
+        "%s does not cover step %d: the pretraining time of this run will be unknown.",
+        self.path,
+        start_step,
+      )
+
+  @property
+  def finished(self) -> bool:
+    return bool(self.record.get("finished"))
+
+  def total(self, seconds: float) -> float | None:
+    """Pretraining seconds up to now, given this invocation's `seconds` (None: unknown)."""
+    return None if self.base is None else self.base + seconds
+
+  def saved(self, step: int, seconds: float, *, total_steps: int, finished: bool = False) -> None:
+    """Records checkpoint `step`, reached after `seconds` of this invocation (process 0).
+
+    A finished record is kept as it is for its own or an earlier step (a rerun of a finished run
+    trains nothing); a later step (the run was extended) replaces it.
+    """
+    if jax.process_index() != 0:
+      return
+    if self.finished and int(step) <= int(self.record.get("step", 0)):
+      return
+    total = self.total(seconds)
+    at = dict(self.record.get("seconds_at_step", {}))
+    if total is not None:
+      at[str(step)] = round(total, 3)
+    keep = sorted(at, key=int)[-_KEEP_STEPS:]
+    self.record = {
+      "step": int(step),
+      "total_steps": int(total_steps),
+      "seconds": None if total is None else round(total, 3),
+      "seconds_at_step": {k: at[k] for k in keep},
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "finished": bool(finished),
+      "what": "pretraining wall seconds over every invocation (compilation included, kNN "
+      "monitor excluded)",
+    }
+    checkpointing.write_json(self.path, self.record)

@@ -18,11 +18,13 @@ Under `jit` over a mesh the loss and the gradient are global (replicated scalars
 takes the same decision in the same program.
 """
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 
 class SpikeGuardState(NamedTuple):
@@ -134,3 +136,41 @@ def metrics(state: SpikeGuardState) -> dict[str, jax.Array]:
     "skipped_steps": state.skipped_steps.astype(jnp.float32),
     "consecutive_skipped_steps": state.consecutive_skips.astype(jnp.float32),
   }
+
+
+def stop_reason(step: int, metrics: Mapping[str, Any], *, max_consecutive_skips: int) -> str:
+  """Logs a skipped step; after `max_consecutive_skips` in a row, says why the run stops.
+
+  Args:
+    step: the step `metrics` are of. metrics: its host metrics (`loss`, `grad_norm` and those of
+      `metrics`). max_consecutive_skips: `config.optim.max_consecutive_skips`.
+
+  Returns:
+    "" to go on, else the reason and its fix (the training loop adds the last checkpoint).
+  """
+  consecutive, loss, grad_norm = (
+    int(metrics["consecutive_skipped_steps"]),
+    float(metrics["loss"]),
+    float(metrics["grad_norm"]),
+  )
+  if consecutive == 0:
+    return ""
+  logging.warning(
+    "Step %d skipped (loss=%s, grad_norm=%s): parameters and optimizer state kept; %d in a row, "
+    "%d in the run.",
+    step,
+    loss,
+    grad_norm,
+    consecutive,
+    int(metrics["skipped_steps"]),
+  )
+  if consecutive < max_consecutive_skips:
+    return ""
+  return (
+    f"{consecutive} consecutive steps skipped by the loss-spike guard (steps "
+    f"{step - consecutive + 1}..{step}; the last: loss={loss}, grad_norm={grad_norm}), "
+    f"config.optim.max_consecutive_skips={max_consecutive_skips}: stopping. The state is that "
+    f"of step {step - consecutive}. Lower the learning rate (config.optim.lr_weights / "
+    "lr_biases), raise config.optim.spike_factor if the loss moved to a new level, or check the "
+    "input data"
+  )

@@ -2,20 +2,13 @@
 
     python -m barlow_jax.main --config=configs/cluttered_digits.py --workdir=workdirs/cd
 
-Parallelism: one `jax.jit` over a `Mesh` of all devices with a single axis `"data"`. The global
-batch is sharded on its first axis (`NamedSharding(mesh, P("data"))`) and assembled from the
-process-local NumPy batches of the input pipeline with `jax.make_array_from_process_local_data`;
-the train state is replicated, or its wide leaves split over the devices with
-`config.parallel.fsdp_min_size` (FSDP, `barlow_jax.parallel`). Under sharded `jit` every batch
-statistic, in the BatchNorms of the network and in the normalisation inside the loss, is over the
-global batch without an `axis_name`, and `jax.grad` of the global loss is the true gradient
-(docs/reference.md §3 explains why the reference's is 1/W of it: `config.optim.gradient_scale`).
+Parallelism: one `jax.jit` over a `Mesh` of all devices with one axis `"data"`, the global batch
+sharded on its first axis and the state replicated or split with `config.parallel.fsdp_min_size`
+(`barlow_jax.parallel`). Every batch statistic is over the global batch without an `axis_name`,
+and `jax.grad` of the global loss is the true gradient (docs/reference.md §3).
 
-The workdir is the run (layout and formats: `barlow_jax.checkpointing`): config.txt/json,
-checkpoints/<step>/ (the whole `TrainState`, async, the last `config.keep_checkpoints`, every
-`config.checkpoint_every_steps`, at the end and on SIGTERM), pretraining.json (its wall time),
-TensorBoard events and metrics.jsonl (`barlow_jax.metrics_file`), and at the end backbone/ and
-the results table (`barlow_jax.finish`). All of it reads back on any device count.
+The workdir is the run (layout: `barlow_jax.checkpointing`); all of it reads back on any device
+count.
 
 Running the same command again resumes from the latest checkpoint. The data position is the step
 (the input pipeline's `start_step` replays exactly the batches k, k+1, ...) and nothing else in a
@@ -25,15 +18,15 @@ dropout), so an interrupted-and-resumed run ends with the parameters of an unint
 
 The parts, each in its module: `train_setup` (the run's constants, derived once), `train_state`
 (the state, its checkpoints and the backbone export), `train_step` (the update, jitted),
-`parallel` (mesh, shardings, global batches), `train_progress` (throughput and ETA), the kNN
-monitor (`evaluation.knn`), `preemption` (SIGTERM, Ctrl-C), `finish` (the end-of-run
-evaluation). This module is the loop that drives them; the names they had here are deprecated
-(`_DEPRECATED`, removed in 0.3).
+`parallel` (mesh, shardings, global batches), the kNN monitor (`evaluation.knn`), `progress`
+(SIGTERM, Ctrl-C), `metrics_file` (metrics.jsonl, the pretraining clock), `finish` (the export
+and the end-of-run evaluation). This module is the loop that drives them, and its progress
+report (`TrainProgress`: throughput, input wait, ETA); the names the parts had here are
+deprecated (`_DEPRECATED`, removed in 0.3).
 """
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any
 
@@ -46,14 +39,14 @@ from barlow_jax import (
   checkpointing,
   finish,
   monitors,
-  preemption,
+  progress,
+  spike_guard,
   train_setup,
   train_state,
 )
 from barlow_jax import train_step as step_lib
 from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.evaluation import knn
-from barlow_jax.train_progress import INPUT_WAIT, TrainProgress
 
 # The names this module had before they moved to their own modules (removed in 0.3).
 _DEPRECATED = {
@@ -65,7 +58,7 @@ _DEPRECATED = {
   "export_backbone": "barlow_jax.train_state.export_backbone",
   "load_exported_backbone": "barlow_jax.train_state.load_exported_backbone",
   "train_step": "barlow_jax.train_step.train_step",
-  "effective_rank": "barlow_jax.train_step.effective_rank",
+  "effective_rank": "barlow_jax.monitors.effective_rank",
   "jit_train_step": "barlow_jax.train_step.jit_train_step",
   "create_mesh": "barlow_jax.parallel.create_mesh",
   "state_shardings": "barlow_jax.parallel.state_shardings",
@@ -76,6 +69,71 @@ _DEPRECATED = {
   "prepare_workdir": "barlow_jax.checkpointing.prepare_workdir",
 }
 __getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+
+
+# The `timed` part the loop measures its wait for the next batch in.
+INPUT_WAIT = "input_wait"
+
+
+class TrainProgress(periodic_actions.ReportProgress):
+  """clu's `ReportProgress` on the log steps, with the trainer's scalars and log line.
+
+  Args: the run's length `num_train_steps` (its last step is always a log step), `every_steps`
+  (`config.log_every_steps`), the global `batch_size`, `num_devices` (for the per-device rate),
+  `start_step` (0 or the resumed checkpoint's) and the training clock `t` at `start_step`.
+
+  Call it after every step as `report(step, t)`; on the log steps it returns True, after which
+  `scalars` (images_per_second, images_per_second_per_device, input_wait_fraction) and
+  `eta_seconds` describe the window that ended. The loop's clock leaves out the kNN monitor; the
+  first window includes the step's compilation. Wrap the wait for each batch in
+  `report.timed(INPUT_WAIT, wait_jax_async_dispatch=False)`.
+  """
+
+  def __init__(
+    self,
+    *,
+    num_train_steps: int,
+    every_steps: int,
+    batch_size: int,
+    num_devices: int,
+    start_step: int,
+    t: float,
+  ):
+    super().__init__(num_train_steps=num_train_steps, every_steps=every_steps, every_secs=None)
+    self.batch_size = int(batch_size)
+    self.num_devices = int(num_devices)
+    self.scalars: dict[str, float] = {}
+    self.eta_seconds = float("nan")
+    self._waited_before = 0.0
+    super().__call__(start_step, t)  # Opens the first window (the first call never triggers).
+
+  def is_log_step(self, step: int) -> bool:
+    """Whether the call for `step` will trigger (so the step computes its monitors)."""
+    return step % self._every_steps == 0 or step == self._num_train_steps
+
+  def _apply(self, step: int, t: float) -> None:
+    # Replaces clu's work-unit note (a second log line) with the trainer's own scalars.
+    seconds = max(t - self._previous_time, 1e-9)
+    steps = step - self._previous_step
+    waited = self._time_per_part[INPUT_WAIT] - self._waited_before
+    self._waited_before = self._time_per_part[INPUT_WAIT]
+    images_per_second = steps * self.batch_size / seconds
+    self.scalars = {
+      "images_per_second": images_per_second,
+      "images_per_second_per_device": images_per_second / self.num_devices,
+      "input_wait_fraction": waited / seconds,
+    }
+    self.eta_seconds = (self._num_train_steps - step) * seconds / max(steps, 1)
+
+  def log(self, step: int, loss: float) -> None:
+    """Logs the progress line of log step `step` (after the call that triggered on it)."""
+    n, s = self._num_train_steps, self.scalars
+    logging.info(
+      f"step {step}/{n} ({100.0 * step / n:.1f}%)  loss {loss:.4g}  "
+      f"{s['images_per_second']:.0f} img/s ({s['images_per_second_per_device']:.0f}/device)  "
+      f"input wait {100.0 * s['input_wait_fraction']:.0f}%  "
+      f"ETA {progress.format_duration(self.eta_seconds)}"
+    )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -126,34 +184,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       `config.optim.max_consecutive_skips` skipped steps in a row (`barlow_jax.spike_guard`).
   """
   # SIGTERM or Ctrl-C from here on saves and stops (during start-up: before the first step).
-  flag = preemption.PreemptionFlag()
+  flag = progress.PreemptionFlag()
   try:
     return _train_and_evaluate(config, workdir, flag)
   finally:
     flag.restore()
 
 
-def _train_and_evaluate(config, workdir: str, flag: preemption.PreemptionFlag) -> TrainResult:
+def _train_and_evaluate(config, workdir: str, flag: progress.PreemptionFlag) -> TrainResult:
   setup = train_setup.prepare(config, workdir)
   batches = train_setup.pretrain_batches(setup)
   state = train_setup.initial_state(setup)
   step_fn = step_lib.jit_train_step(config, setup.mesh, state, shardings=setup.state_shardings)
   writer = train_setup.metric_writer(setup)
-  logging.info(
-    "Training %d steps (%d per epoch) on %d devices (%d processes), global batch %d, from %d.",
-    setup.total_steps,
-    setup.steps_per_epoch,
-    jax.device_count(),
-    jax.process_count(),
-    config.batch_size,
-    setup.start_step,
-  )
-  if setup.start_step >= setup.total_steps:
-    logging.info(
-      "%s holds the finished run (step %d): nothing to train.",
-      setup.workdir,
-      setup.start_step,
-    )
+  train_setup.log_plan(setup)
   loop = _Loop(setup, state, step_fn, writer, flag)
   try:
     loop.run(batches)
@@ -196,7 +240,7 @@ class _Loop:
       periodic_actions.PeriodicCallback(
         every_steps=int(config.checkpoint_every_steps),
         on_steps=[setup.total_steps],
-        callback_fn=self._checkpoint,
+        callback_fn=lambda step, t: self._save(step),
       )
     ]
     # The last step's monitor runs after the backbone export (`_end_of_run`): a failure there
@@ -242,13 +286,7 @@ class _Loop:
     if is_log:
       self._write_scalars(done, host)
     if is_image:
-      self.writer.write_images(
-        done,
-        {
-          "cross_correlation/first_features": monitors.heatmap_image(host["heatmap_first"]),
-          "cross_correlation/block_rms": monitors.heatmap_image(host["heatmap_block_rms"]),
-        },
-      )
+      self.writer.write_images(done, monitors.heatmap_images(host))
     for action in self.actions:
       action(done)
 
@@ -264,54 +302,30 @@ class _Loop:
       self.progress.log(step, scalars["loss"])
 
   def _check_pending(self) -> None:
-    """Raises `NonFiniteLossError` if the last unchecked step's loss or gradient is not finite."""
+    """Raises `NonFiniteLossError` if the last unchecked step's loss or gradient is not finite,
+    or (`config.optim.skip_nonfinite`) after too many steps skipped in a row."""
     if self.pending is None:
       return
     (step, metrics), self.pending = self.pending, None
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     if "consecutive_skipped_steps" in metrics:
-      self._check_skips(step, metrics, loss, grad_norm)
-      return
-    if math.isfinite(loss) and math.isfinite(grad_norm):
-      return
-    manager = self.setup.manager
-    manager.wait_until_finished()
-    raise NonFiniteLossError(
-      f"Non-finite training loss at step {step} (loss={loss}, grad_norm={grad_norm}): "
-      f"stopping. Nothing from this step was saved; the last good checkpoint is step "
-      f"{manager.latest_step()} in {self.setup.workdir}/checkpoints. Lower the learning rate "
-      "(config.optim.lr_weights / lr_biases) or check the input data, then rerun the same "
-      "command to resume from that checkpoint."
-    )
-
-  def _check_skips(self, step: int, metrics, loss: float, grad_norm: float) -> None:
-    """With `config.optim.skip_nonfinite`: logs a skipped step, stops after too many in a row."""
-    consecutive = int(metrics["consecutive_skipped_steps"])
-    if consecutive == 0:
-      return
-    logging.warning(
-      "Step %d skipped (loss=%s, grad_norm=%s): parameters and optimizer state kept; %d in a row, "
-      "%d in the run.",
-      step,
-      loss,
-      grad_norm,
-      consecutive,
-      int(metrics["skipped_steps"]),
-    )
-    limit = int(self.config.optim.max_consecutive_skips)
-    if consecutive < limit:
-      return
-    manager = self.setup.manager
-    manager.wait_until_finished()
-    raise NonFiniteLossError(
-      f"{consecutive} consecutive steps skipped by the loss-spike guard (steps "
-      f"{step - consecutive + 1}..{step}; the last: loss={loss}, grad_norm={grad_norm}), "
-      f"config.optim.max_consecutive_skips={limit}: stopping. The state is that of step "
-      f"{step - consecutive}; the last checkpoint is step {manager.latest_step()} in "
-      f"{self.setup.workdir}/checkpoints. Lower the learning rate (config.optim.lr_weights / "
-      "lr_biases), raise config.optim.spike_factor if the loss moved to a new level, or check "
-      "the input data, then rerun the same command to resume from that checkpoint."
-    )
+      limit = int(self.config.optim.max_consecutive_skips)
+      reason = spike_guard.stop_reason(step, metrics, max_consecutive_skips=limit)
+    elif math.isfinite(loss) and math.isfinite(grad_norm):
+      reason = ""
+    else:
+      reason = (
+        f"Non-finite training loss at step {step} (loss={loss}, grad_norm={grad_norm}): "
+        "stopping. Nothing from this step was saved. Lower the learning rate "
+        "(config.optim.lr_weights / lr_biases) or check the input data"
+      )
+    if reason:
+      manager = self.setup.manager
+      manager.wait_until_finished()
+      raise NonFiniteLossError(
+        f"{reason}; the last good checkpoint is step {manager.latest_step()} in "
+        f"{self.setup.workdir}/checkpoints: rerun the same command to resume from it."
+      )
 
   def _save(self, step: int) -> None:
     self._check_pending()
@@ -327,10 +341,6 @@ class _Loop:
       replace = self.setup.start_step == 0
       checkpointing.write_config(self.config, self.setup.workdir, replace=replace)
       self.recorded = True
-
-  def _checkpoint(self, step: int, t: float) -> None:
-    del t
-    self._save(step)
 
   def knn_monitor(self, step: int) -> None:
     """Runs the kNN monitor on the current state and logs its accuracy at `step`."""
@@ -371,7 +381,10 @@ def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
     setup.manager.close()
     writer.close()
     return result
-  _save_the_end(setup, loop, train_seconds)
+  if loop.last_saved != setup.total_steps:
+    train_state.save_state(setup.manager, loop.state, setup.total_steps)
+    loop.record()
+  finish.close_pretraining(setup, loop.state, train_seconds)
   if loop.knn_enabled and loop.step > setup.start_step:
     loop.knn_monitor(loop.step)  # After the export: a failure here keeps the saved run.
   writer.close()
@@ -387,18 +400,3 @@ def _end_of_run(setup, loop: _Loop, writer, flag) -> TrainResult:
   if result.preempted:
     result.stop_signal = flag.signal_name
   return result
-
-
-def _save_the_end(setup, loop: _Loop, train_seconds: float) -> None:
-  manager, total_steps, state = setup.manager, setup.total_steps, loop.state
-  if loop.last_saved != total_steps:
-    train_state.save_state(manager, state, total_steps)
-    loop.record()
-  manager.wait_until_finished()
-  manager.close()
-  # Written once, when the last checkpoint is committed; a rerun keeps the original record.
-  setup.clock.saved(total_steps, train_seconds, total_steps=total_steps, finished=True)
-  export = os.path.join(setup.workdir, checkpointing.BACKBONE)
-  if setup.start_step < total_steps or not checkpointing.is_backbone_dir(export):
-    logging.info("Exporting the backbone to %s.", export)
-    train_state.export_backbone(state, setup.config, export)

@@ -28,7 +28,6 @@ from barlow_jax import (
   checkpointing,
   config_validation,
   data,
-  finish,
   metrics_file,
   models,
   optim,
@@ -53,7 +52,7 @@ class RunSetup:
     num_classes: classes of the online probe (0: no probe).
     manager: the workdir's orbax checkpoint manager.
     start_step: the latest checkpoint's step (0 for a new run).
-    clock: the pretraining wall-time record (`finish.PretrainingClock`).
+    clock: the pretraining wall-time record (`metrics_file.PretrainingClock`).
     fsdp_min_size: `config.parallel.fsdp_min_size`, checked.
     state_shardings: the `TrainState`'s shardings on `mesh` (`parallel.state_shardings`): the
       state is created, restored and stepped with these.
@@ -69,9 +68,28 @@ class RunSetup:
   num_classes: int
   manager: Any
   start_step: int
-  clock: finish.PretrainingClock
+  clock: metrics_file.PretrainingClock
   fsdp_min_size: int
   state_shardings: Any
+
+
+def log_plan(setup: RunSetup) -> None:
+  """Logs what the run will do: its steps, devices, batch and starting step."""
+  logging.info(
+    "Training %d steps (%d per epoch) on %d devices (%d processes), global batch %d, from %d.",
+    setup.total_steps,
+    setup.steps_per_epoch,
+    jax.device_count(),
+    jax.process_count(),
+    setup.config.batch_size,
+    setup.start_step,
+  )
+  if setup.start_step >= setup.total_steps:
+    logging.info(
+      "%s holds the finished run (step %d): nothing to train.",
+      setup.workdir,
+      setup.start_step,
+    )
 
 
 def validate_pretraining(
@@ -191,7 +209,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
   state_shardings = parallel.state_shardings(abstract, mesh, fsdp_min_size=fsdp_min_size)
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   start_step = int(manager.latest_step() or 0)
-  clock = finish.PretrainingClock(workdir, start_step)
+  clock = metrics_file.PretrainingClock(workdir, start_step)
   if start_step > total_steps:
     raise UserError(
       f"{workdir}/checkpoints holds step {start_step}, past this config's {total_steps} steps: "

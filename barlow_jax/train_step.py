@@ -21,8 +21,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from barlow_jax import losses, monitors, parallel, spike_guard, train_state
+from barlow_jax._deprecations import deprecation_getattr
 from barlow_jax.data import device_augment
 from barlow_jax.train_state import TrainState
+
+# The names this module had before they moved (removed in 0.3).
+_DEPRECATED = {"effective_rank": "barlow_jax.monitors.effective_rank"}
+__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
 
 # Side of the C heatmaps written to TensorBoard.
 HEATMAP_SIZE = 64
@@ -31,49 +36,6 @@ HEATMAP_SIZE = 64
 def global_norm(tree) -> jax.Array:
   """float32 L2 norm of every leaf of `tree` together (`optax.global_norm` in float32)."""
   return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
-
-
-def _eigenvectors(gram: jax.Array) -> jax.Array:
-  """Eigenvectors (columns) of the symmetric float32 [F, F] `gram`.
-
-  On TPU by XLA's one-sweep-loop Jacobi kernel (the `Eigh` custom call), not JAX's default QDWH
-  divide and conquer: that one is traced as a `lax.switch` over one branch per block size (5 at
-  F = 2048), each a QDWH iteration, and XLA:TPU's compile of it alone took longer and more host
-  memory than a ResNet-18 training step (docs/scaling.md, "What drives the TPU compiler's host
-  memory"). Elsewhere LAPACK / cuSOLVER as `jnp.linalg.eigh` (Jacobi has no CPU kernel). Only
-  the directions are used (`effective_rank` takes the singular values as |x v_i|); Jacobi stops
-  at an off-diagonal tolerance of 1e-6 (relative), which bounds how much of the largest singular
-  value leaks into the smallest. Not checked on a TPU here: CI has none.
-  """
-  jacobi = jax.lax.linalg.EighImplementation.JACOBI
-  return jax.lax.platform_dependent(
-    gram,
-    tpu=lambda g: jax.lax.linalg.eigh(g, implementation=jacobi)[0],
-    default=lambda g: jnp.linalg.eigh(g)[1],
-  )
-
-
-def effective_rank(x: jax.Array) -> jax.Array:
-  """exp(entropy of the normalised singular values) of x [N, F] (RankMe); 1 when collapsed.
-
-  float32 scalar, whatever x's dtype. The singular values come from the F x F Gram matrix
-  x^T x, not from an SVD of x: under a batch-sharded jit the Gram matrix is one all-reduce of
-  F x F partial sums, and its eigendecomposition runs replicated on every device, where an SVD
-  of the sharded [N, F] array is partitioned by XLA:TPU into a distributed iteration (dozens of
-  all-to-all and collective-permute ops per step). Eigenvalues of x^T x resolve singular values
-  only down to ~sqrt(float32 eps) of the largest, which inflates the rank of a rank-deficient x
-  (1.21 instead of 1 for rank 1); so each singular value is taken as |x v_i|, the norm of x along
-  the Gram matrix's eigenvector v_i (one more all-reduce of F values), accurate to float32 eps
-  of the largest like an SVD's. Garrido et al. 2023, RankMe (ICML).
-  """
-  x = x.astype(jnp.float32)
-  highest = jax.lax.Precision.HIGHEST  # TPU's default float32 matmul rounds inputs to bfloat16.
-  gram = jnp.matmul(x.T, x, precision=highest)
-  vectors = _eigenvectors(gram)
-  s = jnp.sqrt(jnp.sum(jnp.square(jnp.matmul(x, vectors, precision=highest)), axis=0))
-  p = s / jnp.maximum(jnp.sum(s), 1e-12)
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-  return jnp.exp(entropy)
 
 
 def _monitors(config, representation, z_a, z_b) -> dict[str, jax.Array]:
@@ -86,7 +48,7 @@ def _monitors(config, representation, z_a, z_b) -> dict[str, jax.Array]:
     "embedding_std": jnp.mean(jnp.std(z_a, axis=0)),
     "corr_diag_mean": jnp.mean(summary["diag"]),
     "corr_offdiag_abs_mean": summary["offdiag_abs_mean"],
-    "representation_rank": effective_rank(representation),
+    "representation_rank": monitors.effective_rank(representation),
     "heatmap_first": summary["heatmap_first"],
     "heatmap_block_rms": summary["heatmap_block_rms"],
   }

@@ -3,7 +3,7 @@
     python experiments/compile_monitor_trial.py --part=rank --width=2048 [--eigh=qdwh|jacobi]
     python experiments/compile_monitor_trial.py --part=summary --width=8192
 
-`rank`: `train_step.effective_rank` of a batch-sharded [batch, width] float32 array (`--eigh`
+`rank`: `monitors.effective_rank` of a batch-sharded [batch, width] float32 array (`--eigh`
 forces the TPU eigendecomposition's algorithm); `summary`: `monitors.correlation_summary` of two
 [batch, width] embeddings. Prints one JSON line with the compile's seconds (docs/scaling.md,
 "What drives the TPU compiler's host memory"); run under `/usr/bin/time -v` for the peak RSS.
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax import monitors, parallel, train_step
+from barlow_jax import monitors, parallel
 from barlow_jax.benchmarks import tpu_slices
 
 
@@ -42,7 +42,7 @@ def main() -> None:
   mesh = parallel.create_mesh(tpu_slices.slice_devices(spec))
   x = jax.ShapeDtypeStruct((a.batch, a.width), jnp.float32, sharding=parallel.batch_sharding(mesh))
   if a.part == "rank":
-    fn, args = train_step.effective_rank, (x,)
+    fn, args = monitors.effective_rank, (x,)
   else:
     fn = lambda z_a, z_b: monitors.correlation_summary(z_a, z_b, eps=1e-5)
     args = (x, x)

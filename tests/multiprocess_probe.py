@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 
-from barlow_jax import distributed
+from barlow_jax import launch
 
-distributed.initialize()
+launch.initialize()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -21,7 +21,7 @@ ENTRY_POINTS = {
   "barlow_jax.benchmark",
   "barlow_jax.cli",
 }
-# Old import paths kept for users' code: re-export modules, nothing in the project imports them.
+# Old import paths kept for users' code: deprecation tables, nothing in the project imports them.
 COMPATIBILITY = {
   "barlow_jax.input_pipeline",
   "barlow_jax.augment",
@@ -30,11 +30,18 @@ COMPATIBILITY = {
   "barlow_jax.device_augment",
   "barlow_jax.evaluation.metrics",
   "barlow_jax.knn_monitor",
+  "barlow_jax.preemption",
+  "barlow_jax.train_progress",
+  "barlow_jax.distributed",
   "barlow_jax.benchmarks.input_peer",
 }
+# Where the old top-level modules' tables live; each is imported as barlow_jax.NAME.
+OLD_MODULES = ROOT / "_deprecations"
 
 
 def module_name(path: pathlib.Path) -> str:
+  if path.parent == OLD_MODULES and path.name != "__init__.py":
+    return f"barlow_jax.{path.stem}"
   parts = path.relative_to(ROOT.parent).with_suffix("").parts
   return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -74,6 +81,7 @@ def distributions(module: str) -> set[str]:
 
 def test_the_walk_sees_the_project():
   assert {"barlow_jax.losses", "barlow_jax.models", "barlow_jax.data.pretrain"} <= set(MODULES)
+  assert COMPATIBILITY <= set(MODULES)  # The old modules under their old names.
   assert "barlow_jax.losses" in project_imports("barlow_jax.monitors")
 
 

@@ -35,7 +35,7 @@ needs_libtpu = pytest.mark.skipif(
 # - reduce-scatter: only with FSDP (the gradient of a sharded leaf); none here.
 # - all-to-all, collective-permute: none. An SVD of the batch-sharded representations put 7
 #   all-to-all and 54 collective-permute ops (a distributed QDWH iteration) and 70 more
-#   all-gathers into the TPU step; `train_step.effective_rank` works on the replicated F x F
+#   all-gathers into the TPU step; `monitors.effective_rank` works on the replicated F x F
 #   Gram matrix instead.
 _TPU_STEP = {"all-reduce", "all-gather"}
 _CPU_STEP = {"all-reduce", "all-gather"}

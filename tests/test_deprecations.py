@@ -7,6 +7,7 @@ modules that own them now.
 
 import ast
 import importlib
+import importlib.util
 import json
 import pathlib
 import warnings
@@ -48,7 +49,8 @@ OLD_PATHS = {
     "sample_params color_jitter augment_image augment_views augment_batch prepare_views",
   ),
   "barlow_jax.train": (
-    "barlow_jax.train_step barlow_jax.train_state barlow_jax.parallel barlow_jax.checkpointing",
+    "barlow_jax.train_step barlow_jax.train_state barlow_jax.parallel barlow_jax.checkpointing "
+    "barlow_jax.monitors",
     "HEATMAP_SIZE TrainState create_train_state restore_state backbone_of export_backbone "
     "load_exported_backbone train_step effective_rank jit_train_step create_mesh state_shardings "
     "batch_sharding global_batch device_prefetch prepare_workdir",
@@ -161,7 +163,8 @@ def _tables() -> dict[str, set[str]]:
   """Old module -> its deprecated names, read from the source (`_DEPRECATED = {...}`)."""
   out = {}
   for old in OLD_PATHS:
-    path = _REPO / (old.replace(".", "/") + ".py")
+    # An old module's table sits in barlow_jax/_deprecations/ (where the import system finds it).
+    path = pathlib.Path(importlib.util.find_spec(old).origin)
     for node in ast.parse(path.read_text()).body:
       if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_DEPRECATED":
         out[old] = set(ast.literal_eval(node.value))

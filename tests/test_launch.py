@@ -7,13 +7,14 @@ import time
 
 import pytest
 
-from barlow_jax import distributed
+from barlow_jax import launch
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _launch(*extra: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
-  env = dict(os.environ, PYTHONPATH=os.path.join(_ROOT, "tests"))
+  # The probe from tests/, and this tree's barlow_jax (not an installed copy).
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(_ROOT, "tests"), _ROOT]))
   command = [sys.executable, "-m", "barlow_jax.launch", "--module=multiprocess_probe", *extra]
   start = time.monotonic()
   result = subprocess.run(
@@ -57,10 +58,10 @@ def test_incomplete_multiprocess_settings_are_named(monkeypatch, env, match):
   for name, value in env.items():
     monkeypatch.setenv(name, value)
   with pytest.raises(ValueError, match=match):
-    distributed.initialize()
+    launch.initialize()
 
 
 def test_single_process_joins_nothing(monkeypatch):
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS"):
     monkeypatch.delenv(name, raising=False)
-  assert distributed.initialize() is False
+  assert launch.initialize() is False

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from barlow_jax import metrics_file
+from barlow_jax import checkpointing, metrics_file
 
 
 def test_written_scalars_read_back_by_step(tmp_path):
@@ -160,3 +160,44 @@ def test_both_branches_read_back_what_two_invocations_wrote(tmp_path, object_sto
   names = sorted(p.name for p in tmp_path.iterdir())
   expected = [metrics_file.FILENAME] + ([f"{metrics_file.FILENAME}.1"] if object_store else [])
   assert names == expected
+
+
+# The pretraining clock: pretraining.json.
+
+
+def test_only_process_0_writes_pretraining_json(monkeypatch, tmp_path):
+  path = tmp_path / checkpointing.PRETRAINING_JSON
+  monkeypatch.setattr(metrics_file.jax, "process_index", lambda: 1)
+  clock = metrics_file.PretrainingClock(str(tmp_path), 0)
+  clock.saved(2, 1.5, total_steps=4)
+  clock.saved(4, 3.0, total_steps=4, finished=True)
+  assert not path.exists()
+  monkeypatch.setattr(metrics_file.jax, "process_index", lambda: 0)
+  clock.saved(4, 3.0, total_steps=4, finished=True)
+  assert json.loads(path.read_text())["step"] == 4
+  # Process 1 leaves process 0's record alone too (an extension's saves included).
+  before = path.read_bytes()
+  monkeypatch.setattr(metrics_file.jax, "process_index", lambda: 1)
+  extension = metrics_file.PretrainingClock(str(tmp_path), 4)
+  extension.saved(8, 2.0, total_steps=8, finished=True)
+  assert path.read_bytes() == before
+
+
+def test_the_pretraining_record_follows_an_extension_and_ignores_a_plain_rerun(tmp_path):
+  path = tmp_path / checkpointing.PRETRAINING_JSON
+  clock = metrics_file.PretrainingClock(str(tmp_path), 0)
+  clock.saved(4, 10.0, total_steps=4, finished=True)
+  before = path.read_bytes()
+  rerun = metrics_file.PretrainingClock(str(tmp_path), 4)  # The same command again: trains nothing.
+  rerun.saved(4, 0.5, total_steps=4, finished=True)
+  assert path.read_bytes() == before
+  extension = metrics_file.PretrainingClock(str(tmp_path), 4)  # --config.num_train_steps=8
+  extension.saved(6, 4.0, total_steps=8)
+  extension.saved(8, 8.0, total_steps=8, finished=True)
+  record = json.loads(path.read_text())
+  assert record["step"] == 8 and record["total_steps"] == 8 and record["finished"]
+  assert record["seconds"] == 18.0 and record["seconds_at_step"] == {
+    "4": 10.0,
+    "6": 14.0,
+    "8": 18.0,
+  }

@@ -4,12 +4,17 @@ and returns the new home's object; nothing in the project uses an old name.
 `MOVED` lists, independently of the modules' tables, every name that moved and its new home.
 """
 
+import ast
 import importlib
+import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from test_deprecations import old_uses, project_sources
 
+import barlow_jax
 from barlow_jax import _deprecations
 
 MOVED = {
@@ -27,6 +32,17 @@ MOVED = {
     "crop_flip_config": "barlow_jax.data.pretrain.crop_flip_config",
     "labelled_view_a": "barlow_jax.data.pretrain.labelled_view_a",
   },
+  "barlow_jax.preemption": {
+    "PreemptionFlag": "barlow_jax.progress.PreemptionFlag",
+    "SYNC_EVERY_STEPS": "barlow_jax.progress.SYNC_EVERY_STEPS",
+  },
+  "barlow_jax.train_progress": {
+    "INPUT_WAIT": "barlow_jax.train.INPUT_WAIT",
+    "TrainProgress": "barlow_jax.train.TrainProgress",
+  },
+  "barlow_jax.distributed": {"initialize": "barlow_jax.launch.initialize"},
+  "barlow_jax.train_step": {"effective_rank": "barlow_jax.monitors.effective_rank"},
+  "barlow_jax.finish": {"PretrainingClock": "barlow_jax.metrics_file.PretrainingClock"},
   "barlow_jax.benchmarks.input_peer": {
     "FULL": "barlow_jax.benchmarks.input.FULL",
     "HOST_PART": "barlow_jax.benchmarks.input.HOST_PART",
@@ -87,3 +103,77 @@ def test_the_project_uses_no_moved_name():
     str(p.relative_to(_REPO)): u for p, s in project_sources(__file__) if (u := _moved_uses(s))
   }
   assert not found, f"old import paths in use (import the new home instead): {found}"
+
+
+# Old modules: gone from the package's top level, kept as tables in barlow_jax/_deprecations/.
+OLD_MODULES = (
+  "augment",
+  "blur",
+  "datasets",
+  "device_augment",
+  "distributed",
+  "input_pipeline",
+  "knn_monitor",
+  "preemption",
+  "train_progress",
+)
+_PACKAGE = _REPO / "barlow_jax"
+
+
+def _run(code: str, *options: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, *options, "-c", code], capture_output=True, text=True, cwd=_REPO
+  )
+
+
+@pytest.mark.parametrize("name", OLD_MODULES)
+def test_an_old_module_is_found_in_the_deprecations_folder(name):
+  assert not (_PACKAGE / f"{name}.py").exists()
+  origin = pathlib.Path(importlib.util.find_spec(f"barlow_jax.{name}").origin)
+  assert origin == _PACKAGE / "_deprecations" / f"{name}.py"
+
+
+def test_every_top_level_module_has_code_of_its_own():
+  # A module whose body is only a deprecation table belongs in barlow_jax/_deprecations/.
+  for path in sorted(_PACKAGE.glob("*.py")):
+    body = ast.parse(path.read_text()).body
+    own = [n for n in body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    assert own or path.name == "__init__.py", f"{path.name} only re-exports"
+  assert len(list(_PACKAGE.glob("*.py"))) <= 27  # __init__.py and 26 modules.
+
+
+def test_an_old_module_imports_every_way_reloads_and_warns_on_use():
+  import barlow_jax.preemption as old
+  from barlow_jax import preemption, progress
+
+  assert preemption is old and old.__name__ == "barlow_jax.preemption"
+  assert importlib.reload(old) is old
+  with pytest.warns(DeprecationWarning, match=r"^barlow_jax\.preemption\.PreemptionFlag is dep"):
+    from barlow_jax.preemption import PreemptionFlag
+  assert PreemptionFlag is progress.PreemptionFlag
+  with pytest.raises(AttributeError, match="barlow_jax.preemption.*no_such_name"):
+    old.no_such_name  # noqa: B018
+  assert str(_PACKAGE / "_deprecations") in barlow_jax.__path__
+
+
+def test_importing_an_old_module_is_silent_and_using_a_name_is_an_error_under_w_error():
+  names = ", ".join(OLD_MODULES)
+  quiet = _run(f"from barlow_jax import {names}", "-W", "error")
+  assert quiet.returncode == 0, quiet.stderr
+  loud = _run("import barlow_jax.augment as a; a.solarize", "-W", "error")
+  assert loud.returncode != 0
+  assert "DeprecationWarning: barlow_jax.augment.solarize is deprecated" in loud.stderr
+  assert "use barlow_jax.data.colour.solarize instead" in loud.stderr
+
+
+def test_the_loss_stays_light():
+  # The package's __init__ adds the old modules' folder and imports nothing heavy.
+  probe = (
+    "import sys, barlow_jax.losses;"
+    "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'tensorflow', "
+    "'tensorflow_datasets', 'optax', 'orbax') or m in "
+    f"{[f'barlow_jax.{n}' for n in OLD_MODULES]!r});"
+    "sys.exit(f'imported {bad}' if bad else 0)"
+  )
+  result = _run(probe)
+  assert result.returncode == 0, result.stderr + result.stdout

@@ -169,7 +169,7 @@ def test_three_steps_sharded_equal_three_steps_replicated(sharded_and_replicated
   for m_s, m_r in zip(metrics_s, metrics_r, strict=True):
     for key in ("loss", "grad_norm", "param_norm", "probe_loss", "representation_rank"):
       # The rank monitor's float32 eigendecomposition of the Gram matrix sums in another order
-      # per sharding: ~1e-5 apart (tests/test_effective_rank.py holds it to the SVD at 1e-4).
+      # per sharding: ~1e-5 apart (tests/test_monitors.py holds it to the SVD at 1e-4).
       rtol = 1e-4 if key == "representation_rank" else 1e-6
       np.testing.assert_allclose(m_s[key], m_r[key], rtol=rtol, err_msg=key)
 
@@ -345,7 +345,7 @@ def test_the_train_step_and_feature_step_on_an_explicit_mesh(sharded_and_replica
   for m_e, m_a in zip(metrics, auto_metrics, strict=True):
     for key in ("loss", "grad_norm", "param_norm", "probe_loss", "representation_rank"):
       # The rank monitor's float32 eigendecomposition of the Gram matrix sums in another order
-      # per sharding: ~1e-5 apart (tests/test_effective_rank.py holds it to the SVD at 1e-4).
+      # per sharding: ~1e-5 apart (tests/test_monitors.py holds it to the SVD at 1e-4).
       rtol = 1e-4 if key == "representation_rank" else 1e-6
       np.testing.assert_allclose(m_e[key], m_a[key], rtol=rtol, err_msg=key)
 

@@ -354,7 +354,8 @@ def test_without_the_launcher_the_survivor_stops_on_the_heartbeat_timeout():
   """Process 1 SIGKILLed, the launcher told to wait 300 s: process 0 must stop on its own.
 
   It hosts the coordination service, which declares process 1 dead after
-  `heartbeat_timeout_seconds` (60 s, `barlow_jax.distributed`) and aborts the survivor, naming it.
+  `heartbeat_timeout_seconds` (60 s, `barlow_jax.launch.initialize`) and aborts the survivor,
+  naming it.
   """
   env = dict(os.environ, PYTHONPATH=_TESTS)
   command = [

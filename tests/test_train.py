@@ -6,6 +6,8 @@ times.
 """
 
 import functools
+import itertools
+import logging
 import os
 import signal
 
@@ -13,13 +15,14 @@ import configs_tiny
 import jax
 import numpy as np
 import pytest
+from clu import periodic_actions
 
 from barlow_jax import (
   data,
   losses,
   metrics_file,
   parallel,
-  preemption,
+  progress,
   train,
   train_state,
   train_step,
@@ -219,7 +222,7 @@ def test_sigterm_saves_and_the_resumed_run_ends_where_the_uninterrupted_one_did(
   assert first.preempted and 10 < first.step < STEPS
   assert _checkpoint_steps(workdir)[-1] == first.step
   handler = signal.getsignal(signal.SIGTERM)
-  assert not isinstance(getattr(handler, "__self__", None), preemption.PreemptionFlag)  # Put back.
+  assert not isinstance(getattr(handler, "__self__", None), progress.PreemptionFlag)  # Put back.
 
   patch_batches(lambda index, batch: batch)
   second = train.train_and_evaluate(tiny_config(), workdir)
@@ -270,8 +273,43 @@ def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
     train.train_and_evaluate(tiny_config(), str(blocker / "wd"))
 
 
-def test_effective_rank_counts_equal_directions():
-  x = np.zeros((8, 6), np.float32)
-  x[:3, :3] = np.eye(3) * 2.0
-  np.testing.assert_allclose(float(train_step.effective_rank(x)), 3.0, rtol=1e-5)
-  np.testing.assert_allclose(float(train_step.effective_rank(np.ones((8, 6)))), 1.0, rtol=1e-4)
+# The loop's progress report: log steps, throughput, input wait and ETA of each window.
+
+
+def test_windows_between_log_steps_give_throughput_wait_and_eta(monkeypatch, caplog):
+  # A step every 0.5 s of training clock; each wait for a batch lasts 0.125 s.
+  report = train.TrainProgress(
+    num_train_steps=10, every_steps=4, batch_size=8, num_devices=2, start_step=0, t=100.0
+  )
+  ticks = itertools.count(0.0, 0.0625)  # Two clock reads per `timed` block: 0.0625 s each.
+  monkeypatch.setattr(periodic_actions.time, "monotonic", lambda: 2 * next(ticks))
+  caplog.set_level(logging.INFO)
+  windows = {}
+  for step in range(1, 11):
+    with report.timed(train.INPUT_WAIT, wait_jax_async_dispatch=False):
+      pass
+    assert report.is_log_step(step) == (step in (4, 8, 10))
+    if report(step, 100.0 + 0.5 * step):
+      windows[step] = (dict(report.scalars), report.eta_seconds)
+      report.log(step, loss=1.5)
+  assert sorted(windows) == [4, 8, 10]
+  # 4 steps of 8 images in 2 s, 0.5 s of it waiting; 6 steps left at 0.5 s each.
+  assert windows[4][0] == pytest.approx(
+    {"images_per_second": 16.0, "images_per_second_per_device": 8.0, "input_wait_fraction": 0.25}
+  )
+  assert windows[4][1] == pytest.approx(3.0)
+  assert windows[10][0]["images_per_second"] == pytest.approx(16.0)  # 2 steps in 1 s.
+  assert windows[10][1] == 0.0
+  assert "step 4/10 (40.0%)  loss 1.5  16 img/s (8/device)  input wait 25%  ETA 0m03s" in (
+    caplog.text
+  )
+
+
+def test_a_resumed_run_measures_its_first_window_from_the_resumed_step():
+  report = train.TrainProgress(
+    num_train_steps=100, every_steps=10, batch_size=4, num_devices=1, start_step=35, t=0.0
+  )
+  triggered = [step for step in range(36, 51) if report(step, float(step - 35))]
+  assert triggered == [40, 50]
+  assert report.scalars["images_per_second"] == pytest.approx(4.0)
+  assert report.eta_seconds == pytest.approx(50.0)

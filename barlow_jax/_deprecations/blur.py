@@ -14,4 +14,4 @@ _DEPRECATED = {
   "pil_gaussian_kernel": "barlow_jax.data.blur.pil_gaussian_kernel",
 }
 
-__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+__getattr__ = deprecation_getattr("barlow_jax.blur", _DEPRECATED)

@@ -31,4 +31,4 @@ _DEPRECATED = {
   "two_view_fn": "barlow_jax.data.two_view_fn",
 }
 
-__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+__getattr__ = deprecation_getattr("barlow_jax.input_pipeline", _DEPRECATED)

@@ -36,4 +36,4 @@ _DEPRECATED = {
   "validate_config": "barlow_jax.data.device_augment.validate_config",
 }
 
-__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+__getattr__ = deprecation_getattr("barlow_jax.device_augment", _DEPRECATED)

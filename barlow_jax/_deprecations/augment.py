@@ -43,4 +43,4 @@ _DEPRECATED = {
   "to_uint8": "barlow_jax.data.crop.to_uint8",
 }
 
-__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+__getattr__ = deprecation_getattr("barlow_jax.augment", _DEPRECATED)

@@ -17,4 +17,4 @@ _DEPRECATED = {
   "NUM_TRAIN_DIGITS": "barlow_jax.data.digits.NUM_TRAIN_DIGITS",
 }
 
-__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+__getattr__ = deprecation_getattr("barlow_jax.datasets", _DEPRECATED)

@@ -13,15 +13,27 @@ starts with the old dotted name, `barlow_jax.`: pytest's `filterwarnings` (pypro
 exactly these into errors, so neither the project's code nor its tests use an old path.
 
 Imports only the standard library: a shim module loads its new homes on first access.
+
+Old modules. A module that moved away whole (`barlow_jax.augment`, `barlow_jax.preemption`, ...)
+keeps its import path as a file of this package holding only its table, `_deprecations/NAME.py`
+for `barlow_jax.NAME`: `barlow_jax/__init__.py` appends this folder to the package's `__path__`
+(`OLD_MODULES`), so Python's own path finder imports `barlow_jax.NAME` from it. `import
+barlow_jax.augment`, `from barlow_jax import augment`, `from barlow_jax.augment import solarize`,
+`importlib.reload` and `python -m` keep working; importing one warns nothing and loads nothing
+but this package, accessing a name warns as above. The package's top level then holds only
+modules with code of their own.
 """
 
 import importlib
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 # The release that removes every name of every table (CHANGELOG.md).
 REMOVED_IN = "0.3"
+# The folder of the old modules' tables: one more directory of `barlow_jax.__path__`.
+OLD_MODULES = os.path.dirname(os.path.abspath(__file__))
 
 
 def deprecation_message(old: str, new: str) -> str:

@@ -12,4 +12,4 @@ _DEPRECATED = {
   "is_enabled": "barlow_jax.evaluation.knn.monitor_enabled",
 }
 
-__getattr__ = deprecation_getattr(__name__, _DEPRECATED)
+__getattr__ = deprecation_getattr("barlow_jax.knn_monitor", _DEPRECATED)
