@@ -167,7 +167,8 @@ def test_a_host_too_small_for_the_compile_is_told_before_compiling(monkeypatch, 
     compile_benchmark.main([*argv, "--num_classes=1000"])
   assert exit_info.value.code == 1
   err = capsys.readouterr().err
-  assert "needs about 6 GB of host memory" in err and "4.0 GB available" in err
+  # v4 compiles need 1.6x v5e's line (9.0 GB measured for this config on v4:2x2x4).
+  assert "needs about 9 GB of host memory" in err and "4.0 GB available" in err
   assert "--force" in err
   # 8 examples per chip on 256 chips: small enough for this machine.
   spec = tpu_slices.parse_topology("v5e:16x16")
