@@ -11,6 +11,7 @@
   compile would give on this machine. A `JAX_COMPILATION_CACHE_DIR` set by the caller is kept
   (an empty value turns the cache off).
 - `tiny_run`: one finished tiny pretraining run (tests/shared_run.py), made once per suite.
+- Under pytest-xdist, each test file runs whole on one worker (`--dist loadfile`).
 """
 
 import atexit
@@ -38,6 +39,16 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import pytest  # noqa: E402
 
 NUM_DEVICES = 8
+
+
+def pytest_configure(config):
+  # With -n N, pytest-xdist sends each worker tests one by one (--dist load, its default), so a
+  # file's module fixtures (its tiny runs) were made again on every worker that got one of its
+  # tests. Here each test file runs whole on one worker (--dist loadfile); another --dist given
+  # on the command line is kept. Set here, not in pyproject's addopts: without pytest-xdist
+  # there is no --dist option.
+  if getattr(config.option, "dist", "no") == "load":
+    config.option.dist = "loadfile"
 
 
 @pytest.fixture(scope="session")
