@@ -6,7 +6,7 @@
   workers and every subprocess a test starts (`python -m barlow_jax.main`, the launcher's
   children, the notebook's kernel) inherit `JAX_COMPILATION_CACHE_DIR`, so a program compiled by
   one of them is read from disk by the others (about ten invocations in six files train the
-  tiny config of tests/configs_tiny.py: one train step compile, then hits).
+  tiny config of tests/configs_tiny.py; without the cache each compiled its programs anew).
   The cache key holds the program, the devices, the compile options and the XLA flags (the
   device count flag aside, the device assignment covers it), so a hit is the executable a fresh
   compile would give on this machine. A `JAX_COMPILATION_CACHE_DIR` set by the caller is kept
