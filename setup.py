@@ -45,6 +45,8 @@ setuptools.setup(
     "test": [
       "pytest>=8",
       "pytest-xdist>=3.5",
+      # tests/conftest.py: pytest-xdist's workers make the shared tiny run once, under a file lock.
+      "filelock>=3.12",
       "ruff>=0.6",
       "nbclient>=0.10",
       "nbformat>=5.10",

@@ -1,8 +1,9 @@
 """What a run leaves reads back on any device count: every loader and command line that reads a
 workdir or a backbone directory, in processes with their own device count.
 
-One tiny run (`tests/configs_tiny.py`, 3 steps) is written on 8 devices and one on 1 device; each
-is read on the other counts (1 and 2, and 8) through `tests/checkpoint_reader.py` and through
+Two tiny runs of `tests/configs_tiny.py` are read: the suite's shared one (`tests/shared_run.py`,
+6 steps, written on 8 devices) and one of 3 steps written on 1 device; each is read on the other
+counts (1 and 2, and 8) through `tests/checkpoint_reader.py` and through
 `python -m barlow_jax.evaluate`, and the values must equal those read on the device count that
 wrote them. Before `barlow_jax.checkpointing` every cross-count read failed with orbax's
 "Topology mismatch" (issue 14, item 1).
@@ -20,7 +21,7 @@ import pytest
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TESTS = os.path.join(_ROOT, "tests")
 
-STEPS = 3
+STEPS = 3  # Of the run written on 1 device.
 _TIMEOUT_S = 600
 
 
@@ -37,23 +38,24 @@ def _run(args: list[str], devices: int) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory) -> dict[int, str]:
-  """{device count: workdir of the tiny run written on that many devices}."""
-  out = {}
-  for devices in (8, 1):
-    workdir = str(tmp_path_factory.mktemp(f"written_on_{devices}") / "wd")
-    _run(
-      [
-        "-m",
-        "barlow_jax.main",
-        f"--config={os.path.join(_TESTS, 'configs_tiny.py')}",
-        f"--workdir={workdir}",
-        f"--config.num_train_steps={STEPS}",
-      ],
-      devices,
-    )
-    out[devices] = workdir
-  return out
+def written(tiny_run, tmp_path_factory) -> dict[int, str]:
+  """{device count: workdir of the tiny run written on that many devices}.
+
+  On 8: the suite's shared tiny run (tests/conftest.py), trained in a test process (8 devices).
+  On 1: `python -m barlow_jax.main` of tests/configs_tiny.py in a process with one device.
+  """
+  workdir = str(tmp_path_factory.mktemp("written_on_1") / "wd")
+  _run(
+    [
+      "-m",
+      "barlow_jax.main",
+      f"--config={os.path.join(_TESTS, 'configs_tiny.py')}",
+      f"--workdir={workdir}",
+      f"--config.num_train_steps={STEPS}",
+    ],
+    1,
+  )
+  return {8: tiny_run.workdir, 1: workdir}
 
 
 def _read(workdir: str, devices: int, scratch) -> dict[str, np.ndarray]:

@@ -1,4 +1,6 @@
-"""barlow_jax.cli: every entry point parses absl flags; argparse spellings of the old commands stay.
+"""barlow_jax.cli: every entry point parses absl flags; argparse spellings of the old commands stay;
+a `UserError` is one line (with where a named key got its value), exit 1, no traceback, and the
+commands check their paths first.
 
 The `--help` / misspelt-flag checks run every entry point as `__main__` (runpy) through
 `absl.app.run`, one after another in ONE subprocess: a fresh interpreter per entry point would
@@ -12,10 +14,12 @@ import sys
 
 import pytest
 from absl import flags
+from test_preflight import fake_backbone, folder_dataset, no_backbone_load
 
-from barlow_jax import cli, launch
+from barlow_jax import cli, convert, evaluate, launch
 from barlow_jax.benchmarks import loss as loss_benchmark
 from barlow_jax.benchmarks import step as step_benchmark
+from barlow_jax.config_validation import UserError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -166,3 +170,138 @@ def test_config_overrides_parse_in_process_and_a_misspelt_key_is_a_flag_error(ca
   err = capsys.readouterr().err
   assert "--config.optim.lr_weight: the config has no key 'lr_weight'" in err
   assert 'Did you mean "lr_weights"' in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's mistake on a command line: one line, exit 1, no traceback; paths first.
+
+
+def _fails(capsys, command, argv):
+  with pytest.raises(SystemExit) as e:
+    command(["prog", *argv])
+  err = capsys.readouterr().err
+  assert e.value.code == 1, err
+  assert "Traceback" not in err
+  return err
+
+
+def test_evaluate_refuses_a_file_as_workdir_before_the_evaluation(tmp_path, capsys, monkeypatch):
+  no_backbone_load(monkeypatch)
+  target = tmp_path / "results.txt"
+  target.write_text("x")
+  err = _fails(
+    capsys,
+    evaluate.COMMAND,
+    [
+      "--config=configs/eval_linear.py:digits",
+      f"--config.eval.backbone={fake_backbone(tmp_path)}",
+      f"--workdir={target}",
+    ],
+  )
+  assert f"--workdir={target} is a file" in err
+  assert err.startswith("python -m barlow_jax.evaluate: error: ")
+
+
+def test_evaluate_names_a_missing_backbone(tmp_path, capsys):
+  err = _fails(
+    capsys,
+    evaluate.COMMAND,
+    [
+      "--config=configs/eval_linear.py:digits",
+      f"--config.eval.backbone={tmp_path / 'nothing'}",
+      f"--workdir={tmp_path / 'eval'}",
+    ],
+  )
+  assert "config.eval.backbone=" in err and "is missing" in err
+
+
+def test_convert_checks_its_paths_first(tmp_path, capsys):
+  missing = tmp_path / "missing.pth"
+  err = _fails(capsys, convert.COMMAND, [f"--from={missing}", f"--to={tmp_path / 'out'}"])
+  assert f"--from={missing} does not exist" in err
+  junk = tmp_path / "junk.pth"
+  junk.write_bytes(b"not a torch file at all")
+  err = _fails(capsys, convert.COMMAND, [f"--from={junk}", f"--to={tmp_path / 'out'}"])
+  assert f"--from={junk} is not a PyTorch file" in err
+  assert not (tmp_path / "out").exists()
+  workdir = tmp_path / "run"
+  os.makedirs(workdir)
+  backbone = fake_backbone(workdir)
+  err = _fails(capsys, convert.COMMAND, ["--export", f"--from={workdir}", f"--to={tmp_path}/a.pth"])
+  assert f"Did you mean {backbone}" in err
+  err = _fails(capsys, convert.COMMAND, ["--export", f"--from={backbone}", f"--to={tmp_path}"])
+  assert f"--to={tmp_path} is a directory" in err and "resnet50.pth" in err
+
+
+def test_the_origin_of_a_key_is_named():
+  argv = ["prog", "--config=configs/imagenet_resnet50.py:runlocal", "--workdir=w"]
+  origin = cli.config_origin("num_train_examples", argv)
+  assert origin == "set by the variant ':runlocal' of configs/imagenet_resnet50.py"
+  assert cli.config_origin("num_train_examples", [*argv, "--config.num_train_examples=9"]) == (
+    "set on the command line (--config.num_train_examples=...)"
+  )
+  assert cli.config_origin("batch_size", ["prog", "--config=tests/configs_tiny.py"]) == (
+    "set by tests/configs_tiny.py"
+  )
+  text = cli.user_error_text("p", UserError("config.num_train_examples=1024 exceeds"), argv)
+  assert text.startswith("p: error: config.num_train_examples=1024 exceeds [config.")
+  assert "variant ':runlocal'" in text
+
+
+def test_main_prints_the_split_error_alone_and_writes_nothing(tmp_path):
+  folder = folder_dataset(tmp_path / "data")
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "barlow_jax.main",
+      "--config=configs/cluttered_digits.py",
+      "--config.dataset.name=folder",
+      f"--config.dataset.folder={folder}",
+      "--config.batch_size=16",
+      f"--workdir={workdir}",
+    ],
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  line = [x for x in result.stderr.splitlines() if x.startswith("python -m barlow_jax.main: error")]
+  assert len(line) == 1, result.stderr[-3000:]
+  assert "config.dataset.eval_split='test'" in line[0] and "config.eval_every_steps=0" in line[0]
+  assert "set by configs/cluttered_digits.py" in line[0]
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+  "config_arg, expected",
+  [
+    # A missing file: ml_collections reports it on first use, with a traceback of its own.
+    ("configs/no_such_config.py", "No such file or directory: 'configs/no_such_config.py'"),
+    # A misspelt variant: the config file's ValueError, without the traceback around it.
+    ("configs/cifar10_resnet18.py:run_local", "unknown argument 'run_local'; use 'runlocal'."),
+  ],
+)
+def test_a_config_file_that_does_not_load_is_one_line_without_a_traceback(
+  tmp_path, config_arg, expected
+):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "barlow_jax.main",
+      f"--config={config_arg}",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert expected in result.stderr
+  assert not (tmp_path / "run").exists()

@@ -13,12 +13,11 @@ import os
 import shutil
 import signal
 
-import configs_tiny
 import gcs_emulator
 import jax
 import numpy as np
 import pytest
-from test_train import compilation_cache  # noqa: F401  (autouse: the three runs compile once)
+import shared_run
 
 from barlow_jax import checkpointing, data, train, train_state
 
@@ -27,7 +26,7 @@ if shutil.which("openssl") is None:
   pytest.skip("the TLS proxy's certificate needs the openssl command", allow_module_level=True)
 
 BUCKET = "barlow"
-STEPS = 6
+STEPS = shared_run.STEPS
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +42,8 @@ def gcs(tmp_path_factory):
 
 
 def _config():
-  config = configs_tiny.get_config()
-  config.num_train_steps = STEPS
-  config.checkpoint_every_steps = 2
-  config.keep_checkpoints = 2
-  config.log_every_steps = 2
-  return config
+  # The suite's shared tiny run's settings: that run is this file's local reference.
+  return shared_run.config()
 
 
 def _flat(tree) -> np.ndarray:
@@ -59,7 +54,7 @@ def _objects(gcs, prefix: str) -> list[str]:
   return [n[len(prefix) :] for n in gcs.list(BUCKET) if n.startswith(prefix)]
 
 
-def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
+def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tiny_run, devices):
   # One test, not a module fixture shared by several: under pytest-xdist each worker would
   # train it again.
   # The workdir's own files (config, checkpoints, backbone export) are written by
@@ -67,7 +62,8 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
   pytest.importorskip("barlow_jax.checkpointing")
   from barlow_jax import convert, evaluate
 
-  local = train.train_and_evaluate(_config(), str(tmp_path / "local"))
+  # The same run, uninterrupted on a local disk: the suite's shared one (tests/conftest.py).
+  local_state = tiny_run.restore(devices)
   workdir = f"gs://{BUCKET}/runs/tiny"
   original = data.create_pretrain_iterator
 
@@ -84,7 +80,7 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
   second = train.train_and_evaluate(_config(), workdir)
   assert second.step == STEPS and not second.preempted
   for name in ("params", "batch_stats", "opt_state", "probe_params"):
-    a, b = _flat(getattr(second.state, name)), _flat(getattr(local.state, name))
+    a, b = _flat(getattr(second.state, name)), _flat(getattr(local_state, name))
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
   files = _objects(gcs, "runs/tiny/")
   print("\n".join(files))
@@ -99,7 +95,7 @@ def test_a_bucket_workdir_resumes_evaluates_and_exports(gcs, tmp_path):
 
   logged, expected = (
     metrics_file.read_metrics(workdir),
-    metrics_file.read_metrics(tmp_path / "local"),
+    metrics_file.read_metrics(tiny_run.workdir),
   )
   assert sorted(logged) == sorted(expected) and logged, (sorted(logged), sorted(expected))
   # One object per invocation (each at most LINES_PER_OBJECT lines), not one rewritten whole.

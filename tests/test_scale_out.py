@@ -133,7 +133,8 @@ def _run_to_end(workdir, cache_dir, *overrides: str) -> str:
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
+  """The suite's compilation cache (tests/conftest.py), else one for this file's runs."""
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax_cache")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Pretraining: 8 devices = 1 device, exact resume after SIGTERM, keep-k, NaN stop, bad configs.
 
 Everything runs a tiny network (ResNet-18 at width 0.125 with the CIFAR stem, 16 px digits,
-projector 64-64-64, global batch 16) so that the whole file compiles the train step a handful of
-times.
+projector 64-64-64, global batch 16); its runs share one compile of the train step through the
+suite's compilation cache (tests/conftest.py).
 """
 
 import functools
@@ -29,29 +29,6 @@ from barlow_jax import (
 )
 
 STEPS = 40
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache: the runs below share one program and compile it once."""
-  from jax.experimental.compilation_cache import compilation_cache
-
-  saved = {
-    name: getattr(jax.config, name)
-    for name in (
-      "jax_compilation_cache_dir",
-      "jax_persistent_cache_min_compile_time_secs",
-      "jax_persistent_cache_min_entry_size_bytes",
-    )
-  }
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 def tiny_config(**overrides):

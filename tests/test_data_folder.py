@@ -1,6 +1,6 @@
-"""Image folders as the reference's ImageFolder reads them: file names that are not UTF-8 and the
-formats Pillow decodes (TIFF, PPM, PGM, PBM, 1- and 8-bit BMP, ...), in pretraining and in
-evaluation, against PIL's convert("RGB") pixels."""
+"""barlow_jax.data.folder and pil_formats: image folders as the reference's ImageFolder reads
+them: file names that are not UTF-8 and the formats Pillow decodes (TIFF, PPM, PGM, PBM, 1- and
+8-bit BMP, ...), in pretraining and in evaluation, against PIL's convert("RGB") pixels."""
 
 import io
 import os

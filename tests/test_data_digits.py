@@ -1,4 +1,5 @@
-"""The offline digit datasets: deterministic, fast, the promised splits, colours and geometry."""
+"""barlow_jax.data.digits, the offline digit datasets: deterministic, fast, the promised splits,
+colours and geometry."""
 
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""config.dataset.class_subset: a TFDS source keeps some classes, relabelled, in every split."""
+"""barlow_jax.data.tfds_source: with config.dataset.class_subset a TFDS source keeps some classes,
+relabelled, in every split."""
 
 import numpy as np
 import pytest

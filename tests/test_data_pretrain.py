@@ -1,5 +1,6 @@
-"""The input pipeline: batch layout, determinism and resume, multi-process shards, folders with bad
-files, TFDS datasets under mock data, evaluation padding, clear errors."""
+"""barlow_jax.data.pretrain, the pretraining input pipeline: batch layout, determinism and resume,
+multi-process shards, folders with bad files, TFDS datasets under mock data, evaluation padding,
+clear errors."""
 
 import io
 import logging
