@@ -58,47 +58,6 @@ def test_rendered_digit_covers_a_plausible_box_on_a_flat_background():
   np.testing.assert_allclose(coverage.sum(), 12 * 4, rtol=0.1)
 
 
-def test_glyph_boxes_span_the_size_range_and_every_position():
-  top, left, height, width = datasets.glyph_boxes(np.random.RandomState(0), 20000)
-  assert 8.0 <= height.min() < 8.1 and 13.9 < height.max() <= 14.0
-  ratio = width / height
-  assert 0.8 <= ratio.min() < 0.81 and 1.24 < ratio.max() <= 1.25
-  assert top.min() >= 0 and left.min() >= 0
-  assert (top + height).max() <= 20 and (left + width).max() <= 20
-  # Room to move: a 14 px digit still has 6 px of play, an 8 px one 12 px.
-  assert (20 - height).min() >= 6 - 1e-6 and np.ptp(top[height < 9]) > 10.5
-
-
-def _knn_top1_float64(train_x, train_y, test_x, test_y, k=200, temperature=0.1):
-  """The final table's kNN with standardised features (docs/evaluation.md), in float64 NumPy."""
-  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-  unit = lambda x: (x - mean) / std / np.linalg.norm((x - mean) / std, axis=1, keepdims=True)
-  sims = unit(test_x) @ unit(train_x).T
-  top = np.argpartition(-sims, k, axis=1)[:, :k]  # The k most similar, in any order.
-  top_sims = np.take_along_axis(sims, top, 1)
-  weights = np.exp((top_sims - top_sims.max(1, keepdims=True)) / temperature)
-  votes = np.zeros((len(test_x), 10))
-  np.add.at(votes, (np.arange(len(test_x))[:, None], train_y[top]), weights)
-  return np.mean(votes.argmax(1) == test_y)
-
-
-def test_a_template_match_on_the_standardised_pixels_stays_a_weak_floor():
-  # The default job's strictest floor: kNN over the pixels after the backbone's per-image
-  # standardisation. With digits 10-17 px high it reached 48% (a template match works when the
-  # digits barely move); with 8-14 px and the play that gives, ~36% (docs/data.md).
-  data = datasets.cluttered_digits(seed=0)
-
-  def standardised(images):
-    x = (images.astype(np.float64) - 0.5) / 0.27  # configs/cluttered_digits.py's mean / std.
-    centred = x - x.mean(axis=(1, 2), keepdims=True)
-    rms = np.sqrt(np.mean(centred**2, axis=(1, 2, 3), keepdims=True))
-    return (centred / (rms + 0.2)).reshape(len(x), -1)  # config.model.input_epsilon 0.2.
-
-  (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
-  accuracy = _knn_top1_float64(standardised(train_x), train_y, standardised(test_x), test_y)
-  assert 0.25 < accuracy < 0.40, accuracy
-
-
 def test_digits_plain_upsampled():
   data = datasets.digits(image_size=16)
   images, labels = data["train"]

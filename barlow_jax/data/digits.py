@@ -20,10 +20,6 @@ NUM_TEST_DIGITS = 360
 _SPLIT_SEED = 0  # The train/test split of the 1,797 digits never changes with the render seed.
 CLUTTERED_SIZE = 20
 CLUTTERED_RENDERS = {"train": 5, "test": 3}
-# Digit height range (px) on the 20 px canvas, and aspect (width / height). Small enough that each
-# digit can sit anywhere within a 6-12 px range of positions: see `cluttered_digits`.
-CLUTTERED_HEIGHT = (8.0, 14.0)
-CLUTTERED_ASPECT = (0.8, 1.25)
 DIGITS_SIZE = 16
 
 # ITU-R 601-2 luma, the same weights as the grayscale augmentation.
@@ -122,25 +118,14 @@ def colours(rng: np.random.RandomState, n: int) -> tuple[np.ndarray, np.ndarray]
   return background, foreground
 
 
-def glyph_boxes(
-  rng: np.random.RandomState, n: int, size: int = CLUTTERED_SIZE
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Random boxes (top, left, height, width) [N] in pixels for the digits of `cluttered_digits`.
-
-  Height uniform in `CLUTTERED_HEIGHT`, aspect (width / height) uniform in `CLUTTERED_ASPECT`
-  (width capped at the canvas), position uniform over every place the box fits on the canvas.
-  """
-  height = rng.uniform(*CLUTTERED_HEIGHT, size=n)
-  aspect = rng.uniform(*CLUTTERED_ASPECT, size=n)
+def _render(glyphs: np.ndarray, rng: np.random.RandomState, size: int) -> np.ndarray:
+  n = glyphs.shape[0]
+  height = rng.uniform(10.0, 17.0, size=n)
+  aspect = rng.uniform(0.8, 1.25, size=n)  # width / height
   width = np.minimum(height * aspect, size)
   top = rng.uniform(0.0, size - height)
   left = rng.uniform(0.0, size - width)
-  return top, left, height, width
-
-
-def _render(glyphs: np.ndarray, rng: np.random.RandomState, size: int) -> np.ndarray:
-  n = glyphs.shape[0]
-  coverage = bilinear_place(glyphs, *glyph_boxes(rng, n, size), size)[..., None]
+  coverage = bilinear_place(glyphs, top, left, height, width, size)[..., None]
   background, foreground = colours(rng, n)
   images = background[:, None, None, :] * (1 - coverage) + foreground[:, None, None, :] * coverage
   images = images + rng.normal(scale=0.03, size=images.shape)
