@@ -291,6 +291,16 @@ def test_targets_follow_the_issue_and_name_every_floor():
   assert "(all >= 5: yes)" in targets and "supervised" not in targets
   assert "linear top-1 60.0% (>= 45: yes)" in text and ">= 15 both: no" in text
   assert "All targets met: no" in text and "features standardised" in text
+  rows[0] = row("Barlow Twins", 0.44, 0.90)  # Below 45 on linear; 15 points over both floors.
+  rows[1] = row("random init (initial BN statistics)", 0.25, 0.20)
+  results = {"dataset": "d", "num_train": 1, "num_eval": 1, "num_classes": 2, "backbone": "b"}
+  text = final_table.results_markdown(
+    {
+      **results, "seed": 0, "rows": [{**r, "linear_top5": 1.0, "feature_dim": 1} for r in rows],
+      "targets": final_table.table_targets(rows), "probe": {}, "knn": {"k": 1, "temperature": 1},
+    }
+  )  # fmt: skip
+  assert "(>= 45: no)" in text and ">= 15 both: yes" in text and "All targets met: no" in text
 
 
 def test_knn_standardize_matches_numpy():

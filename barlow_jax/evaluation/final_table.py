@@ -343,13 +343,14 @@ def _targets_markdown(t: Mapping[str, Any]) -> list[str]:
       f"{over} (all >= {100 * FLOOR_MARGIN:.0f}: {yes(t['above_every_floor'])}).",
     ]
   if "margin_over_random_init" in t:
+    margins = [t["margin_over_random_init"], t.get("margin_over_raw_pixels", float("inf"))]
     lines += [
       "",
       f"And Barlow Twins linear top-1 {100 * t['barlow_twins_linear_top1']:.1f}% (>= 45: "
       f"{yes(t['linear_at_least_45'])}), {100 * t['margin_over_random_init']:+.1f} points over "
       f"the best random-init score and "
       f"{100 * t.get('margin_over_raw_pixels', float('nan')):+.1f} over the best raw-pixel score "
-      f"(linear or kNN; >= 15 both: {yes(t['linear_targets_met'])}).",
+      f"(linear or kNN; >= 15 both: {yes(min(margins) >= 0.15)}).",
     ]
   if "met" in t and lines:
     lines += ["", f"All targets met: {yes(t['met'])}."]
