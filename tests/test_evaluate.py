@@ -239,7 +239,7 @@ def test_default_job_writes_the_results_table(pretrained):
   }
   with open(os.path.join(workdir, "results.md")) as f:
     text = f.read()
-  assert "| Barlow Twins |" in text and "Over every floor" in text
+  assert "| Barlow Twins |" in text and "Targets: Barlow Twins >= 5 points above every" in text
   assert set(results["targets"]["floors"]) == set(names[1:5])
 
 
@@ -274,7 +274,7 @@ def test_targets_follow_the_issue_and_name_every_floor():
   assert not final_table.table_targets(rows)["above_every_floor"]
   rows[1] = row("random init (initial BN statistics)", 0.46, 0.30)  # Linear margin 14 over best.
   t = final_table.table_targets(rows)
-  assert t["above_every_floor"] and not t["met"]
+  assert t["above_every_floor"] and not t["met"] and not t["linear_targets_met"]
   assert not final_table.table_targets([row("Barlow Twins", 0.44, 0.9), *rows[1:]])["met"]
   text = final_table.results_markdown(
     {
@@ -283,9 +283,24 @@ def test_targets_follow_the_issue_and_name_every_floor():
       "probe": {}, "knn": {"k": 200, "temperature": 0.1, "standardize": True},
     }
   )  # fmt: skip
-  for r in rows[1:5]:
-    assert r["name"] in text.split("Over every floor")[1]
+  targets = next(line for line in text.splitlines() if line.startswith("Targets:"))
+  assert ">= 5 points above every floor on linear top-1 and on kNN top-1" in targets
+  for r in rows[1:5]:  # Each floor named in the targets line, with its linear / kNN margin.
+    assert r["name"] in targets
+  assert f"{final_table.STANDARDISED_PIXELS} +50.0 / +5.0" in targets
+  assert "(all >= 5: yes)" in targets and "supervised" not in targets
+  assert "linear top-1 60.0% (>= 45: yes)" in text and ">= 15 both: no" in text
   assert "All targets met: no" in text and "features standardised" in text
+  rows[0] = row("Barlow Twins", 0.44, 0.90)  # Below 45 on linear; 15 points over both floors.
+  rows[1] = row("random init (initial BN statistics)", 0.25, 0.20)
+  results = {"dataset": "d", "num_train": 1, "num_eval": 1, "num_classes": 2, "backbone": "b"}
+  text = final_table.results_markdown(
+    {
+      **results, "seed": 0, "rows": [{**r, "linear_top5": 1.0, "feature_dim": 1} for r in rows],
+      "targets": final_table.table_targets(rows), "probe": {}, "knn": {"k": 1, "temperature": 1},
+    }
+  )  # fmt: skip
+  assert "(>= 45: no)" in text and ">= 15 both: yes" in text and "All targets met: no" in text
 
 
 def test_knn_standardize_matches_numpy():
