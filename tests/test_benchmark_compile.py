@@ -184,3 +184,12 @@ def test_a_batch_the_slice_cannot_split_gets_trainings_error():
   config.batch_size = 3 * 64  # 64 hosts of v5e-256: 3 per host, not 1 per chip.
   with pytest.raises(ValueError, match=r"divisible by the 256 devices"):
     compile_benchmark.compile_slice(config, "v5e:16x16", num_classes=10, programs=("train_step",))
+
+
+def test_a_slice_libtpu_is_known_to_crash_on_is_named_before_compiling():
+  big, small = tpu_slices.parse_topology("v6e:16x16"), tpu_slices.parse_topology("v6e:4x4")
+  text = tpu_slices.known_crash(big, "0.0.42.1")
+  assert "v6e" in text and "64 chips" in text and "newer jax[tpu]" in text
+  assert tpu_slices.known_crash(small, "0.0.42.1") == ""
+  assert tpu_slices.known_crash(big, "0.0.43") == ""
+  assert tpu_slices.known_crash(tpu_slices.parse_topology("v5e:16x16"), "0.0.42.1") == ""

@@ -261,6 +261,9 @@ def _command(args: flags.FlagValues, argv: list[str]) -> int:
     problem = compile_memory.check_host(config, spec)
     if problem:
       raise app.UsageError(problem)
+  crash = tpu_slices.known_crash(spec, tpu_slices.libtpu_version())
+  if crash and "train_step" in args.programs:
+    print(f"warning: {crash}", file=sys.stderr, flush=True)
   result = compile_slice(config, args.topology, num_classes=num_classes, programs=args.programs)
   if args.max_batch:
     result["max_batch"] = max_batch(config, args.topology, num_classes=num_classes)

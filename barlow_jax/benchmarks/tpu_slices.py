@@ -100,6 +100,39 @@ def parse_topology(name: str) -> Slice:
   return Slice(name.strip(), match.group(1), dims)
 
 
+# Compiles that crash libtpu on this machine kind (x86-64, 2 cores), with the versions measured:
+# (generation, fewest chips, libtpu version) -> what happens. docs/scaling.md, "The reference run
+# per slice". The v6e crash is a stack overflow in XLA:TPU's backend (a recursion in
+# `MigrateInstructionUsers`) on a compiler thread; it happens for the tiny test config too, and
+# neither `ulimit -s` nor libtpu's thread-stack flags (LIBTPU_INIT_ARGS) avoid it.
+KNOWN_CRASHES = {
+  ("v6e", 64, "0.0.42.1"): (
+    "libtpu 0.0.42.1 crashes (SIGSEGV, stack overflow in XLA:TPU's backend) compiling the "
+    "training step for v6e slices of 64 chips or more (v6e:8x8, v6e:16x8 and v6e:16x16 measured; "
+    "v6e:2x4 and v6e:4x4 compile); the features program compiles. Try a newer jax[tpu], or check "
+    "the per-chip step on v6e:4x4 with the same batch per chip (docs/scaling.md)."
+  ),
+}
+
+
+def known_crash(spec: Slice, libtpu_version: str) -> str:
+  """What `KNOWN_CRASHES` says of compiling for `spec` with that libtpu, or ''."""
+  for (generation, min_chips, version), text in KNOWN_CRASHES.items():
+    if spec.generation == generation and spec.chips >= min_chips and libtpu_version == version:
+      return text
+  return ""
+
+
+def libtpu_version() -> str:
+  """The installed libtpu's version ('' when it is not installed)."""
+  import importlib.metadata
+
+  try:
+    return importlib.metadata.version("libtpu")
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
 def compile_environment(accelerator_type: str) -> None:
   """Sets the environment libtpu reads to compile without a TPU (before it first loads).
 
