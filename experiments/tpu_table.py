@@ -75,13 +75,18 @@ def collective_bytes(step: dict) -> str:
   return ", ".join(parts) or "none"
 
 
+def _ms(seconds: float) -> str:
+  ms = seconds * 1e3
+  return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
+
+
 def table(rows: list[dict]) -> str:
   lines = hbm_lines(rows)
   out = [
-    "| slice | chips / hosts | model | batch (per chip) | total HBM / chip | headroom | largest "
-    "global batch (estimate) | collectives per chip per step | TFLOP per chip | FLOP-bound step "
-    "(lower bound) | compile |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| slice | libtpu | chips / hosts | model | batch (per chip) | total HBM / chip | headroom | "
+    "largest global batch (estimate) | collectives per chip per step | TFLOP per chip | "
+    "FLOP-bound step (lower bound) | compile |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   # The table is the reference run's global batch; the other compiles only give the lines.
   shown = [r for r in rows if r["batch"] == 2048]
@@ -92,13 +97,14 @@ def table(rows: list[dict]) -> str:
       model += f", FSDP >= {r['fsdp_min_size']:,}"
     fits = "" if step["fits"] else " (does not fit)"
     out.append(
-      f"| {r['accelerator_type']} (`{r['topology']}`) | {r['chips']} / {r['hosts']} | {model} | "
+      f"| {r['accelerator_type']} (`{r['topology']}`) | {r.get('libtpu_version', '?')} | "
+      f"{r['chips']} / {r['hosts']} | {model} | "
       f"{r['batch']:,} ({per_chip_batch(r)}) | {step['total_bytes'] / GiB:.2f} / "
       f"{r['hbm_bytes'] / GiB:.0f} GiB{fits} | {step['headroom_bytes'] / GiB:.2f} GiB "
       f"({step['headroom_percent']}%) | "
       f"{max_global_batch(r, lines) if not r['fsdp_min_size'] else '-'} | "
       f"{collective_bytes(step)} | {step['flops'] / 1e12:.2f} | "
-      f"{step['ideal_step_seconds'] * 1e3:.0f} ms | {step['compile_seconds'] / 60:.1f} min |"
+      f"{_ms(step['ideal_step_seconds'])} ms | {step['compile_seconds'] / 60:.1f} min |"
     )
   return "\n".join(out)
 

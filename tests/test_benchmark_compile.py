@@ -76,6 +76,7 @@ def test_tiny_config_compiles_for_the_slice(tiny_on_slice):
   spec = tpu_slices.parse_topology(result["topology"])
   assert result["chips"] == result["devices"] == 4  # v4: one megacore device per chip.
   assert result["hosts"] == 1
+  assert result["libtpu_version"] == tpu_slices.libtpu_version() != ""
   assert result["hbm_bytes"] == spec.chip.hbm_bytes
   whole, backbone = _param_bytes(config)
   step, feats = result["programs"]["train_step"], result["programs"]["features"]
@@ -189,7 +190,7 @@ def test_a_batch_the_slice_cannot_split_gets_trainings_error():
 def test_a_slice_libtpu_is_known_to_crash_on_is_named_before_compiling():
   v6e = tpu_slices.parse_topology("v6e:16x16")
   text = tpu_slices.known_crash(v6e, "0.0.42.1")
-  assert "v6e" in text and "64 chips" in text and "newer jax[tpu]" in text
+  assert "v6e" in text and "64 chips" in text and "libtpu==0.0.52" in text
   assert tpu_slices.known_crash(tpu_slices.parse_topology("v6e:2x4"), "0.0.42.1") == text
   assert tpu_slices.known_crash(v6e, "0.0.43") == ""
   assert tpu_slices.known_crash(tpu_slices.parse_topology("v5e:16x16"), "0.0.42.1") == ""

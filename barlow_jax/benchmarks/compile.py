@@ -139,6 +139,7 @@ def compile_slice(config, topology: str, *, num_classes: int, programs=PROGRAMS)
     "fsdp_min_size": parallel.fsdp_min_size(config),
     "augment_on_device": bool(config.augment.on_device),
     "jax_version": jax.__version__,
+    "libtpu_version": tpu_slices.libtpu_version(),
     "programs": {},
   }
   eval_batch = int(config.eval.probe_batch_size)

@@ -106,13 +106,15 @@ def parse_topology(name: str) -> Slice:
 # step on v6e:2x4 (8 and 256 per chip, after 4 and 37 minutes) and every training step on 64+
 # chips (the tiny test config's too; there a stack overflow in a recursion,
 # `MigrateInstructionUsers`, that neither `ulimit -s` nor libtpu's thread-stack flags avoid).
-# The tiny config's step compiles on v6e:2x4 and v6e:4x4, and the features program everywhere.
+# The tiny config's step compiles on v6e:2x4 and v6e:4x4, and the features program everywhere;
+# libtpu 0.0.52 compiles the reference step for v6e:16x16 and the tiny one for v6e:8x8.
 KNOWN_CRASHES = {
   ("v6e", 1, "0.0.42.1"): (
     "libtpu 0.0.42.1 has crashed (SIGSEGV in XLA:TPU's backend) compiling training steps for "
     "v6e: the reference run's on v6e:2x4 (8 and 256 per chip) and every one measured on 64 "
     "chips or more (v6e:8x8, v6e:16x8, v6e:16x16); small configs compile on v6e:2x4 and "
-    "v6e:4x4. Try a newer jax[tpu] (docs/scaling.md)."
+    "v6e:4x4. libtpu 0.0.52 compiles them with jax 0.10.2: pip install libtpu==0.0.52 "
+    "(docs/scaling.md)."
   ),
 }
 
