@@ -107,7 +107,7 @@ def parse_topology(name: str) -> Slice:
 # chips (the tiny test config's too; there a stack overflow in a recursion,
 # `MigrateInstructionUsers`, that neither `ulimit -s` nor libtpu's thread-stack flags avoid).
 # The tiny config's step compiles on v6e:2x4 and v6e:4x4, and the features program everywhere;
-# libtpu 0.0.52 compiles the reference step for v6e:16x16 and the tiny one for v6e:8x8.
+# libtpu 0.0.52 compiles the reference step for v6e:2x4 and v6e:16x16, the tiny one for v6e:8x8.
 KNOWN_CRASHES = {
   ("v6e", 1, "0.0.42.1"): (
     "libtpu 0.0.42.1 has crashed (SIGSEGV in XLA:TPU's backend) compiling training steps for "
