@@ -7,8 +7,9 @@ every call of a `barlow_jax` function that receives the config or one of its sub
 argument (a "stop"). Prints, as one JSON object: the distinct stops (module.function), the distinct
 modules, and the climbs back: calls into a module that already has a frame further up the same
 call chain after another module's frame (A -> B -> A), i.e. the config handed back into a module
-it has left. The walk of issue #23 item 4 ("at most ~10 modules, without climbing back") is this
-count; it depends on the code path a config takes, so compare it on the same config only.
+it has left. Few modules and no climb back mean the config is read where it is needed and
+derived once (the result of main: experiments/results/house/config_walk.json). The count depends
+on the code path a config takes, so compare it on the same config only.
 """
 
 import argparse

@@ -23,10 +23,15 @@ GiB = 2**30
 
 
 def load(paths: list[str]) -> list[dict]:
+  """The compile command's results among `paths`; other JSON beside them (the emulated-CPU memory
+  benchmark's) is named on stderr and left out."""
   rows = []
   for path in paths:
     with open(path) as f:
       result = json.load(f)
+    if "topology" not in result:
+      print(f"skipped {path}: not a compile command result", file=sys.stderr)
+      continue
     result["path"] = path
     rows.append(result)
   return rows
