@@ -4,12 +4,13 @@
 
 Runs the tiny pretraining config (14 steps, no final evaluation) under `sys.setprofile` and records
 every call of a `barlow_jax` function that receives the config or one of its sub-dicts as an
-argument (a "stop"). Prints, as one JSON object: the distinct stops (module.function), the distinct
-modules, and the climbs back: calls into a module that already has a frame further up the same
-call chain after another module's frame (A -> B -> A), i.e. the config handed back into a module
-it has left. Few modules and no climb back mean the config is read where it is needed and
-derived once (the result of main: experiments/results/house/config_walk.json). The count depends
-on the code path a config takes, so compare it on the same config only.
+argument, positional or keyword-only (a "stop"). Prints, as one JSON object: the distinct stops
+(module.function), the distinct modules, and the climbs back: calls into a module that already
+has a frame further up the same call chain after another module's frame (A -> B -> A), i.e. the
+config handed back into a module it has left. Few modules and no climb back mean the config is
+read where it is needed and derived once (the result:
+experiments/results/house/config_walk.json; `tests/test_config_walk.py` keeps it so). The count
+depends on the code path a config takes, so compare it on the same config only.
 """
 
 import argparse
@@ -37,7 +38,10 @@ def _config_ids(config) -> set[int]:
   return ids
 
 
-def walk(config) -> dict:
+def walk(config, workdir: str | None = None) -> dict:
+  """The walk of `config` through `train.train_and_evaluate(config, workdir)` (default: a new
+  temporary workdir; a finished run's workdir walks a rerun: nothing trains, nothing compiles
+  the step)."""
   from barlow_jax import train
 
   ids = _config_ids(config)
@@ -55,7 +59,9 @@ def walk(config) -> dict:
     if module is None:
       return
     code = frame.f_code
-    args = [frame.f_locals.get(n) for n in code.co_varnames[: code.co_argcount]]
+    # Positional and keyword-only parameters alike (`f(x, *, config)` receives it too).
+    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    args = [frame.f_locals.get(n) for n in names]
     if not any(id(a) in ids for a in args):
       return
     stops[f"{module}.{code.co_name}"] += 1
@@ -69,10 +75,10 @@ def walk(config) -> dict:
     if chain and chain[0] != module and module in chain[1:]:
       climbs[f"{chain[0]} -> {module}.{code.co_name}"] += 1
 
-  with tempfile.TemporaryDirectory() as workdir:
+  with tempfile.TemporaryDirectory() as new_workdir:
     sys.setprofile(profile)
     try:
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir or new_workdir)
     finally:
       sys.setprofile(None)
   modules = sorted({s.rsplit(".", 1)[0] for s in stops})
