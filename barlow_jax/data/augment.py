@@ -27,6 +27,8 @@ The ops live in `barlow_jax.data.crop` (decoding, crop windows, PIL-like resizes
 module composes them into a view and owns the seeds.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from barlow_jax.data.colour import (
@@ -51,6 +53,34 @@ _NUM_SUBSEEDS = 7
 APPLIED_KEYS = ("flip", "jitter", "channel_permute", "grayscale", "blur", "solarize")
 
 
+@dataclasses.dataclass(frozen=True)
+class ViewParams:
+  """One view's augmentation settings as plain values: the keys of `config.augment.view_a` /
+  `view_b` (`barlow_jax.config.view_config`, where each is described). Every function here
+  that takes a `view` takes this or the view's ConfigDict; the pretraining pipeline reads the
+  config once into these (`barlow_jax.data.pretrain.two_views_of`)."""
+
+  crop_area: tuple[float, float]
+  crop_aspect: tuple[float, float]
+  crop_method: str
+  flip_prob: float
+  jitter_prob: float
+  brightness: float
+  contrast: float
+  saturation: float
+  hue: float
+  grayscale_prob: float
+  blur_prob: float
+  blur_sigma: tuple[float, float]
+  solarize_prob: float
+  solarize_threshold: float
+  channel_permute_prob: float
+  noise_std: float
+
+
+VIEW_KEYS = tuple(field.name for field in dataclasses.fields(ViewParams))
+
+
 def example_seed(global_seed, epoch, index, view) -> tf.Tensor:
   """The seed [2] int64 of one view of one example in one epoch; all arguments are int scalars."""
   key = tf.stack([tf.cast(global_seed, tf.int64), tf.constant(0x5EED, tf.int64)])
@@ -64,7 +94,7 @@ def _subseeds(seed) -> tf.Tensor:
 
 
 def _check_prob(view, key):
-  p = float(view[key])
+  p = float(getattr(view, key))
   if not 0 <= p <= 1:
     raise ValueError(f"augment view key {key!r} must be a probability in [0, 1], got {p}.")
   return p

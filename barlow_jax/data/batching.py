@@ -70,8 +70,10 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int) -> t
   )
 
 
-def options(config) -> tf.data.Options:
-  """The tf.data options of every pipeline here (deterministic, parallel, one thread per op)."""
+def options(config=None) -> tf.data.Options:
+  """The tf.data options of every pipeline here (deterministic, parallel, one thread per op).
+
+  They read no setting: `config` is accepted and ignored."""
   options = tf.data.Options()
   options.deterministic = True  # Resumability needs the same order every time.
   # One thread per op and parallelism across examples, as the flax / big_vision pipelines do.
@@ -99,5 +101,9 @@ def _cores() -> int:
 
 def num_parallel_calls(config) -> int:
   """`config.dataset.num_parallel_calls`, with a negative value meaning tf.data's AUTOTUNE."""
-  n = int(config.dataset.num_parallel_calls)
-  return tf.data.AUTOTUNE if n < 0 else n
+  return parallel_calls(int(config.dataset.num_parallel_calls))
+
+
+def parallel_calls(n: int) -> int:
+  """A map's parallelism `n` for tf.data: a negative value means AUTOTUNE."""
+  return tf.data.AUTOTUNE if int(n) < 0 else int(n)

@@ -23,10 +23,12 @@ def eval_resize(config) -> int | None:
     ValueError: naming `config.dataset.eval_resize` when it is below `config.dataset.image_size`
       (the centre crop would not fit), or `config.dataset.image_size` when it is below 1.
   """
-  size = int(config.dataset.image_size)
+  return _checked_resize(int(config.dataset.image_size), int(config.dataset.eval_resize))
+
+
+def _checked_resize(size: int, resize: int) -> int | None:
   if size < 1:
     raise ValueError(f"config.dataset.image_size={size}: must be >= 1 (the crop side in pixels).")
-  resize = int(config.dataset.eval_resize)
   if size < 128 or resize <= 0:
     return None
   if resize < size:
@@ -48,11 +50,20 @@ def eval_preprocessing(config) -> tuple[int, int | None, str]:
     ValueError: naming the config key (`dataset.image_size`, `dataset.eval_resize`,
       `dataset.eval_interpolation`) of a setting the evaluation cannot work with.
   """
-  resize = eval_resize(config)
-  method = crop.check_resize_method(
-    str(config.dataset.eval_interpolation), "config.dataset.eval_interpolation"
+  dataset = config.dataset
+  return preprocessing(
+    int(dataset.image_size), int(dataset.eval_resize), str(dataset.eval_interpolation)
   )
-  return int(config.dataset.image_size), resize, method
+
+
+def preprocessing(
+  image_size: int, eval_resize: int, eval_interpolation: str
+) -> tuple[int, int | None, str]:
+  """`eval_preprocessing` of the values it reads (`config.dataset.image_size`, `eval_resize`,
+  `eval_interpolation`), for a caller that read them once; raises the same errors."""
+  resize = _checked_resize(int(image_size), int(eval_resize))
+  method = crop.check_resize_method(str(eval_interpolation), "config.dataset.eval_interpolation")
+  return int(image_size), resize, method
 
 
 def _eval_local(config, source, process_index, process_count) -> tf.data.Dataset:

@@ -14,6 +14,7 @@ The same stream with crop + flip only, view A normalised and labelled (`crop_fli
 `labelled_view_a`), is the single-view labelled stream the evaluation trains its heads on.
 """
 
+import dataclasses
 from collections.abc import Iterator
 
 import ml_collections
@@ -21,20 +22,54 @@ import numpy as np
 import tensorflow as tf
 
 from barlow_jax.data import augment, batching, crop, evaluation, sources
+from barlow_jax.data import stream as stream_lib
 
 
-def _two_views(config, image, seed_a, seed_b, is_bytes: bool):
+@dataclasses.dataclass(frozen=True)
+class TwoViews:
+  """The settings of the per-example map of pretraining as plain values (`two_views_of`).
+
+  Attributes:
+    seed: `config.seed` (the augmentations' seeds come from (seed, epoch, index, view)).
+    image_size: the views' side S (`config.dataset.image_size`).
+    on_device: `config.augment.on_device` (the colour ops then run in the train step).
+    view_a, view_b: `config.augment.view_a` / `view_b` as `augment.ViewParams`.
+  """
+
+  seed: int
+  image_size: int
+  on_device: bool
+  view_a: augment.ViewParams
+  view_b: augment.ViewParams
+
+
+def two_views_of(config: ml_collections.ConfigDict) -> TwoViews:
+  """`TwoViews` read from `config` (`seed`, `dataset.image_size`, `augment`)."""
+  views = [
+    augment.ViewParams(**{key: config.augment[name][key] for key in augment.VIEW_KEYS})
+    for name in ("view_a", "view_b")
+  ]
+  return TwoViews(
+    seed=int(config.seed),
+    image_size=int(config.dataset.image_size),
+    on_device=bool(config.augment.on_device),
+    view_a=views[0],
+    view_b=views[1],
+  )
+
+
+def _two_views(settings: TwoViews, image, seed_a, seed_b, is_bytes: bool):
   """Crops of both views: [S, S, 3] float32 each, from bytes (any format) or a decoded image.
 
   Encoded images are decoded once for both views (measured on one core, 400x350 JPEGs: 1.6 ms
   for the whole image against 2 x 1.1 ms for the two crop windows through libjpeg's cropping
   decoder), with training's decoders (`crop.decode_whole`).
   """
-  size = int(config.dataset.image_size)
+  size = settings.image_size
   if is_bytes:
     image = crop.decode_whole(image)
-  a = augment.crop_view(image, seed_a, config.augment.view_a, size=size)
-  b = augment.crop_view(image, seed_b, config.augment.view_b, size=size)
+  a = augment.crop_view(image, seed_a, settings.view_a, size=size)
+  b = augment.crop_view(image, seed_b, settings.view_b, size=size)
   return tf.ensure_shape(a, [size, size, 3]), tf.ensure_shape(b, [size, size, 3])
 
 
@@ -47,8 +82,12 @@ def two_view_fn(config, *, is_bytes: bool, with_label: bool):
   (`augment.augment_cropped`), then rounded to uint8: normalisation by `config.augment.mean` /
   `std` happens in the train step, on the accelerator. Returns {"view_a", "view_b"[, "label"]}.
   """
-  seed = int(config.seed)
-  on_device = bool(config.augment.on_device)
+  return two_view_map(two_views_of(config), is_bytes=is_bytes, with_label=with_label)
+
+
+def two_view_map(settings: TwoViews, *, is_bytes: bool, with_label: bool):
+  """`two_view_fn` of the settings read once (`two_views_of(config)`)."""
+  seed, on_device = settings.seed, settings.on_device
 
   def finish(cropped, view_seed, view):
     if on_device:
@@ -58,10 +97,10 @@ def two_view_fn(config, *, is_bytes: bool, with_label: bool):
   def fn(epoch, index, image, label):
     seed_a = augment.example_seed(seed, epoch, index, 0)
     seed_b = augment.example_seed(seed, epoch, index, 1)
-    crop_a, crop_b = _two_views(config, image, seed_a, seed_b, is_bytes)
+    crop_a, crop_b = _two_views(settings, image, seed_a, seed_b, is_bytes)
     out = {
-      "view_a": finish(crop_a, seed_a, config.augment.view_a),
-      "view_b": finish(crop_b, seed_b, config.augment.view_b),
+      "view_a": finish(crop_a, seed_a, settings.view_a),
+      "view_b": finish(crop_b, seed_b, settings.view_b),
     }
     if with_label:
       out["label"] = tf.cast(label, tf.int32)
@@ -108,36 +147,43 @@ def create_pretrain_iterator(
   """
   process_index, process_count = batching.process_defaults(process_index, process_count)
   local_batch = batching.local_batch(int(config.batch_size), process_count)
+  dataset = config.dataset
   # The run's evaluation preprocessing too: a bad setting fails at the start, not after
   # pretraining.
-  evaluation.eval_preprocessing(config)
+  evaluation.preprocessing(
+    int(dataset.image_size), int(dataset.eval_resize), str(dataset.eval_interpolation)
+  )
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
-  source = sources.open_source(config, config.dataset.train_split)
+  source = sources.open_source(config, dataset.train_split)
   spe = sources.steps_per_epoch(config)
   if config.num_train_examples > source.num_examples:
     raise ValueError(
       f"config.num_train_examples={config.num_train_examples} exceeds the "
-      f"{source.num_examples} examples of split {config.dataset.train_split!r}."
+      f"{source.num_examples} examples of split {dataset.train_split!r}."
     )
   per_epoch = spe * local_batch  # Examples each process takes per epoch.
   start_epoch, skip_steps = divmod(int(start_step), spe)
+  order = stream_lib.TrainOrder(
+    seed=int(config.seed), shuffle_buffer=int(dataset.shuffle_buffer), cache=bool(dataset.cache)
+  )
   stream = source.train_stream(
-    config,
+    order,
     start_epoch=start_epoch,
     skip=skip_steps * local_batch,
     per_epoch=per_epoch,
     process_index=process_index,
     process_count=process_count,
   )
-  views = two_view_fn(config, is_bytes=stream.is_bytes, with_label=source.has_labels)
+  views = two_view_map(two_views_of(config), is_bytes=stream.is_bytes, with_label=source.has_labels)
 
   def two_view_example(*args):
     return views(*stream.load(*args))
 
-  ds = stream.dataset.map(two_view_example, num_parallel_calls=batching.num_parallel_calls(config))
+  parallel_calls = batching.parallel_calls(int(dataset.num_parallel_calls))
+  ds = stream.dataset.map(two_view_example, num_parallel_calls=parallel_calls)
   ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(batching.options(config))
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(batching.options())
   return ds.as_numpy_iterator()
 
 

@@ -5,7 +5,7 @@ streams, each a tf.data dataset plus the map that loads an element, so that pipe
 load into their own map and skip elements without loading them: `train_stream` (epochs in a
 seeded order, for `barlow_jax.data.pretrain`) and `eval_stream` (one pass in a fixed order, for
 `barlow_jax.data.evaluation`). Sources with random access (`IndexedSource`: arrays, files) are
-permuted exactly each epoch with an order drawn from (config.seed, epoch).
+permuted exactly each epoch with an order drawn from (config.seed, epoch) (`TrainOrder`).
 """
 
 import abc
@@ -36,6 +36,18 @@ class Stream(NamedTuple):
   is_bytes: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainOrder:
+  """How the pretraining stream orders its epochs, as plain values read once by the pipeline
+  (`barlow_jax.data.pretrain`): `seed` (`config.seed`), `shuffle_buffer`
+  (`config.dataset.shuffle_buffer`, sources without random access) and `cache`
+  (`config.dataset.cache`: keep a shard's encoded examples in memory after the first epoch)."""
+
+  seed: int
+  shuffle_buffer: int = 0
+  cache: bool = False
+
+
 class Source(abc.ABC):
   """One split of one dataset: its size, its labels and its process-local streams."""
 
@@ -48,10 +60,17 @@ class Source(abc.ABC):
 
   @abc.abstractmethod
   def train_stream(
-    self, config, *, start_epoch: int, skip: int, per_epoch: int, process_index, process_count
+    self,
+    order: TrainOrder,
+    *,
+    start_epoch: int,
+    skip: int,
+    per_epoch: int,
+    process_index,
+    process_count,
   ) -> Stream:
     """Epochs start_epoch, start_epoch + 1, ... of (epoch, example) elements of the process's
-    shard, `per_epoch` per epoch in the epoch's order, the first `skip` left out unloaded."""
+    shard, `per_epoch` per epoch in the epoch's `order`, the first `skip` left out unloaded."""
 
   @abc.abstractmethod
   def eval_stream(self, config, *, process_index, process_count) -> Stream:
@@ -74,9 +93,9 @@ class IndexedSource(Source):
   def gather_tensors(self) -> tuple[tf.Tensor, tf.Tensor]:
     """(payloads [N] (images or paths), int32 labels [N], zeros when unlabelled) as constants."""
 
-  def train_stream(self, config, *, start_epoch, skip, per_epoch, process_index, process_count):
+  def train_stream(self, order, *, start_epoch, skip, per_epoch, process_index, process_count):
     lo, hi = shard_bounds(self.num_examples, process_index, process_count)
-    seed = int(config.seed)
+    seed = int(order.seed)
 
     def epoch_indices(epoch):
       key = example_seed(seed, epoch, -1, -1)  # The order's own seed.

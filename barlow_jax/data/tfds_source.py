@@ -94,11 +94,11 @@ class TfdsSource(Source):
   def _label(self, ex):
     return ex["label"] if self.has_labels else tf.constant(0, tf.int32)
 
-  def train_stream(self, config, *, start_epoch, skip, per_epoch, process_index, process_count):
+  def train_stream(self, order, *, start_epoch, skip, per_epoch, process_index, process_count):
     local = self._local(process_index, process_count)
-    if config.dataset.cache:
+    if order.cache:
       local = local.cache()
-    buffer, seed = int(config.dataset.shuffle_buffer), int(config.seed)
+    buffer, seed = int(order.shuffle_buffer), int(order.seed)
 
     def epoch_examples(epoch):
       shuffle_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
