@@ -168,13 +168,21 @@ def write_config(config, workdir: str | os.PathLike, *, replace: bool = False) -
   there came from an invocation that never saved one, and is replaced). Otherwise an existing
   record is kept and the keys this invocation changes are logged.
   """
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  write_config_record(text, str(config), workdir, replace=replace)
+
+
+def write_config_record(
+  json_text: str, text: str, workdir: str | os.PathLike, *, replace: bool = False
+) -> None:
+  """`write_config` of the config's two renderings, made once by the run's setup:
+  `json_text` = `config.to_json_best_effort(indent=2, sort_keys=True)`, `text` = `str(config)`."""
   if jax.process_index() != 0:
     return
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
   json_path = os.path.join(workdir, CONFIG_JSON)
   before = None if replace else read_json(json_path)
   if before is not None:
-    changed = _changed_keys(before, json.loads(text))
+    changed = _changed_keys(before, json.loads(json_text))
     if changed:
       logging.warning(
         "This invocation's config differs from %s in %s; the file keeps the settings the run "
@@ -183,8 +191,8 @@ def write_config(config, workdir: str | os.PathLike, *, replace: bool = False) -
         ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else ""),
       )
     return
-  write_text(os.path.join(workdir, CONFIG_TEXT), str(config))
-  write_text(json_path, text)
+  write_text(os.path.join(workdir, CONFIG_TEXT), text)
+  write_text(json_path, json_text)
 
 
 def recorded_config(workdir: str | os.PathLike) -> dict | None:

@@ -67,7 +67,7 @@ def close_pretraining(setup, state, train_seconds: float) -> None:
   # A rerun of a finished run exports again only a backbone directory that is missing or torn.
   if setup.start_step < total_steps or not checkpointing.is_backbone_dir(export):
     logging.info("Exporting the backbone to %s.", export)
-    train_state.export_backbone(state, setup.config, export)
+    train_state.write_backbone(state, setup.model_config, export)
 
 
 def evaluation_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -195,7 +195,9 @@ def _train_and_evaluate(config, workdir: str, flag: progress.PreemptionFlag) -> 
   setup = train_setup.prepare(config, workdir)
   batches = train_setup.pretrain_batches(setup)
   state = train_setup.initial_state(setup)
-  step_fn = step_lib.jit_train_step(config, setup.mesh, state, shardings=setup.state_shardings)
+  step_fn = step_lib.jit_train_step(
+    config, setup.mesh, state, shardings=setup.state_shardings, views=setup.step_views
+  )
   writer = train_setup.metric_writer(setup)
   train_setup.log_plan(setup)
   loop = _Loop(setup, state, step_fn, writer, flag)
@@ -245,7 +247,7 @@ class _Loop:
     ]
     # The last step's monitor runs after the backbone export (`_end_of_run`): a failure there
     # must not cost the export.
-    self.knn_enabled = knn.monitor_enabled(config, setup.num_classes)
+    self.knn_enabled = setup.knn_monitor
     if self.knn_enabled:
       self.actions.append(
         periodic_actions.PeriodicCallback(
@@ -339,7 +341,10 @@ class _Loop:
     the workdir held no checkpoint (a record there is from an invocation that saved none)."""
     if not self.recorded:
       replace = self.setup.start_step == 0
-      checkpointing.write_config(self.config, self.setup.workdir, replace=replace)
+      setup = self.setup
+      checkpointing.write_config_record(
+        setup.config_json, setup.config_text, setup.workdir, replace=replace
+      )
       self.recorded = True
 
   def knn_monitor(self, step: int) -> None:

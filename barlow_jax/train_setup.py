@@ -4,8 +4,11 @@
 read later (`preflight.check_pretraining`: the kNN monitor's and the final table's splits) and a
 resumed workdir's record (`check_resume`: the same model and batch), then makes the workdir and
 computes the run's constants: steps per epoch, total steps, the optimizer and its schedules (one
-`optim.create_optimizer` call per run), the mesh, the online probe's class count, the checkpoint
-manager and the step to resume from. Every error a user can fix is raised here or by
+`optim.create_optimizer` call per run), the mesh, the online probe's class count, the network
+(built once, by the validation), the state's recipe and shardings, `fsdp_min_size`, whether the
+kNN monitor runs, the config record, the checkpoint manager and the step to resume from. What
+runs downstream gets these values, not the config: the loop, the state, the export and the
+record recompute nothing. Every error a user can fix is raised here or by
 `pretrain_batches` (the first batch's shape), before anything compiles; an invocation refused
 here writes nothing (the workdir's config record is written with the first checkpoint,
 `checkpointing.write_config`).
@@ -56,6 +59,12 @@ class RunSetup:
     fsdp_min_size: `config.parallel.fsdp_min_size`, checked.
     state_shardings: the `TrainState`'s shardings on `mesh` (`parallel.state_shardings`): the
       state is created, restored and stepped with these.
+    recipe: what the state is built from (`train_state.StateRecipe`: the network, `tx`, the
+      probe's optimizer, the image size).
+    knn_monitor: whether the kNN monitor runs (`knn.monitor_wanted`).
+    step_views: what the train step does to the views (`device_augment.StepViews`).
+    model_config: `config.model` as a plain dict (the backbone export's record).
+    config_json, config_text: the config record's two files (`checkpointing.write_config_record`).
   """
 
   config: ml_collections.ConfigDict
@@ -71,6 +80,12 @@ class RunSetup:
   clock: metrics_file.PretrainingClock
   fsdp_min_size: int
   state_shardings: Any
+  recipe: train_state.StateRecipe
+  knn_monitor: bool
+  step_views: device_augment.StepViews
+  model_config: dict[str, Any]
+  config_json: str
+  config_text: str
 
 
 def log_plan(setup: RunSetup) -> None:
@@ -107,9 +122,14 @@ def validate_pretraining(
   Raises:
     UserError: naming the config key and the fix.
   """
+  _validated_model(config, devices=devices, processes=processes)
+
+
+def _validated_model(config, *, devices: int | None, processes: int | None) -> models.BarlowTwins:
+  """`validate_pretraining`, returning the network it built (the run's: built once)."""
   config_validation.validate_strings(config)
-  with _user_errors():
-    device_augment.validate_config(config)  # Names mean and std together.
+  with _user_errors():  # Names mean and std together; the views are the rule table's.
+    device_augment.validate_normalisation(config.augment.mean, config.augment.std)
   config_validation.validate_numbers(config)
   batch = int(config.batch_size)
   devices = jax.device_count() if devices is None else int(devices)
@@ -124,7 +144,7 @@ def validate_pretraining(
       f"config.batch_size={batch} must be divisible by the {processes} processes of this run."
     )
   with _user_errors():
-    models.create_model(config.model)  # Builds the modules only: nothing is initialised.
+    return models.create_model(config.model)  # Builds the modules only: nothing initialised.
 
 
 @contextlib.contextmanager
@@ -191,7 +211,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
     UserError: a config or workdir the run cannot use, naming the key or path (before anything
       compiles and before anything is written); a checkpoint past this config's length.
   """
-  validate_pretraining(config)
+  model = _validated_model(config, devices=None, processes=None)
   # The data and optimizer owners raise ValueErrors naming the key: settings, not bugs.
   with _user_errors():
     steps_per_epoch = data.steps_per_epoch(config)  # Unknown dataset, batch > split.
@@ -200,13 +220,23 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
     # From the dataset, not from a batch: a rerun of a finished run has no batch to look at, and
     # the probe's presence is part of the checkpoint's structure.
     num_classes = data.num_classes(config) if config.online_probe else 0
-  preflight.check_pretraining(config, knn_monitor=knn.monitor_enabled(config, num_classes))
+  dataset, augment = config.dataset, config.augment
+  knn_monitor = knn.monitor_wanted(
+    int(config.eval_every_steps), dataset.eval_split, dataset.probe_split, num_classes
+  )
+  preflight.check_pretraining(config, knn_monitor=knn_monitor)
   check_resume(config, workdir)
   workdir = checkpointing.prepare_workdir(workdir)
   mesh = parallel.create_mesh()
-  fsdp_min_size = parallel.fsdp_min_size(config)
-  abstract = train_state.abstract_train_state(config, num_classes=num_classes, tx=tx)
-  state_shardings = parallel.state_shardings(abstract, mesh, fsdp_min_size=fsdp_min_size)
+  fsdp_min_size = int(config.parallel.fsdp_min_size)  # Checked by the rule table above.
+  recipe = train_state.StateRecipe(
+    model=model,
+    tx=tx,
+    image_size=int(dataset.image_size),
+    num_classes=num_classes,
+    probe_tx=train_state.probe_sgd(float(config.online_probe_lr)) if num_classes else None,
+  )
+  state_shardings = parallel.state_shardings(recipe.abstract(), mesh, fsdp_min_size=fsdp_min_size)
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=int(config.keep_checkpoints))
   start_step = int(manager.latest_step() or 0)
   clock = metrics_file.PretrainingClock(workdir, start_step)
@@ -231,6 +261,19 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
     clock=clock,
     fsdp_min_size=fsdp_min_size,
     state_shardings=state_shardings,
+    recipe=recipe,
+    knn_monitor=knn_monitor,
+    step_views=device_augment.StepViews(
+      mean=tuple(augment.mean),
+      std=tuple(augment.std),
+      on_device=bool(augment.on_device),
+      seed=int(config.seed),
+      view_a=augment.view_a.to_dict(),
+      view_b=augment.view_b.to_dict(),
+    ),
+    model_config=config.model.to_dict(),
+    config_json=config.to_json_best_effort(indent=2, sort_keys=True),
+    config_text=str(config),
   )
 
 
@@ -269,15 +312,7 @@ def initial_state(setup: RunSetup) -> train_state.TrainState:
   Raises:
     RuntimeError: the checkpoint holds another step than its name.
   """
-  config = setup.config
-  state = train_state.create_train_state(
-    config,
-    jax.random.key(int(config.seed)),
-    mesh=setup.mesh,
-    num_classes=setup.num_classes,
-    tx=setup.tx,
-    shardings=setup.state_shardings,
-  )
+  state = setup.recipe.create(jax.random.key(int(setup.config.seed)), setup.state_shardings)
   if not setup.start_step:
     return state
   logging.info("Resuming from %s/checkpoints step %d.", setup.workdir, setup.start_step)

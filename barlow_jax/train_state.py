@@ -6,6 +6,7 @@ state dict (`flax.serialization.to_state_dict`) written by `barlow_jax.checkpoin
 of the workdir's files; the backbone export is `checkpointing`'s backbone directory.
 """
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -46,10 +47,84 @@ class TrainState:
 
 
 def probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The online probe's optimizer: momentum-0.9 SGD at `config.online_probe_lr`, constant."""
+  """The online probe's optimizer: `probe_sgd(config.online_probe_lr)`."""
+  return probe_sgd(float(config.online_probe_lr))
+
+
+def probe_sgd(lr: float) -> optax.GradientTransformation:
+  """The online probe's optimizer: momentum-0.9 SGD at learning rate `lr`, constant."""
   # The representation drifts under the probe while the backbone trains; a constant-lr momentum
   # SGD tracks it (a decaying schedule would freeze the probe on early features).
-  return optax.sgd(float(config.online_probe_lr), momentum=0.9)
+  return optax.sgd(float(lr), momentum=0.9)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateRecipe:
+  """What the initial `TrainState` is made of, as plain values: no config.
+
+  The run's setup (`train_setup.prepare`) builds it once from the checked config, and derives
+  the state's shapes (`abstract`), its shardings and the state itself (`create`) from it.
+
+  Attributes:
+    model: the network (`models.create_model(config.model)`).
+    tx: the run's optimizer (`optim.create_optimizer`).
+    image_size: the views' side S in pixels (`config.dataset.image_size`).
+    num_classes: classes of the online linear probe; 0 disables it.
+    probe_tx: the probe's optimizer (`probe_sgd`); None without the probe.
+  """
+
+  model: models.BarlowTwins
+  tx: optax.GradientTransformation
+  image_size: int
+  num_classes: int = 0
+  probe_tx: optax.GradientTransformation | None = None
+
+  def init(self, rng: jax.Array) -> TrainState:
+    """The `TrainState` at step 0 initialised from `rng` (unplaced: jit it to place it)."""
+    model, probe_tx, size = self.model, self.probe_tx, int(self.image_size)
+    x = jnp.zeros((2, size, size, 3), jnp.float32)
+    variables = model.init(rng, x, x, train=False)
+    params = variables["params"]
+    features = model.apply(variables, x, method=models.BarlowTwins.represent).shape[-1]
+    if probe_tx is not None:
+      probe_params = linear_head_init(jax.random.fold_in(rng, 1), features, self.num_classes)
+      probe_opt_state = probe_tx.init(probe_params)
+    else:
+      probe_params, probe_opt_state = {}, {}
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=self.tx.init(params),
+      probe_params=probe_params,
+      probe_opt_state=probe_opt_state,
+      model=model,
+      tx=self.tx,
+      probe_tx=probe_tx,
+    )
+
+  def abstract(self) -> TrainState:
+    """The state of `init` as `jax.ShapeDtypeStruct`s: nothing allocated."""
+    return jax.eval_shape(self.init, jax.random.key(0))
+
+  def create(self, rng: jax.Array, shardings: TrainState) -> TrainState:
+    """`init(rng)` jitted straight onto `shardings` (e.g. `parallel.state_shardings` of
+    `abstract()`): no leaf is ever whole on one device when FSDP splits it."""
+    static = {"model": self.model, "tx": self.tx, "probe_tx": self.probe_tx}
+    return jax.jit(self.init, out_shardings=shardings.replace(**static))(rng)
+
+
+def state_recipe(
+  config: ml_collections.ConfigDict, *, num_classes: int, tx: optax.GradientTransformation
+) -> StateRecipe:
+  """The `StateRecipe` of `config` (`model`, `dataset.image_size`, `online_probe_lr`)."""
+  return StateRecipe(
+    model=models.create_model(config.model),
+    tx=tx,
+    image_size=int(config.dataset.image_size),
+    num_classes=num_classes,
+    probe_tx=probe_optimizer(config) if num_classes > 0 else None,
+  )
 
 
 def create_train_state(
@@ -87,16 +162,13 @@ def create_train_state(
     if steps_per_epoch is None:
       raise TypeError("create_train_state needs steps_per_epoch (or the optimizer as tx=)")
     tx, _ = optim.create_optimizer(config, steps_per_epoch)
-  init, static = _state_init(config, num_classes, tx)
+  recipe = state_recipe(config, num_classes=num_classes, tx=tx)
   if shardings is None:
     mesh = parallel.create_mesh() if mesh is None else mesh
-    abstract = jax.eval_shape(init, rng)
     shardings = parallel.state_shardings(
-      abstract, mesh, fsdp_min_size=parallel.fsdp_min_size(config)
+      recipe.abstract(), mesh, fsdp_min_size=parallel.fsdp_min_size(config)
     )
-  else:
-    shardings = shardings.replace(**static)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return recipe.create(rng, shardings)
 
 
 def with_static_fields(shardings: TrainState, state: TrainState) -> TrainState:
@@ -112,38 +184,7 @@ def abstract_train_state(
   config: ml_collections.ConfigDict, *, num_classes: int, tx: optax.GradientTransformation
 ) -> TrainState:
   """The `TrainState` of `create_train_state` as `jax.ShapeDtypeStruct`s: nothing allocated."""
-  return jax.eval_shape(_state_init(config, num_classes, tx)[0], jax.random.key(0))
-
-
-def _state_init(config, num_classes: int, tx):
-  """(rng -> the initial `TrainState`, its static fields `{"model", "tx", "probe_tx"}`)."""
-  model = models.create_model(config.model)
-  probe_tx = probe_optimizer(config) if num_classes > 0 else None
-  size = int(config.dataset.image_size)
-
-  def init(rng):
-    x = jnp.zeros((2, size, size, 3), jnp.float32)
-    variables = model.init(rng, x, x, train=False)
-    params = variables["params"]
-    features = model.apply(variables, x, method=models.BarlowTwins.represent).shape[-1]
-    if probe_tx is not None:
-      probe_params = linear_head_init(jax.random.fold_in(rng, 1), features, num_classes)
-      probe_opt_state = probe_tx.init(probe_params)
-    else:
-      probe_params, probe_opt_state = {}, {}
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
-      probe_params=probe_params,
-      probe_opt_state=probe_opt_state,
-      model=model,
-      tx=tx,
-      probe_tx=probe_tx,
-    )
-
-  return init, {"model": model, "tx": tx, "probe_tx": probe_tx}
+  return state_recipe(config, num_classes=num_classes, tx=tx).abstract()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,9 +244,14 @@ def export_backbone(state: TrainState, config: ml_collections.ConfigDict, path: 
   The format is `barlow_jax.checkpointing`'s; read it with `load_exported_backbone(path)` or
   `checkpointing.load_backbone` on any device count. Every process calls it.
   """
+  write_backbone(state, config.model.to_dict(), path)
+
+
+def write_backbone(state: TrainState, model_config: dict[str, Any], path: str) -> None:
+  """`export_backbone` with the model's config as a plain dict (`config.model.to_dict()`)."""
   # Whole arrays (gathered when FSDP split them).
   variables = parallel.replicate(backbone_of(state))
-  checkpointing.save_backbone(path, variables, config.model.to_dict(), overwrite=True)
+  checkpointing.save_backbone(path, variables, model_config, overwrite=True)
 
 
 def load_exported_backbone(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:

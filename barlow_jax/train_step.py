@@ -81,7 +81,12 @@ def _probe_update(state: TrainState, representation, labels):
 
 
 def train_step(
-  state: TrainState, batch: Mapping[str, jax.Array], monitor: jax.Array | bool, *, config
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  monitor: jax.Array | bool,
+  *,
+  config,
+  views: device_augment.StepViews | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update of the network (and of the online probe) on a global batch.
 
@@ -95,6 +100,8 @@ def train_step(
       (an eigendecomposition of the representations' Gram matrix: only on the steps that
       log them). A traced argument, so switching it does not recompile.
     config: the run config (static: loss options, online probe).
+    views: what the step does to the views, read once by the run's setup
+      (`RunSetup.step_views`); default `device_augment.step_views_of(config)`.
 
   Returns:
     `(new_state, metrics)`: float32 scalars `loss`, `invariance`, `redundancy`, `grad_norm`,
@@ -109,7 +116,8 @@ def train_step(
   loss_config = config.loss
   # The named scopes label the step's parts in profiles (`barlow_jax.benchmarks.profile`).
   with jax.named_scope("input"):
-    view_a, view_b = device_augment.prepare_views(batch, state.step, config=config)
+    views = device_augment.step_views_of(config) if views is None else views
+    view_a, view_b = device_augment.step_views(batch, state.step, views)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -177,12 +185,12 @@ class TracedStep:
     num_traces: how many times the step was traced (1 in a healthy run).
   """
 
-  def __init__(self, config, mesh: Mesh, state: TrainState, shardings=None):
+  def __init__(self, config, mesh: Mesh, state: TrainState, shardings=None, views=None):
     self.num_traces = 0
 
     def step(state, batch, monitor):
       self.num_traces += 1
-      return train_step(state, batch, monitor, config=config)
+      return train_step(state, batch, monitor, config=config, views=views)
 
     mesh = parallel.auto_mesh(mesh)  # The same layout on an Explicit mesh (parallel.auto_mesh).
     if shardings is None:
@@ -216,11 +224,14 @@ class TracedStep:
     return self._fn.lower(*parallel.to_auto((state, batch)), np.bool_(monitor))
 
 
-def jit_train_step(config, mesh: Mesh, state: TrainState, *, shardings=None) -> TracedStep:
+def jit_train_step(
+  config, mesh: Mesh, state: TrainState, *, shardings=None, views=None
+) -> TracedStep:
   """`train_step` jitted over `mesh` as the trainer runs it (state donated, batch sharded).
 
   Call it as `step(state, batch, monitor) -> (state, metrics)`; `step.lower(state, batch)` gives
   XLA's view of it; `step.num_traces` counts compilations. `shardings` are the state's
-  (`RunSetup.state_shardings` in a run; default: `parallel.state_shardings` from the config).
+  (`RunSetup.state_shardings` in a run; default: `parallel.state_shardings` from the config),
+  `views` the step's view settings (`RunSetup.step_views`; default: from the config).
   """
-  return TracedStep(config, mesh, state, shardings)
+  return TracedStep(config, mesh, state, shardings, views)

@@ -24,7 +24,9 @@ same on any device count, and the step is in the checkpoint, so a resumed run dr
 parameters for the same batch.
 """
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +55,13 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 # Config checks.
 
 
-def _view_settings(view: ml_collections.ConfigDict, name: str) -> dict:
-  """The view's settings as Python numbers; ValueError naming the key when one is out of range."""
+def _view_settings(view: Mapping[str, Any], name: str) -> dict:
+  """The view's settings (its ConfigDict, or that as a dict) as Python numbers; ValueError
+  naming the key when one is out of range."""
   out = {}
   for key in ("jitter_prob", "channel_permute_prob", "grayscale_prob", "blur_prob"):
     out[key] = float(view[key])
-  out["solarize_prob"] = float(view.solarize_prob)
+  out["solarize_prob"] = float(view["solarize_prob"])
   for key, value in out.items():
     if not 0.0 <= value <= 1.0:
       raise ValueError(f"config.augment.{name}.{key} must be a probability in [0, 1], got {value}.")
@@ -66,17 +69,17 @@ def _view_settings(view: ml_collections.ConfigDict, name: str) -> dict:
     out[key] = float(view[key])
     if out[key] < 0:
       raise ValueError(f"config.augment.{name}.{key} must be >= 0, got {out[key]}.")
-  out["hue"] = float(view.hue)
+  out["hue"] = float(view["hue"])
   if not 0.0 <= out["hue"] <= 0.5:
     raise ValueError(
       f"config.augment.{name}.hue must be in [0, 0.5] (a fraction of a full turn), "
       f"got {out['hue']}."
     )
-  lo, hi = (float(s) for s in view.blur_sigma)
+  lo, hi = (float(s) for s in view["blur_sigma"])
   if not 0 < lo <= hi:
     raise ValueError(f"config.augment.{name}.blur_sigma must satisfy 0 < min <= max, got {lo, hi}.")
   out["blur_sigma"] = (lo, hi)
-  out["solarize_threshold"] = float(view.solarize_threshold)
+  out["solarize_threshold"] = float(view["solarize_threshold"])
   return out
 
 
@@ -86,14 +89,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError: naming the config key and the accepted range.
   """
-  mean, std = tuple(config.augment.mean), tuple(config.augment.std)
+  validate_normalisation(config.augment.mean, config.augment.std)
+  if config.augment.on_device:
+    for name in _VIEWS:
+      _view_settings(config.augment[name], name)
+
+
+def validate_normalisation(mean: Sequence[float], std: Sequence[float]) -> None:
+  """Checks `config.augment.mean` / `std` (given as their values): 3 each, std > 0.
+
+  Raises:
+    ValueError: naming both keys (a length) or `config.augment.std` (a value).
+  """
+  mean, std = tuple(mean), tuple(std)
   if len(mean) != 3 or len(std) != 3:
     raise ValueError(f"config.augment.mean and std need 3 values (RGB), got {mean} and {std}.")
   if min(std) <= 0:
     raise ValueError(f"config.augment.std must be > 0 per channel, got {std}.")
-  if config.augment.on_device:
-    for name in _VIEWS:
-      _view_settings(config.augment[name], name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +213,39 @@ def augment_views(pixels: jax.Array, keys: jax.Array, view) -> jax.Array:
   return jax.vmap(lambda x, p: augment_image(x, p, view))(to_unit(pixels), params)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepViews:
+  """What the train step does to a batch's views, as plain values read once from the config.
+
+  Attributes:
+    mean, std: `config.augment.mean` / `std` (3 each, on [0, 1] pixels).
+    on_device: `config.augment.on_device`: the colour ops run here.
+    seed: `config.seed` (the per-example keys, `example_keys`).
+    view_a, view_b: `config.augment.view_a` / `view_b` as dicts (`to_dict()`); read with
+      `on_device` only.
+  """
+
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  on_device: bool = False
+  seed: int = 0
+  view_a: Mapping[str, Any] | None = None
+  view_b: Mapping[str, Any] | None = None
+
+
+def step_views_of(config: ml_collections.ConfigDict) -> StepViews:
+  """The `StepViews` of `config` (`seed`, `augment`)."""
+  augment = config.augment
+  return StepViews(
+    mean=tuple(augment.mean),
+    std=tuple(augment.std),
+    on_device=bool(augment.on_device),
+    seed=int(config.seed),
+    view_a=augment.view_a.to_dict(),
+    view_b=augment.view_b.to_dict(),
+  )
+
+
 def augment_batch(
   batch: Mapping[str, jax.Array], step, *, config: ml_collections.ConfigDict
 ) -> dict[str, jax.Array]:
@@ -219,14 +264,18 @@ def augment_batch(
     {"view_a", "view_b"}: float32 [B, S, S, 3], normalised by `config.augment.mean` / `std`.
   """
   validate_config(config)
+  return _augment_batch(batch, step, step_views_of(config))
+
+
+def _augment_batch(batch, step, settings: StepViews) -> dict[str, jax.Array]:
   out = {}
   for index, name in enumerate(_VIEWS):
     pixels = batch[name]
     if pixels.ndim != 4 or pixels.shape[-1] != 3:
       raise ValueError(f"batch[{name!r}] must be [B, S, S, 3] pixels, got shape {pixels.shape}.")
-    keys = example_keys(int(config.seed), step, pixels.shape[0], index)
-    augmented = augment_views(pixels, keys, config.augment[name])
-    out[name] = normalize(augmented, config.augment.mean, config.augment.std)
+    keys = example_keys(settings.seed, step, pixels.shape[0], index)
+    augmented = augment_views(pixels, keys, getattr(settings, name))
+    out[name] = normalize(augmented, settings.mean, settings.std)
   return out
 
 
@@ -241,8 +290,15 @@ def prepare_views(batch: Mapping[str, jax.Array], step, *, config) -> tuple[jax.
     ValueError: on_device with float views (the host already normalised them: set the input
       pipeline to send uint8 crops) or views that are not [B, S, S, 3].
   """
+  return step_views(batch, step, step_views_of(config))
+
+
+def step_views(
+  batch: Mapping[str, jax.Array], step, settings: StepViews
+) -> tuple[jax.Array, jax.Array]:
+  """`prepare_views` of the settings read once (`step_views_of(config)`, or the train step's)."""
   views = [batch[name] for name in _VIEWS]
-  if config.augment.on_device:
+  if settings.on_device:
     for name, view in zip(_VIEWS, views):
       if view.dtype != jnp.uint8:
         raise ValueError(
@@ -250,7 +306,10 @@ def prepare_views(batch: Mapping[str, jax.Array], step, *, config) -> tuple[jax.
           f"batch[{name!r}] is {view.dtype}: the input pipeline must send uint8 [B, S, S, 3] "
           "views (it does when config.augment.on_device is set), or set on_device=False."
         )
-    out = augment_batch(batch, step, config=config)
+    validate_normalisation(settings.mean, settings.std)
+    for name in _VIEWS:
+      _view_settings(getattr(settings, name), name)  # Names the key out of range.
+    out = _augment_batch(batch, step, settings)
     return out["view_a"], out["view_b"]
-  mean, std = config.augment.mean, config.augment.std
+  mean, std = settings.mean, settings.std
   return tuple(normalize(to_unit(v), mean, std) if v.dtype == jnp.uint8 else v for v in views)

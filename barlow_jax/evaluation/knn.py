@@ -142,9 +142,15 @@ def knn_kwargs_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def monitor_enabled(config: ml_collections.ConfigDict, num_classes: int) -> bool:
   """Whether the run has a kNN monitor: `eval_every_steps` > 0, both splits, labels."""
   dataset = config.dataset
-  return bool(
-    config.eval_every_steps and dataset.eval_split and dataset.probe_split and num_classes
+  return monitor_wanted(
+    int(config.eval_every_steps), dataset.eval_split, dataset.probe_split, num_classes
   )
+
+
+def monitor_wanted(eval_every_steps: int, eval_split: str, probe_split: str, num_classes: int):
+  """`monitor_enabled` of the values it reads (`config.eval_every_steps`, `dataset.eval_split`,
+  `dataset.probe_split`) and the training split's class count: a bool."""
+  return bool(eval_every_steps and eval_split and probe_split and num_classes)
 
 
 def monitor_accuracy(state: Any, config: ml_collections.ConfigDict, mesh: Mesh) -> float:
