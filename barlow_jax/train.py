@@ -340,11 +340,8 @@ class _Loop:
     """The workdir's config record, once, with this invocation's first checkpoint: replaced when
     the workdir held no checkpoint (a record there is from an invocation that saved none)."""
     if not self.recorded:
-      replace = self.setup.start_step == 0
-      setup = self.setup
-      checkpointing.write_config_record(
-        setup.config_json, setup.config_text, setup.workdir, replace=replace
-      )
+      s, replace = self.setup, self.setup.start_step == 0
+      checkpointing.write_config_record(s.config_json, s.config_text, s.workdir, replace=replace)
       self.recorded = True
 
   def knn_monitor(self, step: int) -> None:
