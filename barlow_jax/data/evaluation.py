@@ -70,7 +70,7 @@ def _eval_local(config, source, process_index, process_count) -> tf.data.Dataset
   """The process's shard, preprocessed: dataset of (image [S, S, 3] normalised, label)."""
   size, resize, method = eval_preprocessing(config)
   mean, std = tuple(config.augment.mean), tuple(config.augment.std)
-  stream = source.eval_stream(config, process_index=process_index, process_count=process_count)
+  stream = source.eval_stream(process_index=process_index, process_count=process_count)
 
   def load(*element):
     image, label = stream.load(*element)
@@ -106,7 +106,7 @@ def create_eval_iterator(
   # process pads to the largest.
   largest = -(-source.num_examples // process_count)
   num_batches = -(-largest // local_batch)
-  ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(batching.options(config))
+  ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(batching.options())
   return _padded(ds.as_numpy_iterator(), local_batch, num_batches, int(config.dataset.image_size))
 
 

@@ -49,7 +49,7 @@ class FileSource(IndexedSource):
   def gather_tensors(self):
     return tf.constant(tf_paths(self.paths)), tf.constant(self._labels())
 
-  def eval_stream(self, config, *, process_index, process_count):
+  def eval_stream(self, *, process_index, process_count):
     lo, hi = shard_bounds(self.num_examples, process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices((tf_paths(self.paths[lo:hi]), self._labels()[lo:hi]))
     return Stream(ds, lambda path, label: (decode_image(tf.io.read_file(path)), label))

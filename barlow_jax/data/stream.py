@@ -73,7 +73,7 @@ class Source(abc.ABC):
     shard, `per_epoch` per epoch in the epoch's `order`, the first `skip` left out unloaded."""
 
   @abc.abstractmethod
-  def eval_stream(self, config, *, process_index, process_count) -> Stream:
+  def eval_stream(self, *, process_index, process_count) -> Stream:
     """The process's shard once, in a fixed order."""
 
 
@@ -130,7 +130,7 @@ class ArraySource(IndexedSource):
   def gather_tensors(self):
     return tf.constant(self.images), tf.constant(self.labels)
 
-  def eval_stream(self, config, *, process_index, process_count):
+  def eval_stream(self, *, process_index, process_count):
     lo, hi = shard_bounds(self.num_examples, process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices((self.images[lo:hi], self.labels[lo:hi]))
     return Stream(ds, lambda image, label: (image, label))

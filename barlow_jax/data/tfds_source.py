@@ -113,7 +113,7 @@ class TfdsSource(Source):
 
     return Stream(stream, load, self._image_is_encoded())
 
-  def eval_stream(self, config, *, process_index, process_count):
+  def eval_stream(self, *, process_index, process_count):
     encoded = self._image_is_encoded()
 
     def load(ex):
