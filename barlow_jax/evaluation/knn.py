@@ -147,9 +147,11 @@ def monitor_enabled(config: ml_collections.ConfigDict, num_classes: int) -> bool
   )
 
 
-def monitor_wanted(eval_every_steps: int, eval_split: str, probe_split: str, num_classes: int):
+def monitor_wanted(
+  eval_every_steps: int, eval_split: str, probe_split: str, num_classes: int
+) -> bool:
   """`monitor_enabled` of the values it reads (`config.eval_every_steps`, `dataset.eval_split`,
-  `dataset.probe_split`) and the training split's class count: a bool."""
+  `dataset.probe_split`) and the training split's class count."""
   return bool(eval_every_steps and eval_split and probe_split and num_classes)
 
 
