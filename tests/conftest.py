@@ -43,9 +43,10 @@ import pytest  # noqa: E402
 NUM_DEVICES = 8
 
 
-# The test files that take longest (a minute or more on the 2-core machine), slowest first: the
-# order in which the workers start them (`pytest_collection_modifyitems`). The suite's tiny run
-# (`tiny_run`) is made by the first of its users (test_checkpointing, test_gcs,
+# The test files that take longest on the 2-core machine, slowest first (docs/benchmarks.md, "The
+# test suite's shared parts"): the order in which the workers start them
+# (`pytest_collection_modifyitems`); every other file follows, in collection order. The suite's
+# tiny run (`tiny_run`) is made by the first of its users (test_checkpointing, test_gcs,
 # test_benchmark_step), early here and apart from the others so that no worker waits on its lock.
 SLOWEST_FILES_FIRST = (
   "test_train.py",
