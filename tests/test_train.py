@@ -1,7 +1,7 @@
 """Pretraining: 8 devices = 1 device, exact resume after SIGTERM, keep-k, NaN stop, bad configs.
 
 Everything runs a tiny network (ResNet-18 at width 0.125 with the CIFAR stem, 16 px digits,
-projector 64-64-64, global batch 16); its runs share one compile of the train step through the
+projector 32-32-32, global batch 16); its runs share one compile of the train step through the
 suite's compilation cache (tests/conftest.py).
 """
 
@@ -32,9 +32,9 @@ STEPS = 40
 
 
 def tiny_config(**overrides):
-  # The multi-process tests' config, with a wider projector and a longer run.
+  # The suite's tiny config (its projector 32-32-32: the shapes of the shared run, tests/
+  # shared_run.py, whose programs the compilation cache then holds), with a longer run.
   config = configs_tiny.get_config()
-  config.model.projector = "64-64-64"
   config.num_train_steps = STEPS
   config.checkpoint_every_steps = 10
   config.keep_checkpoints = 2
