@@ -1,11 +1,12 @@
 """Reads a pretraining workdir through every loader of the project (tests/test_checkpointing.py).
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=N python tests/checkpoint_reader.py W OUT.npz
+    XLA_FLAGS=--xla_force_host_platform_device_count=N python tests/checkpoint_reader.py \
+        W OUT.npz [W2 OUT2.npz ...]
 
-Writes each loader's values, flattened, under `<loader>/<leaf path>` into OUT.npz: the backbone
-export through `checkpointing`, `evaluation.features` and `train_state` (host and sharded onto
-all N devices), the latest training checkpoint through the evaluation loader and through
-`train_state.restore_state` onto all N devices, and the `.pth` that the
+For each workdir W, writes each loader's values, flattened, under `<loader>/<leaf path>` into
+OUT.npz: the backbone export through `checkpointing`, `evaluation.features` and `train_state`
+(host and sharded onto all N devices), the latest training checkpoint through the evaluation
+loader and through `train_state.restore_state` onto all N devices, and the `.pth` that the
 `python -m barlow_jax.convert --export` command line writes. Run in a process of its own so
 that N is its own device count.
 """
@@ -91,9 +92,15 @@ def read_all(workdir: str, scratch: str) -> dict[str, np.ndarray]:
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  workdir, target = sys.argv[1], sys.argv[2]
-  values = read_all(workdir, os.path.dirname(os.path.abspath(target)))
-  import jax
+  args = sys.argv[1:]
+  if not args or len(args) % 2:
+    sys.exit(f"usage: {sys.argv[0]} WORKDIR OUT.npz [WORKDIR OUT.npz ...], got {args}")
+  # Several workdirs in one process: one interpreter start and one set of compilations.
+  for workdir, target in zip(args[::2], args[1::2]):
+    scratch = os.path.abspath(target) + ".scratch"  # The .pth export and the kNN's results.
+    os.makedirs(scratch)
+    values = read_all(workdir, scratch)
+    import jax
 
-  values["device_count"] = np.asarray(jax.device_count())
-  np.savez(target, **values)
+    values["device_count"] = np.asarray(jax.device_count())
+    np.savez(target, **values)

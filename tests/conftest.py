@@ -12,7 +12,8 @@
   compile would give on this machine. A `JAX_COMPILATION_CACHE_DIR` set by the caller is kept
   (an empty value turns the cache off).
 - `tiny_run`: one finished tiny pretraining run (tests/shared_run.py), made once per suite.
-- Under pytest-xdist, each test file runs whole on one worker (`--dist loadfile`).
+- Under pytest-xdist, each test file runs whole on one worker (`--dist loadfile`), the slowest
+  files first (`SLOWEST_FILES_FIRST`).
 """
 
 import atexit
@@ -42,6 +43,35 @@ import pytest  # noqa: E402
 NUM_DEVICES = 8
 
 
+# The test files that take longest on the 2-core machine, slowest first (docs/benchmarks.md, "The
+# test suite's shared parts"): the order in which the workers start them
+# (`pytest_collection_modifyitems`); every other file follows, in collection order. The suite's
+# tiny run (`tiny_run`) is made by the first of its users (test_checkpointing, test_gcs,
+# test_benchmark_step), early here and apart from the others so that no worker waits on its lock.
+SLOWEST_FILES_FIRST = (
+  "test_train.py",
+  "test_evaluate.py",
+  "test_checkpointing.py",
+  "test_parallel.py",
+  "test_finish.py",
+  "test_benchmark_compile.py",
+  "test_scale_out.py",
+  "test_main.py",
+  "test_train_setup.py",
+  "test_gcs.py",
+  "test_spike_guard.py",
+  "test_convert.py",
+  "test_models.py",
+  "test_profile.py",
+  "test_colab_demo.py",
+  "test_device_augment.py",
+  "test_benchmark_input.py",
+  "test_data_pretrain.py",
+  "test_cli.py",
+  "test_benchmark_step.py",
+)
+
+
 def pytest_configure(config):
   # With -n N, pytest-xdist sends each worker tests one by one (--dist load, its default), so a
   # file's module fixtures (its tiny runs) were made again on every worker that got one of its
@@ -50,6 +80,18 @@ def pytest_configure(config):
   # there is no --dist option.
   if getattr(config.option, "dist", "no") == "load":
     config.option.dist = "loadfile"
+  # pytest-xdist hands out whole files in the order of the collection, which by default it first
+  # sorts by the number of tests in a file: the slow files, a few long tests each, came last, and
+  # one worker ran the last of them while the other had nothing left. Collection order instead
+  # (slowest first, `pytest_collection_modifyitems`): the short files fill the end.
+  if getattr(config.option, "dist", "no") in ("loadfile", "loadscope"):
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+  """Runs the files of `SLOWEST_FILES_FIRST` first, in that order; each file's tests keep theirs."""
+  rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -58,12 +58,19 @@ def written(tiny_run, tmp_path_factory) -> dict[int, str]:
   return {8: tiny_run.workdir, 1: workdir}
 
 
-def _read(workdir: str, devices: int, scratch) -> dict[str, np.ndarray]:
-  target = str(scratch / f"read_on_{devices}.npz")
-  _run([os.path.join(_TESTS, "checkpoint_reader.py"), workdir, target], devices)
-  with np.load(target) as values:
-    out = dict(values)
-  assert int(out.pop("device_count")) == devices
+def _read(workdirs: dict[int, str], devices: int, scratch) -> dict[int, dict[str, np.ndarray]]:
+  """{writer: values} of each of `workdirs` ({writer: workdir}), all read in one process with
+  `devices` devices."""
+  args, targets = [], {}
+  for writer, workdir in workdirs.items():
+    targets[writer] = str(scratch / f"written_on_{writer}_read_on_{devices}.npz")
+    args += [workdir, targets[writer]]
+  _run([os.path.join(_TESTS, "checkpoint_reader.py"), *args], devices)
+  out = {}
+  for writer, target in targets.items():
+    with np.load(target) as values:
+      out[writer] = dict(values)
+    assert int(out[writer].pop("device_count")) == devices
   return out
 
 
@@ -75,18 +82,25 @@ def _assert_same(read: dict, reference: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def read_where_written(written, tmp_path_factory) -> dict[int, dict[str, np.ndarray]]:
+def read_on_1(written, tmp_path_factory) -> dict[int, dict[str, np.ndarray]]:
+  """{writer: values} of both runs, read in one subprocess with 1 device: the run written on 1
+  (where it was written) and the run written on 8 (on fewer devices)."""
+  return _read(written, 1, tmp_path_factory.mktemp("read_on_1"))
+
+
+@pytest.fixture(scope="module")
+def read_where_written(written, read_on_1, tmp_path_factory) -> dict[int, dict[str, np.ndarray]]:
   """Each run read on the device count that wrote it: 8 here (conftest), 1 in a subprocess."""
   scratch = tmp_path_factory.mktemp("reference")
-  return {
-    8: checkpoint_reader.read_all(written[8], str(scratch)),
-    1: _read(written[1], 1, scratch),
-  }
+  return {8: checkpoint_reader.read_all(written[8], str(scratch)), 1: read_on_1[1]}
 
 
 @pytest.mark.parametrize("devices", [1, 2])
-def test_a_run_written_on_8_devices_reads_on_fewer(written, read_where_written, devices, tmp_path):
-  _assert_same(_read(written[8], devices, tmp_path), read_where_written[8])
+def test_a_run_written_on_8_devices_reads_on_fewer(
+  written, read_where_written, read_on_1, devices, tmp_path
+):
+  read = read_on_1[8] if devices == 1 else _read({8: written[8]}, devices, tmp_path)[8]
+  _assert_same(read, read_where_written[8])
 
 
 def test_a_run_written_on_1_device_reads_on_8(written, read_where_written, tmp_path, devices):

@@ -74,30 +74,10 @@ def test_the_spike_factor_must_be_above_one_or_off():
       config_validation.validate_numbers(bad)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache: the step test and the run share one program."""
-  from jax.experimental.compilation_cache import compilation_cache
-
-  names = (
-    "jax_compilation_cache_dir",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_persistent_cache_min_entry_size_bytes",
-  )
-  saved = {name: getattr(jax.config, name) for name in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
 def _guarded_config(**optim):
   # Window 1: the spike test compares a loss with the last accepted one. Every test here uses
-  # the same guard settings, so that they compile one program (the cache above).
+  # the same guard settings, so that they compile one program (the suite's compilation cache,
+  # tests/conftest.py).
   config = configs_tiny.get_config()
   config.optim.skip_nonfinite = True
   config.optim.spike_factor = 3.0
