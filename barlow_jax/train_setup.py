@@ -220,7 +220,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
     # From the dataset, not from a batch: a rerun of a finished run has no batch to look at, and
     # the probe's presence is part of the checkpoint's structure.
     num_classes = data.num_classes(config) if config.online_probe else 0
-  dataset, augment = config.dataset, config.augment
+  dataset = config.dataset
   knn_monitor = knn.monitor_wanted(
     int(config.eval_every_steps), dataset.eval_split, dataset.probe_split, num_classes
   )
@@ -263,14 +263,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
     state_shardings=state_shardings,
     recipe=recipe,
     knn_monitor=knn_monitor,
-    step_views=device_augment.StepViews(
-      mean=tuple(augment.mean),
-      std=tuple(augment.std),
-      on_device=bool(augment.on_device),
-      seed=int(config.seed),
-      view_a=augment.view_a.to_dict(),
-      view_b=augment.view_b.to_dict(),
-    ),
+    step_views=device_augment.step_views_of(config),
     model_config=config.model.to_dict(),
     config_json=config.to_json_best_effort(indent=2, sort_keys=True),
     config_text=str(config),
